@@ -1,0 +1,202 @@
+//! The validated catalog: providers, models, tiers, roles and aliases.
+//!
+//! Only [`crate::config`] builds a [`Catalog`], after checking every cross-reference, so the rest
+//! of the gateway can index into it without re-checking. Indices (`ProviderId`, `ModelId`,
+//! `TierId`) are positions in the catalog's vectors.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::cost::Price;
+
+/// Position of a provider in [`Catalog::providers`].
+pub type ProviderId = usize;
+/// Position of a model in [`Catalog::models`].
+pub type ModelId = usize;
+/// Position of a tier in [`Catalog::tiers`] (0 = cheapest).
+pub type TierId = usize;
+
+/// Wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Any OpenAI-compatible Chat Completions API: OpenAI, DeepSeek, OpenRouter, Together,
+    /// Ollama, llama.cpp server, vLLM, LM Studio, Anthropic's OpenAI-compatible endpoint.
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+impl ProviderKind {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+        }
+    }
+}
+
+/// Timeouts of calls to one provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect: Duration,
+    /// From sending the request to the response headers.
+    pub first_byte: Duration,
+    /// Longest silence between two reads of a streamed body (resets on every byte, SSE comments
+    /// included), so a healthy long stream is never cut, and a stalled one is (shared case C25).
+    pub idle: Duration,
+    /// Whole non-streamed call.
+    pub request: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(120),
+            idle: Duration::from_secs(60),
+            request: Duration::from_secs(600),
+        }
+    }
+}
+
+/// An upstream API endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provider {
+    /// Name from the config (`[providers.NAME]`).
+    pub name: String,
+    /// Wire protocol.
+    pub kind: ProviderKind,
+    /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// Environment variable holding the API key; `None` when the provider needs none.
+    pub api_key_env: Option<String>,
+    /// True when the provider runs on this machine (sensitive content may go there).
+    pub local: bool,
+    /// Call timeouts.
+    pub timeouts: Timeouts,
+    /// Interval of the background reachability check.
+    pub health_check_interval: Duration,
+}
+
+/// What a model can do, beyond plain chat.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Function / tool calling.
+    pub tools: bool,
+    /// Image input.
+    pub vision: bool,
+    /// `response_format: json_schema` (structured outputs).
+    pub json_schema: bool,
+}
+
+/// A catalog entry: one model on one provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    /// Catalog id clients may name.
+    pub id: String,
+    /// Serving provider.
+    pub provider: ProviderId,
+    /// Model name sent upstream.
+    pub upstream_model: String,
+    /// Price tier.
+    pub tier: TierId,
+    /// Prices per million tokens.
+    pub price: Price,
+    /// Context window in tokens (prompt + output).
+    pub context_window: u64,
+    /// Largest output the model may produce, in tokens, when known.
+    pub max_output_tokens: Option<u64>,
+    /// Capabilities.
+    pub capabilities: Capabilities,
+}
+
+/// HTTP server settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (default 32 MiB); larger → 413.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run on after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+            max_body_bytes: 32 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Catalog {
+    pub(crate) source: String,
+    pub(crate) server: ServerSettings,
+    pub(crate) tiers: Vec<String>,
+    pub(crate) roles: BTreeMap<String, TierId>,
+    pub(crate) aliases: BTreeMap<String, ModelId>,
+    pub(crate) providers: Vec<Provider>,
+    pub(crate) models: Vec<Model>,
+}
+
+impl Catalog {
+    /// Where the catalog came from: a file path, or `built-in defaults`.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+    /// Server settings.
+    pub fn server(&self) -> &ServerSettings {
+        &self.server
+    }
+    /// Overrides the listen address (the `--listen` flag).
+    pub fn set_listen(&mut self, addr: SocketAddr) {
+        self.server.listen = addr;
+    }
+    /// Tier names, cheapest first.
+    pub fn tiers(&self) -> &[String] {
+        &self.tiers
+    }
+    /// Role name → tier.
+    pub fn roles(&self) -> &BTreeMap<String, TierId> {
+        &self.roles
+    }
+    /// Alias → model.
+    pub fn aliases(&self) -> &BTreeMap<String, ModelId> {
+        &self.aliases
+    }
+    /// Providers.
+    pub fn providers(&self) -> &[Provider] {
+        &self.providers
+    }
+    /// Models, in config order.
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+    /// The provider of `model`.
+    pub fn provider_of(&self, model: ModelId) -> &Provider {
+        &self.providers[self.models[model].provider]
+    }
+    /// A model by catalog id.
+    pub fn model_by_id(&self, id: &str) -> Option<ModelId> {
+        self.models.iter().position(|m| m.id == id)
+    }
+    /// A tier by name.
+    pub fn tier_by_name(&self, name: &str) -> Option<TierId> {
+        self.tiers.iter().position(|t| t == name)
+    }
+    /// Every name a client may put in `model`: `auto`, tiers, `role:*`, aliases, model ids.
+    pub fn valid_model_names(&self) -> Vec<String> {
+        let mut names = vec!["auto".to_owned()];
+        names.extend(self.tiers.iter().cloned());
+        names.extend(self.roles.keys().map(|r| format!("role:{r}")));
+        names.extend(self.aliases.keys().cloned());
+        names.extend(self.models.iter().map(|m| m.id.clone()));
+        names
+    }
+}

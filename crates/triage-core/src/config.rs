@@ -1,0 +1,495 @@
+//! Configuration: the TOML the user wrote, checked and turned into a [`Catalog`].
+//!
+//! Two stages, as in ripgrep and TensorZero: `Raw*` structs mirror the file (unknown fields are
+//! errors), then [`parse`] validates every value and cross-reference. Every error names the file,
+//! the line and the field, e.g. `triage.toml:42: models[1].provider: unknown provider "opnai"`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::catalog::{Capabilities, Catalog, Model, Provider, ProviderKind, ServerSettings, Timeouts};
+use crate::cost::{PerMillion, Price};
+
+/// The built-in default configuration, also what `triage init` writes.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// Name given to the built-in defaults in messages.
+pub const DEFAULT_SOURCE: &str = "built-in defaults";
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("{file}: cannot read the config file: {source}")]
+    Io {
+        /// The path.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A value is missing, malformed or inconsistent.
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid {
+        /// The path.
+        file: String,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// Dotted path of the field, e.g. `models[1].provider`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Loads the catalog from `path`, or the built-in defaults when `path` does not exist and
+/// `required` is false (the default `./triage.toml` may be absent; an explicit `--config` may not).
+///
+/// Errors: [`ConfigError`].
+pub fn load(path: &Path, required: bool) -> Result<Catalog, ConfigError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &path.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => defaults(),
+        Err(source) => Err(ConfigError::Io { file: path.display().to_string(), source }),
+    }
+}
+
+/// The built-in default catalog.
+///
+/// Errors: none in practice (the defaults are checked by a test), but the type stays honest.
+pub fn defaults() -> Result<Catalog, ConfigError> {
+    parse(DEFAULT_CONFIG, DEFAULT_SOURCE)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    tiers: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    roles: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    aliases: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    providers: BTreeMap<Spanned<String>, RawProvider>,
+    #[serde(default)]
+    models: Vec<Spanned<RawModel>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<u64>>,
+    shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: ProviderKind,
+    base_url: Spanned<String>,
+    api_key_env: Option<Spanned<String>>,
+    #[serde(default)]
+    local: bool,
+    connect_timeout_ms: Option<u64>,
+    first_byte_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    request_timeout_ms: Option<u64>,
+    health_check_interval_secs: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    id: Spanned<String>,
+    provider: Spanned<String>,
+    upstream_model: Option<String>,
+    tier: Spanned<String>,
+    price: Spanned<RawPrice>,
+    context_window: Spanned<u64>,
+    max_output_tokens: Option<u64>,
+    #[serde(default)]
+    capabilities: Vec<RawCapability>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    input: f64,
+    cached_input: Option<f64>,
+    output: f64,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum RawCapability {
+    Tools,
+    Vision,
+    JsonSchema,
+}
+
+/// Reports errors against one source text.
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line(&self, span: &Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end].iter().filter(|&&b| b == b'\n').count() + 1
+    }
+
+    fn err(&self, span: &Range<usize>, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line: self.line(span),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The dotted field at byte `offset`, from the nearest table header and the key on its line.
+    fn field_at(&self, offset: usize) -> String {
+        let offset = offset.min(self.text.len());
+        let line_start = self.text[..offset].rfind('\n').map_or(0, |i| i + 1);
+        let line_end = self.text[offset..].find('\n').map_or(self.text.len(), |i| offset + i);
+        let line = self.text[line_start..line_end].trim();
+        let mut table = String::new();
+        let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+        for l in self.text[..line_start].lines() {
+            let l = l.trim();
+            if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+                let n = arrays.entry(name.trim().to_owned()).or_insert(0);
+                table = format!("{}[{}]", name.trim(), *n);
+                *n += 1;
+            } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split(']').next()) {
+                table = name.trim().to_owned();
+            }
+        }
+        let key = line.split_once('=').map(|(k, _)| k.trim().trim_matches('"').to_owned());
+        match (table.is_empty(), key) {
+            (_, None) if line.starts_with('[') => line.trim_matches(|c| c == '[' || c == ']').to_owned(),
+            (true, Some(k)) => k,
+            (false, Some(k)) => format!("{table}.{k}"),
+            (_, None) => table,
+        }
+    }
+}
+
+fn ms(v: Option<u64>, default: Duration) -> Duration {
+    v.map_or(default, Duration::from_millis)
+}
+
+/// Parses and validates configuration text. `file` names the source in error messages.
+///
+/// Errors: [`ConfigError::Invalid`] for the first problem found.
+pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
+    let ctx = Ctx { file, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        ctx.err(&span, ctx.field_at(span.start), e.message().trim().to_owned())
+    })?;
+
+    let server = validate_server(&ctx, raw.server)?;
+
+    let tiers: Vec<String> = match &raw.tiers {
+        Some(t) => {
+            if t.get_ref().is_empty() {
+                return Err(ctx.err(&t.span(), "tiers", "must list at least one tier, cheapest first"));
+            }
+            let mut seen = HashSet::new();
+            for name in t.get_ref() {
+                check_name(&ctx, name, "tiers")?;
+                if !seen.insert(name.get_ref().as_str()) {
+                    return Err(ctx.err(&name.span(), "tiers", format!("tier \"{}\" is listed twice", name.get_ref())));
+                }
+            }
+            t.get_ref().iter().map(|s| s.get_ref().clone()).collect()
+        }
+        None => vec!["local".into(), "mid".into(), "frontier".into()],
+    };
+
+    let mut providers = Vec::with_capacity(raw.providers.len());
+    for (name, p) in raw.providers {
+        let field = format!("providers.{}", name.get_ref());
+        check_name(&ctx, &name, &field)?;
+        let url = p.base_url.get_ref().trim_end_matches('/');
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+            return Err(ctx.err(
+                &p.base_url.span(),
+                format!("{field}.base_url"),
+                format!("\"{}\" is not an http:// or https:// URL", p.base_url.get_ref()),
+            ));
+        }
+        let api_key_env = match p.api_key_env {
+            Some(v) => {
+                let ok = !v.get_ref().is_empty() && v.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !ok {
+                    return Err(ctx.err(
+                        &v.span(),
+                        format!("{field}.api_key_env"),
+                        "must be the NAME of an environment variable (letters, digits, _), never the key itself",
+                    ));
+                }
+                Some(v.into_inner())
+            }
+            None => None,
+        };
+        let d = Timeouts::default();
+        providers.push(Provider {
+            name: name.into_inner(),
+            kind: p.kind,
+            base_url: url.to_owned(),
+            api_key_env,
+            local: p.local,
+            timeouts: Timeouts {
+                connect: ms(p.connect_timeout_ms, d.connect),
+                first_byte: ms(p.first_byte_timeout_ms, d.first_byte),
+                idle: ms(p.idle_timeout_ms, d.idle),
+                request: ms(p.request_timeout_ms, d.request),
+            },
+            health_check_interval: Duration::from_secs(p.health_check_interval_secs.unwrap_or(30).max(1)),
+        });
+    }
+
+    let mut models: Vec<Model> = Vec::with_capacity(raw.models.len());
+    for (i, m) in raw.models.into_iter().enumerate() {
+        let f = |name: &str| format!("models[{i}].{name}");
+        let m = m.into_inner();
+        check_name(&ctx, &m.id, &f("id"))?;
+        let id = m.id.get_ref();
+        if id == "auto" || id.starts_with("role:") || tiers.contains(id) {
+            return Err(ctx.err(&m.id.span(), f("id"), format!("\"{id}\" is reserved (auto, a tier name, or role:*)")));
+        }
+        if models.iter().any(|o| &o.id == id) {
+            return Err(ctx.err(&m.id.span(), f("id"), format!("model id \"{id}\" is defined twice")));
+        }
+        let provider = providers.iter().position(|p| &p.name == m.provider.get_ref()).ok_or_else(|| {
+            ctx.err(&m.provider.span(), f("provider"), format!("unknown provider \"{}\"", m.provider.get_ref()))
+        })?;
+        let tier = tiers.iter().position(|t| t == m.tier.get_ref()).ok_or_else(|| {
+            ctx.err(
+                &m.tier.span(),
+                f("tier"),
+                format!("unknown tier \"{}\" (tiers: {})", m.tier.get_ref(), tiers.join(", ")),
+            )
+        })?;
+        let price_span = m.price.span();
+        let rp = m.price.into_inner();
+        let money = |v: f64, which: &str| {
+            PerMillion::from_usd(v).ok_or_else(|| {
+                ctx.err(
+                    &price_span,
+                    f(&format!("price.{which}")),
+                    format!("{v} is not a price in USD per million tokens (0 to 1000000)"),
+                )
+            })
+        };
+        let input = money(rp.input, "input")?;
+        let price = Price {
+            input,
+            cached_input: match rp.cached_input {
+                Some(v) => money(v, "cached_input")?,
+                None => input,
+            },
+            output: money(rp.output, "output")?,
+        };
+        if *m.context_window.get_ref() == 0 {
+            return Err(ctx.err(&m.context_window.span(), f("context_window"), "must be a positive number of tokens"));
+        }
+        let mut capabilities = Capabilities::default();
+        for c in m.capabilities {
+            match c {
+                RawCapability::Tools => capabilities.tools = true,
+                RawCapability::Vision => capabilities.vision = true,
+                RawCapability::JsonSchema => capabilities.json_schema = true,
+            }
+        }
+        let id = m.id.into_inner();
+        models.push(Model {
+            upstream_model: m.upstream_model.unwrap_or_else(|| id.clone()),
+            id,
+            provider,
+            tier,
+            price,
+            context_window: m.context_window.into_inner(),
+            max_output_tokens: m.max_output_tokens,
+            capabilities,
+        });
+    }
+
+    let mut roles = BTreeMap::new();
+    for (role, tier) in raw.roles {
+        let t = tiers.iter().position(|t| t == tier.get_ref()).ok_or_else(|| {
+            ctx.err(
+                &tier.span(),
+                format!("roles.{role}"),
+                format!("unknown tier \"{}\" (tiers: {})", tier.get_ref(), tiers.join(", ")),
+            )
+        })?;
+        roles.insert(role, t);
+    }
+
+    let mut aliases = BTreeMap::new();
+    for (alias, target) in raw.aliases {
+        if alias == "auto" || tiers.contains(&alias) || models.iter().any(|m| m.id == alias) {
+            return Err(ctx.err(
+                &target.span(),
+                format!("aliases.{alias}"),
+                "an alias may not shadow auto, a tier or a model id",
+            ));
+        }
+        let m = models.iter().position(|m| &m.id == target.get_ref()).ok_or_else(|| {
+            ctx.err(&target.span(), format!("aliases.{alias}"), format!("unknown model \"{}\"", target.get_ref()))
+        })?;
+        aliases.insert(alias, m);
+    }
+
+    Ok(Catalog { source: file.to_owned(), server, tiers, roles, aliases, providers, models })
+}
+
+fn validate_server(ctx: &Ctx<'_>, raw: RawServer) -> Result<ServerSettings, ConfigError> {
+    let mut s = ServerSettings::default();
+    if let Some(l) = raw.listen {
+        s.listen = l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            ctx.err(&l.span(), "server.listen", format!("\"{}\" is not an address like 127.0.0.1:8787", l.get_ref()))
+        })?;
+    }
+    if let Some(b) = raw.max_body_bytes {
+        s.max_body_bytes = usize::try_from(*b.get_ref())
+            .ok()
+            .filter(|&n| n >= 1024)
+            .ok_or_else(|| ctx.err(&b.span(), "server.max_body_bytes", "must be at least 1024 bytes"))?;
+    }
+    if let Some(g) = raw.shutdown_grace_secs {
+        s.shutdown_grace = Duration::from_secs(g);
+    }
+    Ok(s)
+}
+
+fn check_name(ctx: &Ctx<'_>, name: &Spanned<String>, field: &str) -> Result<(), ConfigError> {
+    let n = name.get_ref();
+    let ok = !n.is_empty() && n.chars().all(|c| c.is_ascii_graphic()) && !n.contains(',');
+    if ok {
+        Ok(())
+    } else {
+        Err(ctx.err(&name.span(), field, format!("\"{n}\" must be non-empty printable ASCII without spaces or commas")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err_of(text: &str) -> String {
+        parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    const BASE: &str = r#"
+tiers = ["local", "frontier"]
+
+[providers.up]
+kind = "openai"
+base_url = "http://127.0.0.1:9/v1/"
+
+[[models]]
+id = "small"
+provider = "up"
+tier = "local"
+price = { input = 0.1, output = 0.2 }
+context_window = 1000
+"#;
+
+    #[test]
+    fn defaults_parse_and_have_three_tiers() {
+        let c = defaults().unwrap();
+        assert_eq!(c.tiers(), ["local", "mid", "frontier"]);
+        assert_eq!(c.source(), DEFAULT_SOURCE);
+        let local = &c.models()[0];
+        assert_eq!(c.tiers()[local.tier], "local");
+        assert_eq!(c.provider_of(0).base_url, "http://127.0.0.1:11434/v1");
+        assert!(c.provider_of(0).local);
+        assert!(c
+            .models()
+            .iter()
+            .any(|m| c.provider_of(m.provider).api_key_env.as_deref() == Some("ANTHROPIC_API_KEY")));
+        assert!(c.models().iter().any(|m| c.provider_of(m.provider).api_key_env.as_deref() == Some("OPENAI_API_KEY")));
+    }
+
+    #[test]
+    fn base_parses_with_trailing_slash_trimmed_and_cached_price_defaulting_to_input() {
+        let c = parse(BASE, "t.toml").unwrap();
+        assert_eq!(c.providers()[0].base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(c.models()[0].price.cached_input, c.models()[0].price.input);
+        assert_eq!(c.models()[0].upstream_model, "small");
+    }
+
+    #[test]
+    fn unknown_provider_names_file_line_and_field() {
+        let text = BASE.replace("provider = \"up\"", "provider = \"nope\"");
+        assert_eq!(err_of(&text), "t.toml:10: models[0].provider: unknown provider \"nope\"");
+    }
+
+    #[test]
+    fn unknown_field_names_line_and_field() {
+        let text = BASE.replace("kind = \"openai\"", "kind = \"openai\"\ntimeout = 3");
+        let e = err_of(&text);
+        assert!(e.starts_with("t.toml:6: providers.up.timeout: unknown field `timeout`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_field() {
+        let text = BASE.replace("context_window = 1000", "context_window = \"big\"");
+        let e = err_of(&text);
+        assert!(e.starts_with("t.toml:13: models[0].context_window:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_kind_is_reported() {
+        let e = err_of(&BASE.replace("kind = \"openai\"", "kind = \"grpc\""));
+        assert!(e.starts_with("t.toml:5: providers.up.kind: unknown variant `grpc`"), "{e}");
+    }
+
+    #[test]
+    fn key_in_api_key_env_is_refused() {
+        let e = err_of(&BASE.replace("kind = \"openai\"", "kind = \"openai\"\napi_key_env = \"sk-abc-123\""));
+        assert!(e.starts_with("t.toml:6: providers.up.api_key_env: must be the NAME"), "{e}");
+    }
+
+    #[test]
+    fn role_to_unknown_tier_and_alias_to_unknown_model() {
+        let e = err_of(&format!("{BASE}\n[roles]\nsearch = \"mid\"\n"));
+        assert_eq!(e, "t.toml:16: roles.search: unknown tier \"mid\" (tiers: local, frontier)");
+        let e = err_of(&format!("{BASE}\n[aliases]\nfast = \"big\"\n"));
+        assert_eq!(e, "t.toml:16: aliases.fast: unknown model \"big\"");
+    }
+
+    #[test]
+    fn negative_price_and_duplicate_id() {
+        let e = err_of(&BASE.replace("input = 0.1", "input = -1.0"));
+        assert!(e.starts_with("t.toml:12: models[0].price.input:"), "{e}");
+        let dup = format!("{BASE}\n[[models]]\nid = \"small\"\nprovider = \"up\"\ntier = \"local\"\nprice = {{ input = 0.1, output = 0.2 }}\ncontext_window = 1\n");
+        assert_eq!(err_of(&dup), "t.toml:16: models[1].id: model id \"small\" is defined twice");
+    }
+
+    #[test]
+    fn bad_listen_address() {
+        let e = err_of(&format!("{BASE}[server]\nlisten = \"localhost\"\n"));
+        assert_eq!(e, "t.toml:15: server.listen: \"localhost\" is not an address like 127.0.0.1:8787");
+    }
+
+    #[test]
+    fn syntax_error_has_a_line() {
+        let e = err_of("tiers = [\"a\"\n[x]");
+        assert!(e.starts_with("t.toml:"), "{e}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Prompt-token estimates, for context-window checks and (later) budget reservations.
+//!
+//! Counts use OpenAI's `o200k_base` BPE (tiktoken-rs) plus the per-message framing of OpenAI's
+//! cookbook recipe "How to count tokens with tiktoken" (3 tokens per message, 3 to prime the
+//! reply). Other providers tokenise differently; the figure is an estimate for every model but
+//! OpenAI's own. Images count a flat 85 tokens each (OpenAI's low-detail image cost).
+//!
+//! Tokenising costs tens of microseconds per thousand tokens, so [`PromptSize`] first offers a
+//! free upper bound: a BPE token always covers at least one byte, so the text's byte length bounds
+//! its token count, and a request whose byte bound fits every window is never tokenised.
+
+use std::sync::OnceLock;
+
+use tiktoken_rs::CoreBPE;
+
+use crate::openai::{ChatRequest, Content};
+
+const TOKENS_PER_MESSAGE: u64 = 3;
+const REPLY_PRIMING: u64 = 3;
+const TOKENS_PER_IMAGE: u64 = 85;
+
+fn bpe() -> Option<&'static CoreBPE> {
+    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
+}
+
+/// Loads the tokenizer now rather than on the first request that needs it (≈100 ms).
+pub fn warm_up() {
+    let _ = bpe();
+}
+
+/// Token count of `text` (o200k_base), or its byte length if the tokenizer failed to load.
+pub fn count_text(text: &str) -> u64 {
+    match bpe() {
+        Some(b) => b.encode_ordinary(text).len() as u64,
+        None => text.len() as u64,
+    }
+}
+
+/// A request's prompt size: a free upper bound, and an exact count computed at most once.
+#[derive(Debug)]
+pub struct PromptSize<'a> {
+    request: &'a ChatRequest,
+    upper_bound: u64,
+    exact: OnceLock<u64>,
+}
+
+impl<'a> PromptSize<'a> {
+    /// Measures the byte-length upper bound of `request`'s prompt (O(n), no tokenising).
+    pub fn new(request: &'a ChatRequest) -> Self {
+        let mut bound = REPLY_PRIMING;
+        visit(request, &mut |t, k| bound += t.len() as u64 + k);
+        PromptSize { request, upper_bound: bound, exact: OnceLock::new() }
+    }
+
+    /// An upper bound of the prompt's token count.
+    pub fn upper_bound(&self) -> u64 {
+        self.upper_bound
+    }
+
+    /// The estimated prompt token count (tokenises on first call).
+    pub fn estimate(&self) -> u64 {
+        *self.exact.get_or_init(|| {
+            let mut n = REPLY_PRIMING;
+            visit(self.request, &mut |t, k| n += count_text(t) + k);
+            n.min(self.upper_bound)
+        })
+    }
+
+    /// True when the prompt plus `output` tokens fit in `window` tokens.
+    pub fn fits(&self, output: u64, window: u64) -> bool {
+        self.upper_bound.saturating_add(output) <= window || self.estimate().saturating_add(output) <= window
+    }
+}
+
+/// Calls `f(text, fixed_tokens)` on every prompt text and every fixed token overhead.
+fn visit(req: &ChatRequest, f: &mut impl FnMut(&str, u64)) {
+    for m in &req.messages {
+        f("", TOKENS_PER_MESSAGE);
+        if let Some(c) = m.content() {
+            c.for_each_text(|t| f(t, 0));
+            if let Content::Parts(parts) = c {
+                let images = parts.iter().filter(|p| matches!(p, crate::openai::ContentPart::ImageUrl { .. })).count();
+                f("", images as u64 * TOKENS_PER_IMAGE);
+            }
+        }
+        for call in m.tool_calls.iter().flatten() {
+            f(&call.function.name, 0);
+            f(&call.function.arguments, 0);
+        }
+    }
+    for tool in req.tools.iter().flatten() {
+        if let Some(func) = &tool.function {
+            f(&func.name, 0);
+            if let Some(d) = &func.description {
+                f(d, 0);
+            }
+            if let Some(p) = &func.parameters {
+                f(&p.to_string(), 0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(json: &str) -> ChatRequest {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn hello_world_counts_like_the_cookbook() {
+        // "Hello world" is 2 tokens in o200k_base; + 3 per message + 3 priming.
+        let r = req(r#"{"model":"m","messages":[{"role":"user","content":"Hello world"}]}"#);
+        let s = PromptSize::new(&r);
+        assert_eq!(s.estimate(), 8);
+        assert_eq!(s.upper_bound(), 11 + 6);
+    }
+
+    #[test]
+    fn upper_bound_is_never_below_the_estimate() {
+        let r = req(
+            r#"{"model":"m","messages":[{"role":"system","content":"Résumé: ünïcödé — 東京"},{"role":"user","content":[{"type":"text","text":"x y z"},{"type":"image_url","image_url":{"url":"data:image/png;base64,AA=="}}]}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#,
+        );
+        let s = PromptSize::new(&r);
+        assert!(s.estimate() <= s.upper_bound());
+        assert!(s.estimate() > 85);
+    }
+
+    #[test]
+    fn fits_uses_the_exact_count_when_the_bound_is_too_big() {
+        let long = "word ".repeat(1000); // 5,000 bytes, about 1,000 tokens
+        let r = req(&format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{long}"}}]}}"#));
+        let s = PromptSize::new(&r);
+        assert!(s.upper_bound() > 5000);
+        assert!(s.fits(100, 2000));
+        assert!(!s.fits(1500, 2000));
+    }
+}

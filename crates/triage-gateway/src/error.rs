@@ -1,0 +1,159 @@
+//! The gateway's one error type, and its one mapping to an HTTP status and OpenAI error envelope.
+//!
+//! Details go to the log; the client gets a clean envelope that never holds a stack trace, a file
+//! path or an API key (upstream bodies are scrubbed of the provider's key before they are passed on).
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use triage_core::openai::{ErrorBody, ErrorEnvelope};
+use triage_core::route::RouteError;
+
+use crate::providers::UpstreamError;
+
+/// Everything that can end a request with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request is malformed or has an invalid field (400).
+    #[error("{message}")]
+    InvalidRequest {
+        /// What is wrong, naming the field.
+        message: String,
+        /// The field at fault.
+        param: Option<String>,
+    },
+    /// The body exceeds `server.max_body_bytes` (413).
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Routing failed: unknown model (404), unmet requirement (400) or nothing available (503).
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The upstream answered with an error status.
+    #[error("upstream {provider} answered HTTP {status}")]
+    UpstreamStatus {
+        /// Provider name.
+        provider: String,
+        /// The upstream status.
+        status: StatusCode,
+        /// The upstream body, scrubbed of the provider's key.
+        body: Bytes,
+        /// The upstream `retry-after` header, passed on.
+        retry_after: Option<HeaderValue>,
+    },
+    /// The upstream could not be reached or broke the protocol (502), or timed out (504).
+    #[error("upstream {provider}: {source}")]
+    Upstream {
+        /// Provider name.
+        provider: String,
+        /// What went wrong.
+        source: UpstreamError,
+    },
+}
+
+impl GatewayError {
+    /// A 400 naming `param`.
+    pub fn invalid(message: impl Into<String>, param: Option<String>) -> Self {
+        GatewayError::InvalidRequest { message: message.into(), param }
+    }
+
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Route(RouteError::ModelNotFound { .. }) => StatusCode::NOT_FOUND,
+            GatewayError::Route(RouteError::Unsatisfiable { .. }) => StatusCode::BAD_REQUEST,
+            GatewayError::Route(RouteError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamStatus { status, .. } => upstream_status_to_client(*status),
+            GatewayError::Upstream { source, .. } => match source {
+                UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            },
+        }
+    }
+
+    fn envelope(&self) -> ErrorBody {
+        let (kind, code, param) = match self {
+            GatewayError::InvalidRequest { param, .. } => ("invalid_request_error", None, param.clone()),
+            GatewayError::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large"), None),
+            GatewayError::Route(RouteError::ModelNotFound { .. }) => {
+                ("invalid_request_error", Some("model_not_found"), Some("model".to_owned()))
+            }
+            GatewayError::Route(RouteError::Unsatisfiable { .. }) => {
+                ("invalid_request_error", Some("no_capable_model"), Some("model".to_owned()))
+            }
+            GatewayError::Route(RouteError::Unavailable { .. }) => ("api_error", Some("provider_unavailable"), None),
+            GatewayError::UpstreamStatus { .. } => ("api_error", Some("upstream_error"), None),
+            GatewayError::Upstream { source: UpstreamError::Timeout(_), .. } => {
+                ("api_error", Some("upstream_timeout"), None)
+            }
+            GatewayError::Upstream { .. } => ("api_error", Some("upstream_unavailable"), None),
+        };
+        let message = match self {
+            GatewayError::UpstreamStatus { provider, status, body, .. } => match upstream_error_message(body) {
+                Some(m) => format!("upstream {provider} answered HTTP {}: {m}", status.as_u16()),
+                None => self.to_string(),
+            },
+            _ => self.to_string(),
+        };
+        ErrorBody { message, kind: kind.to_owned(), param, code: code.map(str::to_owned) }
+    }
+
+    /// The error as the JSON body of an in-stream SSE error event (`data: {"error": {...}}`).
+    pub fn to_sse_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&ErrorEnvelope { error: self.envelope() }).unwrap_or_default()
+    }
+}
+
+/// The `error.message` (OpenAI, Anthropic) or `message` (vLLM) of an upstream error body.
+fn upstream_error_message(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let m = v.pointer("/error/message").or_else(|| v.get("message"))?.as_str()?;
+    Some(m.chars().take(500).collect())
+}
+
+/// Upstream 4xx are the client's to see (passed through); upstream 5xx become 502, except
+/// overload (503, 529) which stays 503 so that SDKs back off and retry, and 504.
+fn upstream_status_to_client(status: StatusCode) -> StatusCode {
+    if status.is_client_error() {
+        return status;
+    }
+    match status.as_u16() {
+        503 | 529 => StatusCode::SERVICE_UNAVAILABLE,
+        504 => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
+        } else {
+            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+        }
+        // An upstream 4xx body that is already a JSON error object goes to the client as it is,
+        // so provider details (e.g. content-filter results) survive.
+        if let GatewayError::UpstreamStatus { body, retry_after, status: up, .. } = &self {
+            let is_json_object =
+                body.first() == Some(&b'{') && serde_json::from_slice::<serde_json::Value>(body).is_ok();
+            if up.is_client_error() && is_json_object {
+                let mut resp =
+                    (status, [(http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response();
+                if let Some(ra) = retry_after {
+                    resp.headers_mut().insert(http::header::RETRY_AFTER, ra.clone());
+                }
+                return resp;
+            }
+        }
+        let mut resp = (status, axum::Json(ErrorEnvelope { error: self.envelope() })).into_response();
+        if let GatewayError::UpstreamStatus { retry_after: Some(ra), .. } = &self {
+            resp.headers_mut().insert(http::header::RETRY_AFTER, ra.clone());
+        }
+        resp
+    }
+}

@@ -1,0 +1,106 @@
+//! The route table, and the small read-only endpoints.
+//!
+//! - `POST /v1/chat/completions` (also without the `/v1` prefix): [`crate::chat`];
+//! - `GET /v1/models`: tiers, roles, aliases and models in OpenAI's list format;
+//! - `GET /healthz`: the process is up; `GET /readyz`: some model can take calls now;
+//! - `GET /metrics`: Prometheus text format.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use triage_core::openai::{ErrorBody, ErrorEnvelope};
+
+use crate::chat::chat_completions;
+use crate::state::SharedState;
+use crate::telemetry;
+
+/// The gateway's HTTP application (testable without a socket via `tower::ServiceExt::oneshot`).
+pub fn app(state: SharedState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/models", get(list_models))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    let body = ErrorEnvelope {
+        error: ErrorBody {
+            message: format!("no route for {}", uri.path()),
+            kind: "invalid_request_error".into(),
+            param: None,
+            code: Some("not_found".into()),
+        },
+    };
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn metrics() -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], telemetry::handle().render())
+        .into_response()
+}
+
+/// 200 when at least one model's provider can take calls, else 503; the body lists providers.
+async fn readyz(State(state): State<SharedState>) -> Response {
+    let providers: Vec<Value> = state
+        .catalog
+        .providers()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let why = state.provider_unavailable(i);
+            json!({"provider": p.name, "available": why.is_none(), "reason": why})
+        })
+        .collect();
+    let ready = (0..state.catalog.models().len()).any(|m| state.model_available(m));
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({"ready": ready, "providers": providers}))).into_response()
+}
+
+/// `GET /v1/models`: every name a client may send as `model`, with Triage's details under `triage`.
+async fn list_models(State(state): State<SharedState>) -> Json<Value> {
+    let c = &state.catalog;
+    let entry = |id: String, detail: Value| json!({"id": id, "object": "model", "created": 0, "owned_by": "triage", "triage": detail});
+    let mut data = vec![entry("auto".into(), json!({"kind": "router", "tiers": c.tiers()}))];
+    for t in c.tiers() {
+        data.push(entry(t.clone(), json!({"kind": "tier"})));
+    }
+    for (role, &tier) in c.roles() {
+        data.push(entry(format!("role:{role}"), json!({"kind": "role", "tier": c.tiers()[tier]})));
+    }
+    for (alias, &m) in c.aliases() {
+        data.push(entry(alias.clone(), json!({"kind": "alias", "model": c.models()[m].id})));
+    }
+    for (i, m) in c.models().iter().enumerate() {
+        let caps: Vec<&str> = [
+            ("tools", m.capabilities.tools),
+            ("vision", m.capabilities.vision),
+            ("json_schema", m.capabilities.json_schema),
+        ]
+        .into_iter()
+        .filter_map(|(n, on)| on.then_some(n))
+        .collect();
+        data.push(entry(
+            m.id.clone(),
+            json!({
+                "kind": "model",
+                "tier": c.tiers()[m.tier],
+                "provider": c.providers()[m.provider].name,
+                "upstream_model": m.upstream_model,
+                "context_window": m.context_window,
+                "capabilities": caps,
+                "price_per_million": {"input": m.price.input.as_usd(), "cached_input": m.price.cached_input.as_usd(), "output": m.price.output.as_usd()},
+                "available": state.model_available(i),
+            }),
+        ));
+    }
+    Json(json!({"object": "list", "data": data}))
+}

@@ -1,0 +1,82 @@
+//! The I/O edge of Triage: the HTTP server, upstream provider clients, streaming relay, health
+//! checks and metrics. The decisions themselves (parsing, routing, normalising, pricing) are in
+//! `triage-core`; this crate wires them to sockets.
+#![deny(missing_docs)]
+
+pub mod chat;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod providers;
+pub mod state;
+pub mod telemetry;
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use triage_core::catalog::Catalog;
+
+pub use error::GatewayError;
+pub use state::{AppState, SharedState};
+
+/// Runs the gateway on `listener` until `shutdown` resolves, then stops accepting connections
+/// and lets in-flight requests and streams finish for up to `server.shutdown_grace`.
+///
+/// Errors: an HTTP client cannot be built, or the listener fails.
+pub async fn serve(
+    catalog: Catalog,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    telemetry::handle();
+    tokio::task::spawn_blocking(triage_core::tokens::warm_up);
+    let grace = catalog.server().shutdown_grace;
+    let state = Arc::new(AppState::new(catalog).map_err(std::io::Error::other)?);
+    let probes = health::spawn(state.clone());
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let notify = stopping.clone();
+    let server = axum::serve(listener, http::app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: no new connections, in-flight requests may finish"
+            );
+            notify.notify_one();
+        })
+        .into_future();
+    let result = tokio::select! {
+        r = server => r,
+        _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown grace period over; closing the remaining connections");
+            Ok(())
+        }
+    };
+    for p in probes {
+        p.abort();
+    }
+    result
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

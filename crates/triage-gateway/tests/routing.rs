@@ -1,0 +1,260 @@
+//! Routing through the real server: `auto`, tiers, roles, aliases (shared case C32),
+//! capability requirements, unavailable providers; and the read-only endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Three tiers on three fake upstreams: `tiny` (local, no capabilities, 2,000-token window),
+/// `openai-model` (mid, tools), `big` (frontier, everything); alias `fast` → `openai-model`;
+/// role `plan-review` → frontier.
+async fn three_tiers() -> (FakeUpstream, FakeUpstream, FakeUpstream, Gateway) {
+    let local = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let mid = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let big = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let toml = format!(
+        r#"
+tiers = ["local", "mid", "frontier"]
+[roles]
+plan-review = "frontier"
+search = "local"
+[aliases]
+fast = "openai-model"
+[providers.loc]
+kind = "openai"
+base_url = "{}"
+local = true
+[providers.mid]
+kind = "openai"
+base_url = "{}"
+[providers.big]
+kind = "openai"
+base_url = "{}"
+[[models]]
+id = "tiny"
+provider = "loc"
+upstream_model = "tiny-upstream"
+tier = "local"
+price = {{ input = 0.0, output = 0.0 }}
+context_window = 2000
+[[models]]
+id = "openai-model"
+provider = "mid"
+upstream_model = "gpt-test-upstream"
+tier = "mid"
+price = {{ input = 1.0, output = 3.0 }}
+context_window = 128000
+capabilities = ["tools"]
+[[models]]
+id = "big"
+provider = "big"
+upstream_model = "big-upstream"
+tier = "frontier"
+price = {{ input = 10.0, output = 30.0 }}
+context_window = 200000
+capabilities = ["tools", "vision", "json_schema"]
+"#,
+        local.url(),
+        mid.url(),
+        big.url()
+    );
+    let gw = start(&toml).await;
+    (local, mid, big, gw)
+}
+
+async fn route_of(gw: &Gateway, body: serde_json::Value) -> (u16, String, String) {
+    let resp = post(gw, &body.to_string()).await;
+    let status = resp.status().as_u16();
+    let h = resp.headers();
+    let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (status, get("x-triage-model"), get("x-triage-route-reason"))
+}
+
+fn msgs(text: &str) -> serde_json::Value {
+    json!([{"role": "user", "content": text}])
+}
+
+#[tokio::test]
+async fn auto_picks_the_cheapest_capable_tier() {
+    let (local, mid, big, gw) = three_tiers().await;
+    assert_eq!(route_of(&gw, json!({"model": "auto", "messages": msgs("hi")})).await.1, "tiny");
+    assert_eq!(local.requests()[0].json()["model"], "tiny-upstream");
+
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let (s, m, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs("hi"), "tools": tools})).await;
+    assert_eq!((s, m.as_str()), (200, "openai-model"));
+    assert_eq!(reason, "auto: cheapest capable tier mid (skipped local), cheapest model openai-model");
+
+    let image = json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]);
+    assert_eq!(route_of(&gw, json!({"model": "auto", "messages": image})).await.1, "big");
+
+    // A prompt longer than tiny's 2,000-token window goes up a tier.
+    let long = "alpha beta gamma delta ".repeat(600);
+    assert_eq!(route_of(&gw, json!({"model": "auto", "messages": msgs(&long)})).await.1, "openai-model");
+    assert_eq!((local.calls(), mid.calls(), big.calls()), (1, 2, 1));
+}
+
+#[tokio::test]
+async fn tiers_roles_and_ids_pin_the_choice() {
+    let (_l, _m, big, gw) = three_tiers().await;
+    assert_eq!(route_of(&gw, json!({"model": "frontier", "messages": msgs("hi")})).await.1, "big");
+    let (_, m, reason) = route_of(&gw, json!({"model": "role:plan-review", "messages": msgs("hi")})).await;
+    assert_eq!((m.as_str(), reason.as_str()), ("big", "role:plan-review -> tier frontier, cheapest model big"));
+    assert_eq!(route_of(&gw, json!({"model": "role:search", "messages": msgs("hi")})).await.1, "tiny");
+    assert_eq!(route_of(&gw, json!({"model": "big", "messages": msgs("hi")})).await.1, "big");
+    assert_eq!(big.calls(), 3);
+}
+
+/// Shared case C32 V1 and V4: an alias resolves to the real model, and the alias never
+/// reaches the upstream.
+#[tokio::test]
+async fn c32_alias_resolves_on_every_path() {
+    let (_l, mid, _b, gw) = three_tiers().await;
+    let (s, m, reason) = route_of(&gw, json!({"model": "fast", "messages": msgs("hi")})).await;
+    assert_eq!((s, m.as_str(), reason.as_str()), (200, "openai-model", "alias fast -> model openai-model"));
+    let sent = &mid.requests()[0];
+    assert_eq!(sent.json()["model"], "gpt-test-upstream");
+    assert!(!String::from_utf8_lossy(&sent.body).contains("fast"));
+}
+
+#[tokio::test]
+async fn c32_alias_resolves_when_streaming() {
+    let upstream = chunk_line("a", r#"{"role":"assistant","content":"hi"}"#, Some("stop")) + "data: [DONE]\n\n";
+    let up = FakeUpstream::replay(Reply::sse(&upstream)).await;
+    let gw = start(&one_model(&up.url(), "[aliases]\nfast = \"openai-model\"\n")).await;
+    let resp = post(&gw, r#"{"model":"fast","stream":true,"messages":[{"role":"user","content":"hi"}]}"#).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-triage-model"], "openai-model");
+    let _ = resp.text().await.unwrap();
+    let sent = &up.requests()[0];
+    assert_eq!(sent.json()["model"], "gpt-test-upstream");
+    assert!(!String::from_utf8_lossy(&sent.body).contains("fast"));
+}
+
+#[tokio::test]
+async fn unmet_requirements_are_400_naming_them() {
+    let (_l, _m, _b, gw) = three_tiers().await;
+    let resp = post(
+        &gw,
+        &json!({"model": "tiny", "messages": msgs("hi"), "tools": [{"type": "function", "function": {"name": "f"}}]})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let v = json_body(resp).await;
+    assert_eq!(v["error"]["code"], "no_capable_model");
+    assert_eq!(
+        v["error"]["message"],
+        "no model can serve this request: the request has tools, and model tiny has no `tools` capability"
+    );
+
+    let resp = post(&gw, &json!({"model": "mid", "messages": msgs("hi"), "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}).to_string()).await;
+    assert_eq!(resp.status(), 400);
+    assert!(json_body(resp).await["error"]["message"].as_str().unwrap().contains("json_schema"));
+
+    let resp = post(&gw, &json!({"model": "auto", "max_tokens": 500000, "messages": msgs("hi")}).to_string()).await;
+    assert_eq!(resp.status(), 400);
+    assert!(json_body(resp).await["error"]["message"].as_str().unwrap().contains("context window"));
+}
+
+#[tokio::test]
+async fn a_provider_without_its_key_is_skipped_and_shown_unavailable() {
+    let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let extra = format!(
+        r#"
+[providers.keyless]
+kind = "openai"
+base_url = "{}"
+api_key_env = "TRIAGE_TEST_KEY_THAT_IS_NEVER_SET"
+[[models]]
+id = "cheap-but-keyless"
+provider = "keyless"
+tier = "local"
+price = {{ input = 0.0, output = 0.0 }}
+context_window = 100000
+"#,
+        up.url()
+    );
+    let gw = start(&one_model(&up.url(), &extra)).await;
+    assert_eq!(route_of(&gw, json!({"model": "auto", "messages": msgs("hi")})).await.1, "openai-model");
+    let resp = post(&gw, &json!({"model": "cheap-but-keyless", "messages": msgs("hi")}).to_string()).await;
+    assert_eq!(resp.status(), 503);
+
+    let models = json_body(client().get(gw.url("/v1/models")).send().await.unwrap()).await;
+    let entry = models["data"].as_array().unwrap().iter().find(|m| m["id"] == "cheap-but-keyless").unwrap().clone();
+    assert_eq!(entry["triage"]["available"], false);
+    assert_eq!(entry["object"], "model");
+}
+
+#[tokio::test]
+async fn models_endpoint_lists_auto_tiers_roles_aliases_and_models() {
+    let (_l, _m, _b, gw) = three_tiers().await;
+    let v = json_body(client().get(gw.url("/v1/models")).send().await.unwrap()).await;
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["auto", "local", "mid", "frontier", "role:plan-review", "role:search", "fast", "tiny", "openai-model", "big"]
+    );
+    let big = &v["data"][9]["triage"];
+    assert_eq!(big["tier"], "frontier");
+    assert_eq!(big["price_per_million"]["output"], 30.0);
+    assert_eq!(big["capabilities"], json!(["tools", "vision", "json_schema"]));
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics() {
+    let (_l, _m, _b, gw) = three_tiers().await;
+    let c = client();
+    assert_eq!(c.get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    let ready = c.get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(route_of(&gw, json!({"model": "auto", "messages": msgs("hi")})).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let m = c.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        m.contains(r#"triage_requests_total{endpoint="chat_completions",model="tiny",tier="local",status="200"}"#),
+        "{m}"
+    );
+    assert!(m.contains("triage_request_duration_seconds_bucket"));
+    assert!(m.contains("triage_upstream_duration_seconds_bucket"));
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_no_provider_is_available() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let gw = start(&one_model(&format!("http://127.0.0.1:{port}/v1"), "")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = client().get(gw.url("/readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let v = json_body(resp).await;
+    assert_eq!(v["providers"][0]["reason"], "unreachable");
+}
+
+/// Graceful shutdown: after the signal, an in-flight stream still finishes, and the server
+/// stops accepting new connections.
+#[tokio::test]
+async fn shutdown_lets_in_flight_streams_finish() {
+    let steps = vec![
+        Step::Write(chunk_line("g", r#"{"role":"assistant","content":"a"}"#, None).into_bytes()),
+        Step::Sleep(Duration::from_millis(800)),
+        Step::Write((chunk_line("g", r#"{"content":"b"}"#, Some("stop")) + "data: [DONE]\n\n").into_bytes()),
+    ];
+    let up = FakeUpstream::replay(Reply::steps(200, steps)).await;
+    let mut gw = start(&one_model(&up.url(), "")).await;
+    let resp = post(&gw, r#"{"model":"openai-model","stream":true,"messages":[{"role":"user","content":"hi"}]}"#).await;
+    assert_eq!(resp.status(), 200);
+    let server = gw.shutdown();
+    let body = resp.text().await.unwrap();
+    assert_eq!(content(&chunks(&sse_data(&body))), "ab");
+    assert!(body.ends_with("data: [DONE]\n\n"));
+    tokio::time::timeout(Duration::from_secs(3), server).await.expect("server stops").unwrap().unwrap();
+    assert!(client().get(gw.url("/healthz")).send().await.is_err());
+}

@@ -1,0 +1,133 @@
+//! A fast fake OpenAI-compatible upstream for benchmarks and SDK tests, on axum.
+//!
+//! `POST /v1/chat/completions` answers in the real wire format:
+//! - a request whose last message is a `tool` result gets `The tool said: <result>`;
+//! - a request with `tools` (and no tool result yet) gets a call of its first tool with `{}`
+//!   arguments (`finish_reason: "tool_calls"`);
+//! - anything else gets a fixed text, split into `chunks` pieces when streamed, with
+//!   `chunk_delay` between them; usage comes in a final `choices: []` chunk when
+//!   `stream_options.include_usage` is set.
+//!
+//! `GET /v1/models` lists one model.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+/// Behaviour of the fixed upstream.
+#[derive(Debug, Clone)]
+pub struct Fixed {
+    /// Text pieces of a streamed answer.
+    pub chunks: usize,
+    /// Pause between streamed pieces.
+    pub chunk_delay: Duration,
+}
+
+impl Default for Fixed {
+    fn default() -> Self {
+        Fixed { chunks: 5, chunk_delay: Duration::ZERO }
+    }
+}
+
+/// The axum app of the fixed upstream.
+pub fn app(cfg: Fixed) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/models", get(|| async { Json(json!({"object":"list","data":[{"id":"fake-model","object":"model","created":0,"owned_by":"fake"}]})) }))
+        .with_state(cfg)
+}
+
+const TEXT: &str = "Hello from the fake upstream.";
+
+fn answer(req: &Value) -> (Option<String>, Option<Value>) {
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    let last = messages.last().cloned().unwrap_or(Value::Null);
+    if last["role"] == "tool" {
+        let content = match &last["content"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        return (Some(format!("The tool said: {content}")), None);
+    }
+    if let Some(tool) = req["tools"].as_array().and_then(|t| t.first()) {
+        let name = tool["function"]["name"].as_str().unwrap_or("tool");
+        let call = json!({"id": "call_fake_1", "type": "function", "function": {"name": name, "arguments": "{}"}});
+        return (None, Some(call));
+    }
+    (Some(TEXT.to_owned()), None)
+}
+
+fn prompt_tokens(req: &Value) -> u64 {
+    req["messages"]
+        .as_array()
+        .map_or(0, |m| m.iter().map(|m| m["content"].to_string().split_whitespace().count() as u64 + 3).sum())
+}
+
+async fn chat(State(cfg): State<Fixed>, Json(req): Json<Value>) -> Response {
+    let model = req["model"].as_str().unwrap_or("fake-model").to_owned();
+    let (text, call) = answer(&req);
+    let prompt = prompt_tokens(&req);
+    let completion = text.as_deref().map_or(5, |t| t.split_whitespace().count() as u64);
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion});
+    let finish = if call.is_some() { "tool_calls" } else { "stop" };
+    if req["stream"] != true {
+        let mut message = json!({"role": "assistant", "content": text});
+        if let Some(c) = &call {
+            message["tool_calls"] = json!([c]);
+        }
+        return Json(json!({
+            "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_700_000_000u64, "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
+            "usage": usage,
+        }))
+        .into_response();
+    }
+    let include_usage = req["stream_options"]["include_usage"] == true;
+    let chunk = |delta: Value, finish: Option<&str>| {
+        let c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+        format!("data: {c}\n\n")
+    };
+    let mut events: Vec<String> = vec![chunk(json!({"role": "assistant", "content": ""}), None)];
+    if let Some(t) = &text {
+        let n = cfg.chunks.max(1);
+        let step = t.len().div_ceil(n);
+        let mut rest = t.as_str();
+        while !rest.is_empty() {
+            let mut cut = step.min(rest.len());
+            while !rest.is_char_boundary(cut) {
+                cut += 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            events.push(chunk(json!({"content": piece}), None));
+            rest = tail;
+        }
+    }
+    if let Some(c) = &call {
+        let name = c["function"]["name"].clone();
+        events.push(chunk(json!({"tool_calls": [{"index": 0, "id": c["id"], "type": "function", "function": {"name": name, "arguments": ""}}]}), None));
+        events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}), None));
+    }
+    events.push(chunk(json!({}), Some(finish)));
+    if include_usage {
+        let c = json!({"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1_700_000_000u64, "model": model, "choices": [], "usage": usage});
+        events.push(format!("data: {c}\n\n"));
+    }
+    events.push("data: [DONE]\n\n".to_owned());
+    let delay = cfg.chunk_delay;
+    let stream = futures_util::stream::unfold((events.into_iter(), true), move |(mut it, first)| async move {
+        let next = it.next()?;
+        if !first && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<_, Infallible>(next), (it, false)))
+    });
+    ([(CONTENT_TYPE, "text/event-stream")], Body::from_stream(stream)).into_response()
+}
