@@ -16,6 +16,8 @@ pub type ProviderId = usize;
 pub type ModelId = usize;
 /// Position of a tier in [`Catalog::tiers`] (0 = cheapest).
 pub type TierId = usize;
+/// Position of a deployment in [`Catalog::deployments`].
+pub type DeploymentId = usize;
 
 /// Wire protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -91,15 +93,34 @@ pub struct Capabilities {
     pub json_schema: bool,
 }
 
-/// A catalog entry: one model on one provider.
+/// One place a model is served: a provider and the model's name there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// The catalog model it serves.
+    pub model: ModelId,
+    /// The provider.
+    pub provider: ProviderId,
+    /// Model name sent upstream.
+    pub upstream_model: String,
+}
+
+/// A catalog entry: one model, served by one or more deployments.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     /// Catalog id clients may name.
     pub id: String,
-    /// Serving provider.
+    /// Provider of the primary deployment.
     pub provider: ProviderId,
-    /// Model name sent upstream.
+    /// Model name sent upstream by the primary deployment.
     pub upstream_model: String,
+    /// Deployments in the order they are tried; the first is the primary.
+    pub deployments: Vec<DeploymentId>,
+    /// Equivalent models elsewhere, tried in order when every deployment failed.
+    pub fallback: Vec<ModelId>,
+    /// Larger-context models, tried when an upstream says the prompt is too long.
+    pub context_window_fallback: Vec<ModelId>,
+    /// Models tried when an upstream refuses on content policy (a 400 or `content_filter`).
+    pub content_policy_fallback: Vec<ModelId>,
     /// Price tier.
     pub tier: TierId,
     /// Prices per million tokens.
@@ -133,6 +154,61 @@ impl Default for ServerSettings {
     }
 }
 
+/// Retries of one deployment, and the request's deadline across all attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries of the same deployment after a retryable failure (so at most 1 + this many calls).
+    pub num_retries: u32,
+    /// Backoff before the first retry; doubles each retry (with jitter).
+    pub initial_backoff: Duration,
+    /// Largest backoff between retries.
+    pub max_backoff: Duration,
+    /// Longest `Retry-After` the gateway waits out itself; longer ones go to the next
+    /// deployment, or back to the client.
+    pub max_retry_wait: Duration,
+    /// Time budget of all attempts of one request, until an answer starts.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            num_retries: 2,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            max_retry_wait: Duration::from_secs(10),
+            deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+/// When a deployment's circuit breaker opens.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerPolicy {
+    /// Open after this many failures in a row.
+    pub consecutive_failures: u32,
+    /// Or when at least `min_requests` calls in the window failed at this rate (0..=1).
+    pub failure_rate: f64,
+    /// Calls a window needs before its failure rate counts.
+    pub min_requests: u32,
+    /// Length of the failure-rate window.
+    pub window: Duration,
+    /// How long an open breaker stays open before one probe call is let through (half-open).
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
@@ -143,6 +219,9 @@ pub struct Catalog {
     pub(crate) aliases: BTreeMap<String, ModelId>,
     pub(crate) providers: Vec<Provider>,
     pub(crate) models: Vec<Model>,
+    pub(crate) deployments: Vec<Deployment>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: BreakerPolicy,
 }
 
 impl Catalog {
@@ -178,7 +257,19 @@ impl Catalog {
     pub fn models(&self) -> &[Model] {
         &self.models
     }
-    /// The provider of `model`.
+    /// Every deployment of every model.
+    pub fn deployments(&self) -> &[Deployment] {
+        &self.deployments
+    }
+    /// Retry policy.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+    /// Circuit-breaker policy.
+    pub fn breaker(&self) -> &BreakerPolicy {
+        &self.breaker
+    }
+    /// The provider of `model`'s primary deployment.
     pub fn provider_of(&self, model: ModelId) -> &Provider {
         &self.providers[self.models[model].provider]
     }

@@ -13,7 +13,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::catalog::{Capabilities, Catalog, Model, Provider, ProviderKind, ServerSettings, Timeouts};
+use crate::catalog::{
+    BreakerPolicy, Capabilities, Catalog, Deployment, Model, ModelId, Provider, ProviderKind, RetryPolicy,
+    ServerSettings, Timeouts,
+};
 use crate::cost::{PerMillion, Price};
 
 /// The built-in default configuration, also what `triage init` writes.
@@ -81,6 +84,37 @@ struct RawConfig {
     providers: BTreeMap<Spanned<String>, RawProvider>,
     #[serde(default)]
     models: Vec<Spanned<RawModel>>,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    breaker: RawBreaker,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    num_retries: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+    max_retry_wait_ms: Option<u64>,
+    deadline_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    consecutive_failures: Option<u32>,
+    failure_rate: Option<Spanned<f64>>,
+    min_requests: Option<u32>,
+    window_ms: Option<u64>,
+    cooldown_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    provider: Spanned<String>,
+    upstream_model: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -118,6 +152,14 @@ struct RawModel {
     max_output_tokens: Option<u64>,
     #[serde(default)]
     capabilities: Vec<RawCapability>,
+    #[serde(default)]
+    deployments: Vec<RawDeployment>,
+    #[serde(default)]
+    fallback: Vec<Spanned<String>>,
+    #[serde(default)]
+    context_window_fallback: Vec<Spanned<String>>,
+    #[serde(default)]
+    content_policy_fallback: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +304,8 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
     }
 
     let mut models: Vec<Model> = Vec::with_capacity(raw.models.len());
+    let mut deployments: Vec<Deployment> = Vec::new();
+    let mut fallback_refs: Vec<[Vec<Spanned<String>>; 3]> = Vec::new();
     for (i, m) in raw.models.into_iter().enumerate() {
         let f = |name: &str| format!("models[{i}].{name}");
         let m = m.into_inner();
@@ -315,16 +359,70 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
             }
         }
         let id = m.id.into_inner();
+        let upstream_model = m.upstream_model.unwrap_or_else(|| id.clone());
+        let mut ids = vec![deployments.len()];
+        deployments.push(Deployment { model: i, provider, upstream_model: upstream_model.clone() });
+        for (j, d) in m.deployments.into_iter().enumerate() {
+            let p = providers.iter().position(|p| &p.name == d.provider.get_ref()).ok_or_else(|| {
+                ctx.err(
+                    &d.provider.span(),
+                    f(&format!("deployments[{j}].provider")),
+                    format!("unknown provider \"{}\"", d.provider.get_ref()),
+                )
+            })?;
+            let up = d.upstream_model.unwrap_or_else(|| upstream_model.clone());
+            if deployments.iter().any(|o| o.model == i && o.provider == p && o.upstream_model == up) {
+                return Err(ctx.err(
+                    &d.provider.span(),
+                    f(&format!("deployments[{j}]")),
+                    "the same deployment is listed twice",
+                ));
+            }
+            ids.push(deployments.len());
+            deployments.push(Deployment { model: i, provider: p, upstream_model: up });
+        }
+        fallback_refs.push([m.fallback, m.context_window_fallback, m.content_policy_fallback]);
         models.push(Model {
-            upstream_model: m.upstream_model.unwrap_or_else(|| id.clone()),
+            upstream_model,
             id,
             provider,
+            deployments: ids,
+            fallback: Vec::new(),
+            context_window_fallback: Vec::new(),
+            content_policy_fallback: Vec::new(),
             tier,
             price,
             context_window: m.context_window.into_inner(),
             max_output_tokens: m.max_output_tokens,
             capabilities,
         });
+    }
+    for (i, lists) in fallback_refs.into_iter().enumerate() {
+        let [fallback, context, policy] = lists;
+        let resolve = |list: Vec<Spanned<String>>, name: &str| -> Result<Vec<ModelId>, ConfigError> {
+            let mut out = Vec::with_capacity(list.len());
+            for (k, r) in list.into_iter().enumerate() {
+                let field = format!("models[{i}].{name}[{k}]");
+                let target = models
+                    .iter()
+                    .position(|m| &m.id == r.get_ref())
+                    .ok_or_else(|| ctx.err(&r.span(), field.clone(), format!("unknown model \"{}\"", r.get_ref())))?;
+                if target == i {
+                    return Err(ctx.err(&r.span(), field, "a model cannot fall back to itself"));
+                }
+                if !out.contains(&target) {
+                    out.push(target);
+                }
+            }
+            Ok(out)
+        };
+        let fallback = resolve(fallback, "fallback")?;
+        let context = resolve(context, "context_window_fallback")?;
+        let policy = resolve(policy, "content_policy_fallback")?;
+        let m = &mut models[i];
+        m.fallback = fallback;
+        m.context_window_fallback = context;
+        m.content_policy_fallback = policy;
     }
 
     let mut roles = BTreeMap::new();
@@ -354,7 +452,42 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         aliases.insert(alias, m);
     }
 
-    Ok(Catalog { source: file.to_owned(), server, tiers, roles, aliases, providers, models })
+    let d = RetryPolicy::default();
+    let r = raw.retry;
+    let retry = RetryPolicy {
+        num_retries: r.num_retries.unwrap_or(d.num_retries).min(10),
+        initial_backoff: ms(r.initial_backoff_ms, d.initial_backoff),
+        max_backoff: ms(r.max_backoff_ms, d.max_backoff),
+        max_retry_wait: ms(r.max_retry_wait_ms, d.max_retry_wait),
+        deadline: ms(r.deadline_ms, d.deadline),
+    };
+    let d = BreakerPolicy::default();
+    let b = raw.breaker;
+    let failure_rate = match b.failure_rate {
+        Some(v) if (0.0..=1.0).contains(v.get_ref()) && *v.get_ref() > 0.0 => *v.get_ref(),
+        Some(v) => return Err(ctx.err(&v.span(), "breaker.failure_rate", "must be a fraction in (0, 1]")),
+        None => d.failure_rate,
+    };
+    let breaker = BreakerPolicy {
+        consecutive_failures: b.consecutive_failures.unwrap_or(d.consecutive_failures).max(1),
+        failure_rate,
+        min_requests: b.min_requests.unwrap_or(d.min_requests).max(1),
+        window: ms(b.window_ms, d.window),
+        cooldown: ms(b.cooldown_ms, d.cooldown),
+    };
+
+    Ok(Catalog {
+        source: file.to_owned(),
+        server,
+        tiers,
+        roles,
+        aliases,
+        providers,
+        models,
+        deployments,
+        retry,
+        breaker,
+    })
 }
 
 fn validate_server(ctx: &Ctx<'_>, raw: RawServer) -> Result<ServerSettings, ConfigError> {
@@ -479,6 +612,24 @@ context_window = 1000
         assert!(e.starts_with("t.toml:12: models[0].price.input:"), "{e}");
         let dup = format!("{BASE}\n[[models]]\nid = \"small\"\nprovider = \"up\"\ntier = \"local\"\nprice = {{ input = 0.1, output = 0.2 }}\ncontext_window = 1\n");
         assert_eq!(err_of(&dup), "t.toml:16: models[1].id: model id \"small\" is defined twice");
+    }
+
+    #[test]
+    fn deployments_and_fallbacks_resolve() {
+        let text = format!(
+            "{BASE}deployments = [{{ provider = \"up2\", upstream_model = \"other-name\" }}]\nfallback = [\"big\"]\n\n[[models]]\nid = \"big\"\nprovider = \"up\"\ntier = \"frontier\"\nprice = {{ input = 1.0, output = 2.0 }}\ncontext_window = 9000\ncontent_policy_fallback = [\"small\"]\n\n[providers.up2]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8/v1\"\n\n[retry]\nnum_retries = 1\n[breaker]\ncooldown_ms = 7000\n"
+        );
+        let c = parse(&text, "t.toml").unwrap();
+        let small = &c.models()[0];
+        assert_eq!(small.deployments, [0, 1]);
+        assert_eq!(c.deployments()[1].upstream_model, "other-name");
+        assert_eq!(c.providers()[c.deployments()[1].provider].name, "up2");
+        assert_eq!(small.fallback, [1]);
+        assert_eq!(c.models()[1].content_policy_fallback, [0]);
+        assert_eq!(c.retry().num_retries, 1);
+        assert_eq!(c.breaker().cooldown, Duration::from_secs(7));
+        let bad = text.replace("fallback = [\"big\"]", "fallback = [\"huge\"]");
+        assert_eq!(err_of(&bad), "t.toml:15: models[0].fallback[0]: unknown model \"huge\"");
     }
 
     #[test]

@@ -7,10 +7,12 @@
 //! Everything here is unit-tested directly; the I/O lives in `triage-gateway`.
 #![deny(missing_docs)]
 
+pub mod breaker;
 pub mod catalog;
 pub mod config;
 pub mod cost;
 pub mod openai;
+pub mod retry;
 pub mod route;
 pub mod sse;
 pub mod stream;

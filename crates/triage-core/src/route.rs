@@ -6,7 +6,7 @@
 //! scorer lands, `auto` picks the cheapest tier that has a capable model, and inside a tier the
 //! model with the lowest blended (input + output) price.
 
-use crate::catalog::{Catalog, ModelId, TierId};
+use crate::catalog::{Catalog, DeploymentId, ModelId, TierId};
 use crate::openai::ChatRequest;
 use crate::tokens::PromptSize;
 
@@ -55,6 +55,24 @@ pub enum RouteError {
     },
 }
 
+/// The capabilities a request needs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// The request defines tools.
+    pub tools: bool,
+    /// Some message has an image part.
+    pub vision: bool,
+    /// `response_format.type == "json_schema"`.
+    pub json_schema: bool,
+}
+
+impl Needs {
+    /// True when `c` has every capability needed.
+    pub fn met_by(&self, c: crate::catalog::Capabilities) -> bool {
+        (!self.tools || c.tools) && (!self.vision || c.vision) && (!self.json_schema || c.json_schema)
+    }
+}
+
 /// Hard requirements read off a request.
 #[derive(Debug)]
 pub struct Requirements<'a> {
@@ -80,6 +98,11 @@ impl<'a> Requirements<'a> {
             output_tokens: req.output_limit().unwrap_or(0),
             prompt: PromptSize::new(req),
         }
+    }
+
+    /// The capability part of the requirements.
+    pub fn needs(&self) -> Needs {
+        Needs { tools: self.tools, vision: self.vision, json_schema: self.json_schema }
     }
 
     /// `None` if `model` meets every requirement, else the first one it fails, in words.
@@ -122,6 +145,107 @@ pub struct RouteDecision {
     pub reason: String,
 }
 
+/// Why a deployment is in a request's plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The routed model's primary deployment.
+    Primary,
+    /// Another deployment of the routed model.
+    Deployment,
+    /// A model from the routed model's `fallback` list.
+    Fallback,
+    /// Another capable model of the same tier (for `auto`, tier and role requests), or of a
+    /// dearer tier (for `auto` only).
+    TierPeer,
+    /// From `context_window_fallback`, after an upstream said the prompt is too long.
+    ContextWindow,
+    /// From `content_policy_fallback`, after an upstream refused on content policy.
+    ContentPolicy,
+}
+
+impl Via {
+    /// Short name for headers and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Primary => "primary",
+            Via::Deployment => "deployment",
+            Via::Fallback => "fallback",
+            Via::TierPeer => "tier_peer",
+            Via::ContextWindow => "context_window_fallback",
+            Via::ContentPolicy => "content_policy_fallback",
+        }
+    }
+}
+
+/// One entry of a request's ordered plan of deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// The deployment to call.
+    pub deployment: DeploymentId,
+    /// Why it is in the plan.
+    pub via: Via,
+}
+
+/// The ordered deployments a request may be served by: the routed model's deployments, then its
+/// `fallback` models, then, when the client let Triage choose (`auto`, a tier, a role), the other
+/// capable models of that tier by price and, for `auto` only, those of dearer tiers. Every
+/// model in the plan meets the request's hard requirements; availability (keys, breakers,
+/// cooldowns) is checked at call time, because it changes between attempts.
+pub fn plan(catalog: &Catalog, target: &Target, decision: &RouteDecision, req: &Requirements<'_>) -> Vec<Candidate> {
+    let mut out: Vec<Candidate> = Vec::new();
+    let push_model = |out: &mut Vec<Candidate>, m: ModelId, first: Via, rest: Via| {
+        for (i, &d) in catalog.models()[m].deployments.iter().enumerate() {
+            if !out.iter().any(|c| c.deployment == d) {
+                out.push(Candidate { deployment: d, via: if i == 0 { first } else { rest } });
+            }
+        }
+    };
+    push_model(&mut out, decision.model, Via::Primary, Via::Deployment);
+    for &f in &catalog.models()[decision.model].fallback {
+        if req.unmet(catalog, f).is_none() {
+            push_model(&mut out, f, Via::Fallback, Via::Fallback);
+        }
+    }
+    let peer_tiers: Vec<TierId> = match target {
+        Target::Model { .. } => Vec::new(),
+        Target::Tier(t) | Target::Role(_, t) => vec![*t],
+        Target::Auto => (decision.tier..catalog.tiers().len()).collect(),
+    };
+    for tier in peer_tiers {
+        let mut peers: Vec<ModelId> = (0..catalog.models().len())
+            .filter(|&m| m != decision.model && catalog.models()[m].tier == tier && req.unmet(catalog, m).is_none())
+            .collect();
+        peers.sort_by_key(|&m| catalog.models()[m].price.blended());
+        for m in peers {
+            push_model(&mut out, m, Via::TierPeer, Via::TierPeer);
+        }
+    }
+    out
+}
+
+/// Which typed fallback list to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypedFallback {
+    /// `context_window_fallback`.
+    ContextWindow,
+    /// `content_policy_fallback`.
+    ContentPolicy,
+}
+
+/// The deployments of `model`'s typed fallback list, in order. Context-window fallbacks are not
+/// filtered by Triage's own context estimate (the upstream's count was the one that failed).
+pub fn typed_plan(catalog: &Catalog, model: ModelId, kind: TypedFallback, needs: Needs) -> Vec<Candidate> {
+    let m = &catalog.models()[model];
+    let (list, via) = match kind {
+        TypedFallback::ContextWindow => (&m.context_window_fallback, Via::ContextWindow),
+        TypedFallback::ContentPolicy => (&m.content_policy_fallback, Via::ContentPolicy),
+    };
+    list.iter()
+        .filter(|&&f| needs.met_by(catalog.models()[f].capabilities))
+        .flat_map(|&f| catalog.models()[f].deployments.iter().map(move |&d| Candidate { deployment: d, via }))
+        .collect()
+}
+
 /// Resolves the `model` field.
 ///
 /// Errors: [`RouteError::ModelNotFound`] with the list of valid names.
@@ -143,8 +267,9 @@ pub fn resolve(catalog: &Catalog, name: &str) -> Result<Target, RouteError> {
     Err(RouteError::ModelNotFound { name: name.to_owned(), valid: catalog.valid_model_names() })
 }
 
-/// Picks the model for `target`. `available(model)` says whether the model's provider can take
-/// a call now (key present, reachable).
+/// Picks the model for `target`. `available(model)` says whether some deployment of the model
+/// can take a call now (key present, reachable, breaker not open); it is consulted for `auto`,
+/// tiers and roles, not for an explicitly named model (its fallbacks may still serve it).
 ///
 /// Errors: [`RouteError::Unsatisfiable`] when every candidate fails a hard requirement (the
 /// client must change the request: 400); [`RouteError::Unavailable`] when capable models exist
@@ -161,12 +286,8 @@ pub fn select(
             if let Some(why) = req.unmet(catalog, *model) {
                 return Err(RouteError::Unsatisfiable { requirement: why });
             }
-            if !available(*model) {
-                return Err(RouteError::Unavailable {
-                    what: format!("model {}", m.id),
-                    detail: format!("provider {} is unavailable", catalog.provider_of(*model).name),
-                });
-            }
+            // An explicitly named model is routed even when it is unavailable now: its
+            // deployments and fallbacks are tried (and skipped) at call time.
             let reason = match via_alias {
                 Some(a) => format!("alias {a} -> model {}", m.id),
                 None => format!("model {} requested", m.id),
@@ -391,6 +512,42 @@ capabilities = ["tools", "vision", "json_schema"]
         assert_eq!(id(&c, &route(&c, &r, |_| true).unwrap()), "big");
         let r = req(r#"{"model":"auto","max_tokens":500000,"messages":[{"role":"user","content":"x"}]}"#);
         assert!(matches!(route(&c, &r, |_| true), Err(RouteError::Unsatisfiable { .. })));
+    }
+
+    #[test]
+    fn plan_orders_deployments_fallbacks_and_peers() {
+        let text = CAT.replace(
+            "capabilities = [\"tools\"]\n[[models]]\nid = \"mid-b\"",
+            "capabilities = [\"tools\"]\nfallback = [\"big\", \"tiny\"]\ncontext_window_fallback = [\"big\"]\ndeployments = [{ provider = \"p\" }]\n[[models]]\nid = \"mid-b\"",
+        );
+        let c = parse(&text, "t").unwrap();
+        let r = req(
+            r#"{"model":"fast","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        );
+        let reqs = Requirements::of(&r);
+        let target = resolve(&c, "fast").unwrap();
+        let d = select(&c, &target, &reqs, |_| true).unwrap();
+        let p = plan(&c, &target, &d, &reqs);
+        let named: Vec<(String, &str)> = p
+            .iter()
+            .map(|cand| (c.models()[c.deployments()[cand.deployment].model].id.clone(), cand.via.as_str()))
+            .collect();
+        // tiny has no tools: it is left out of the fallbacks; an explicit model gets no peers.
+        assert_eq!(named, [("mid-a".into(), "primary"), ("mid-a".into(), "deployment"), ("big".into(), "fallback")]);
+        let cw = typed_plan(&c, d.model, TypedFallback::ContextWindow, reqs.needs());
+        assert_eq!(cw.len(), 1);
+        assert_eq!(cw[0].via, Via::ContextWindow);
+
+        let r = req(
+            r#"{"model":"auto","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        );
+        let reqs = Requirements::of(&r);
+        let d = select(&c, &Target::Auto, &reqs, |_| true).unwrap();
+        let ids: Vec<String> = plan(&c, &Target::Auto, &d, &reqs)
+            .iter()
+            .map(|cand| c.models()[c.deployments()[cand.deployment].model].id.clone())
+            .collect();
+        assert_eq!(ids, ["mid-b", "mid-a", "mid-a", "big"]);
     }
 
     #[test]

@@ -13,15 +13,16 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use triage_core::catalog::ModelId;
+use triage_core::catalog::{DeploymentId, ModelId, TierId};
 use triage_core::cost::TokenUsage;
 use triage_core::openai::{ChatCompletion, ChatRequest, Usage};
 use triage_core::route::{self, Requirements, RouteDecision};
 use triage_core::sse;
 use triage_core::stream::ChunkNormalizer;
 
+use crate::dispatch::{attempts_header, dispatch, Answer, Failed, PrimedStream};
 use crate::error::GatewayError;
-use crate::providers::{Batch, CallError, ChunkStream, Reply, StreamItem, UpstreamError};
+use crate::providers::{Batch, ChunkStream, StreamItem, UpstreamError};
 use crate::state::SharedState;
 
 /// Response header: the catalog model that served the request.
@@ -32,21 +33,38 @@ pub const HEADER_TIER: &str = "x-triage-tier";
 pub const HEADER_REASON: &str = "x-triage-route-reason";
 /// Request/response header: the request id (the client's, or a new UUID).
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
+/// Response header: every upstream attempt, `model@provider:outcome`, comma-separated.
+pub const HEADER_ATTEMPTS: &str = "x-triage-attempts";
+
+/// What the response headers report: the model that answered (or was routed to, on failure).
+#[derive(Debug, Clone)]
+struct RouteInfo {
+    model: ModelId,
+    tier: TierId,
+    reason: String,
+    attempts: Option<String>,
+}
+
+impl RouteInfo {
+    fn routed(d: &RouteDecision) -> Self {
+        RouteInfo { model: d.model, tier: d.tier, reason: d.reason.clone(), attempts: None }
+    }
+}
 
 /// Axum handler for `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
     let started = Instant::now();
     let request_id = request_id(&headers);
-    let mut decision: Option<RouteDecision> = None;
-    let mut resp = match serve(&state, &headers, body, started, &request_id, &mut decision).await {
+    let mut route: Option<RouteInfo> = None;
+    let mut resp = match serve(&state, &headers, body, started, &request_id, &mut route).await {
         Ok(r) => r,
         Err(e) => {
             let status = e.status();
-            record_request(&state, decision.as_ref(), status.as_str(), started);
+            record_request(&state, route.as_ref().map(|r| (r.model, r.tier)), status.as_str(), started);
             e.into_response()
         }
     };
-    set_route_headers(resp.headers_mut(), &state, &request_id, decision.as_ref());
+    set_route_headers(resp.headers_mut(), &state, &request_id, route.as_ref());
     resp
 }
 
@@ -60,7 +78,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-fn set_route_headers(h: &mut HeaderMap, state: &SharedState, request_id: &str, d: Option<&RouteDecision>) {
+fn set_route_headers(h: &mut HeaderMap, state: &SharedState, request_id: &str, d: Option<&RouteInfo>) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert(HEADER_REQUEST_ID, v);
     }
@@ -70,7 +88,11 @@ fn set_route_headers(h: &mut HeaderMap, state: &SharedState, request_id: &str, d
             (HEADER_MODEL, c.models()[d.model].id.as_str()),
             (HEADER_TIER, c.tiers()[d.tier].as_str()),
             (HEADER_REASON, d.reason.as_str()),
+            (HEADER_ATTEMPTS, d.attempts.as_deref().unwrap_or_default()),
         ] {
+            if value.is_empty() {
+                continue;
+            }
             if let Ok(v) = HeaderValue::from_str(value) {
                 h.insert(name, v);
             }
@@ -84,50 +106,63 @@ async fn serve(
     body: Body,
     started: Instant,
     request_id: &str,
-    decision_out: &mut Option<RouteDecision>,
+    route_out: &mut Option<RouteInfo>,
 ) -> Result<Response, GatewayError> {
     let bytes = read_body(headers, body, state.catalog.server().max_body_bytes).await?;
     let mut req = parse_request(&bytes)?;
-    let decision = {
-        let target = route::resolve(&state.catalog, &req.model)?;
+    let catalog = &state.catalog;
+    let (decision, plan, needs) = {
+        let target = route::resolve(catalog, &req.model)?;
         let requirements = Requirements::of(&req);
-        route::select(&state.catalog, &target, &requirements, |m| state.model_available(m))?
+        let decision = route::select(catalog, &target, &requirements, |m| state.model_available(m))?;
+        let plan = route::plan(catalog, &target, &decision, &requirements);
+        (decision, plan, requirements.needs())
     };
-    *decision_out = Some(decision.clone());
-    let model = &state.catalog.models()[decision.model];
-    let provider = &state.catalog.providers()[model.provider];
-    let client = &state.providers[model.provider];
+    *route_out = Some(RouteInfo::routed(&decision));
 
     let stream = req.is_stream();
     let client_wants_usage = req.wants_stream_usage();
-    req.model.clone_from(&model.upstream_model);
     if stream {
         // Triage always needs usage for its own accounting; the client sees it only if it asked.
         req.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
     }
-
-    let upstream_started = Instant::now();
-    let reply = client.chat(&req).await;
-    metrics::histogram!("triage_upstream_duration_seconds", "provider" => provider.name.clone(), "model" => model.id.clone())
-        .record(upstream_started.elapsed().as_secs_f64());
-    let reply = reply.map_err(|e| match e {
-        CallError::Status { status, body, retry_after } => {
-            GatewayError::UpstreamStatus { provider: provider.name.clone(), status, body, retry_after }
+    let typed = |kind, d: DeploymentId| route::typed_plan(catalog, catalog.deployments()[d].model, kind, needs);
+    let served = match dispatch(state, &mut req, plan, typed, started).await {
+        Ok(s) => s,
+        Err(Failed { error, attempts }) => {
+            if let Some(r) = route_out.as_mut() {
+                r.attempts = Some(attempts_header(state, &attempts));
+            }
+            return Err(error);
         }
-        CallError::Failed(source) => GatewayError::Upstream { provider: provider.name.clone(), source },
-    })?;
+    };
+    let model = catalog.deployments()[served.deployment].model;
+    let mut reason = decision.reason.clone();
+    let failed = served.attempts.len() - 1;
+    if failed > 0 {
+        reason.push_str(&format!("; served by {} after {failed} failed attempt(s)", catalog.models()[model].id));
+    }
+    let info = RouteInfo {
+        model,
+        tier: catalog.models()[model].tier,
+        reason,
+        attempts: Some(attempts_header(state, &served.attempts)),
+    };
+    *route_out = Some(info.clone());
 
-    match reply {
-        Reply::Complete(completion) => Ok(complete_response(state, completion, &decision, started, request_id)),
-        Reply::Stream(upstream) => {
+    match served.answer {
+        Answer::Complete(completion) => Ok(complete_response(state, completion, &info, started, request_id)),
+        Answer::Stream(PrimedStream { stream: upstream, held, ended }) => {
             let relay = Relay {
                 upstream,
                 normalizer: ChunkNormalizer::new(client_wants_usage),
-                items: Vec::new(),
+                items: held,
+                first: Some(ended.unwrap_or(Batch::More)),
                 ended: false,
                 ctx: Finisher {
                     state: state.clone(),
-                    decision: decision.clone(),
+                    info,
+                    deployment: served.deployment,
                     started,
                     request_id: request_id.to_owned(),
                     first_chunk: None,
@@ -213,7 +248,7 @@ fn serde_path_to_error_deserialize(
 fn complete_response(
     state: &SharedState,
     mut completion: ChatCompletion,
-    decision: &RouteDecision,
+    info: &RouteInfo,
     started: Instant,
     request_id: &str,
 ) -> Response {
@@ -224,21 +259,21 @@ fn complete_response(
             choice.finish_reason = Some("tool_calls".to_owned());
         }
     }
-    record_usage(state, decision.model, completion.usage.as_ref(), request_id);
-    record_request(state, Some(decision), "200", started);
+    record_usage(state, info.model, completion.usage.as_ref(), request_id);
+    record_request(state, Some((info.model, info.tier)), "200", started);
     match serde_json::to_vec(&completion) {
         Ok(body) => (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => GatewayError::Upstream {
-            provider: state.catalog.provider_of(decision.model).name.clone(),
+            provider: state.catalog.provider_of(info.model).name.clone(),
             source: UpstreamError::Protocol(e.to_string()),
         }
         .into_response(),
     }
 }
 
-fn record_request(state: &SharedState, d: Option<&RouteDecision>, status: &str, started: Instant) {
+fn record_request(state: &SharedState, d: Option<(ModelId, TierId)>, status: &str, started: Instant) {
     let (model, tier) = match d {
-        Some(d) => (state.catalog.models()[d.model].id.clone(), state.catalog.tiers()[d.tier].clone()),
+        Some((m, t)) => (state.catalog.models()[m].id.clone(), state.catalog.tiers()[t].clone()),
         None => ("none".to_owned(), "none".to_owned()),
     };
     let secs = started.elapsed().as_secs_f64();
@@ -267,7 +302,8 @@ fn record_usage(state: &SharedState, model: ModelId, usage: Option<&Usage>, requ
 /// Per-stream bookkeeping; records the outcome exactly once, `cancelled` if the client left.
 struct Finisher {
     state: SharedState,
-    decision: RouteDecision,
+    info: RouteInfo,
+    deployment: DeploymentId,
     started: Instant,
     request_id: String,
     first_chunk: Option<Instant>,
@@ -279,7 +315,7 @@ impl Finisher {
         if self.first_chunk.is_none() {
             self.first_chunk = Some(Instant::now());
             let c = &self.state.catalog;
-            metrics::histogram!("triage_ttft_seconds", "model" => c.models()[self.decision.model].id.clone(), "tier" => c.tiers()[self.decision.tier].clone())
+            metrics::histogram!("triage_ttft_seconds", "model" => c.models()[self.info.model].id.clone(), "tier" => c.tiers()[self.info.tier].clone())
                 .record(self.started.elapsed().as_secs_f64());
         }
     }
@@ -289,8 +325,8 @@ impl Finisher {
             return;
         }
         self.recorded = true;
-        record_usage(&self.state, self.decision.model, usage, &self.request_id);
-        record_request(&self.state, Some(&self.decision), status, self.started);
+        record_usage(&self.state, self.info.model, usage, &self.request_id);
+        record_request(&self.state, Some((self.info.model, self.info.tier)), status, self.started);
     }
 }
 
@@ -299,7 +335,7 @@ impl Drop for Finisher {
         if !self.recorded {
             tracing::info!(request_id = %self.request_id, "client disconnected; upstream request cancelled");
             self.recorded = true;
-            record_request(&self.state, Some(&self.decision), "cancelled", self.started);
+            record_request(&self.state, Some((self.info.model, self.info.tier)), "cancelled", self.started);
         }
     }
 }
@@ -308,7 +344,10 @@ impl Drop for Finisher {
 struct Relay {
     upstream: ChunkStream,
     normalizer: ChunkNormalizer,
+    /// Items decoded but not yet sent (at first: those held back while priming).
     items: Vec<StreamItem>,
+    /// How priming's last read ended; consumed before reading on.
+    first: Option<Batch>,
     ended: bool,
     ctx: Finisher,
 }
@@ -320,7 +359,10 @@ impl Relay {
             return None;
         }
         loop {
-            let batch = self.upstream.next_batch(&mut self.items).await;
+            let batch = match self.first.take() {
+                Some(b) => b,
+                None => self.upstream.next_batch(&mut self.items).await,
+            };
             let mut buf = Vec::new();
             for item in self.items.drain(..) {
                 match item {
@@ -369,7 +411,10 @@ impl Relay {
                 self.ctx.finish("200", self.normalizer.usage());
             }
             Some(source) => {
-                let provider = self.ctx.state.catalog.provider_of(self.ctx.decision.model).name.clone();
+                // A stream that breaks after its first token is the deployment's failure.
+                self.ctx.state.record_failure(self.ctx.deployment);
+                let d = &self.ctx.state.catalog.deployments()[self.ctx.deployment];
+                let provider = self.ctx.state.catalog.providers()[d.provider].name.clone();
                 tracing::warn!(request_id = %self.ctx.request_id, provider = %provider, error = %source, "upstream stream failed");
                 let err = GatewayError::Upstream { provider, source };
                 sse::write_data(buf, &err.to_sse_json());

@@ -43,6 +43,15 @@ pub enum GatewayError {
         /// The upstream `retry-after` header, passed on.
         retry_after: Option<HeaderValue>,
     },
+    /// No deployment of the plan could be called: all cooling down after rate limits (429), or
+    /// without keys, unreachable or with open breakers (503). `retry_after` is the shortest wait.
+    #[error("no deployment can take this request now{}", match retry_after { Some(d) => format!("; retry in {} s", d.as_secs_f64().ceil()), None => String::new() })]
+    NothingAvailable {
+        /// When the first skipped deployment becomes callable again.
+        retry_after: Option<std::time::Duration>,
+        /// True when some deployment was skipped because an upstream rate-limited it.
+        rate_limited: bool,
+    },
     /// The upstream could not be reached or broke the protocol (502), or timed out (504).
     #[error("upstream {provider}: {source}")]
     Upstream {
@@ -67,6 +76,8 @@ impl GatewayError {
             GatewayError::Route(RouteError::ModelNotFound { .. }) => StatusCode::NOT_FOUND,
             GatewayError::Route(RouteError::Unsatisfiable { .. }) => StatusCode::BAD_REQUEST,
             GatewayError::Route(RouteError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::NothingAvailable { rate_limited: true, .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::NothingAvailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamStatus { status, .. } => upstream_status_to_client(*status),
             GatewayError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -86,6 +97,10 @@ impl GatewayError {
                 ("invalid_request_error", Some("no_capable_model"), Some("model".to_owned()))
             }
             GatewayError::Route(RouteError::Unavailable { .. }) => ("api_error", Some("provider_unavailable"), None),
+            GatewayError::NothingAvailable { rate_limited: true, .. } => {
+                ("rate_limit_error", Some("rate_limited"), None)
+            }
+            GatewayError::NothingAvailable { .. } => ("api_error", Some("provider_unavailable"), None),
             GatewayError::UpstreamStatus { .. } => ("api_error", Some("upstream_error"), None),
             GatewayError::Upstream { source: UpstreamError::Timeout(_), .. } => {
                 ("api_error", Some("upstream_timeout"), None)
@@ -151,8 +166,15 @@ impl IntoResponse for GatewayError {
             }
         }
         let mut resp = (status, axum::Json(ErrorEnvelope { error: self.envelope() })).into_response();
-        if let GatewayError::UpstreamStatus { retry_after: Some(ra), .. } = &self {
-            resp.headers_mut().insert(http::header::RETRY_AFTER, ra.clone());
+        match &self {
+            GatewayError::UpstreamStatus { retry_after: Some(ra), .. } => {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, ra.clone());
+            }
+            GatewayError::NothingAvailable { retry_after: Some(d), .. } => {
+                // Whole seconds, rounded up, so a client never retries before the wait is over.
+                resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(d.as_secs_f64().ceil() as u64));
+            }
+            _ => {}
         }
         resp
     }

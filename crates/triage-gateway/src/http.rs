@@ -3,6 +3,7 @@
 //! - `POST /v1/chat/completions` (also without the `/v1` prefix): [`crate::chat`];
 //! - `GET /v1/models`: tiers, roles, aliases and models in OpenAI's list format;
 //! - `GET /healthz`: the process is up; `GET /readyz`: some model can take calls now;
+//! - `GET /v1/health/deployments`: breaker state, latency and error rate per deployment;
 //! - `GET /metrics`: Prometheus text format.
 
 use axum::extract::State;
@@ -26,6 +27,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/models", get(list_models))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
+        .route("/v1/health/deployments", get(deployments))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
@@ -63,6 +65,13 @@ async fn readyz(State(state): State<SharedState>) -> Response {
     let ready = (0..state.catalog.models().len()).any(|m| state.model_available(m));
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"ready": ready, "providers": providers}))).into_response()
+}
+
+/// `GET /v1/health/deployments`: each deployment's breaker state, cooldown, recent latency
+/// (an exponentially weighted mean to response headers) and error rate.
+async fn deployments(State(state): State<SharedState>) -> Json<Value> {
+    let list: Vec<Value> = (0..state.catalog.deployments().len()).map(|d| state.deployment_report(d)).collect();
+    Json(json!({"deployments": list}))
 }
 
 /// `GET /v1/models`: every name a client may send as `model`, with Triage's details under `triage`.

@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod chat;
+pub mod dispatch;
 pub mod error;
 pub mod health;
 pub mod http;

@@ -1,10 +1,11 @@
 //! Shared state of a running gateway: the catalog, one client per provider, their health.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use triage_core::catalog::{Catalog, ModelId, ProviderId};
+use triage_core::breaker::{Admission, Breaker, BreakerState};
+use triage_core::catalog::{Catalog, DeploymentId, ModelId, ProviderId};
 
 use crate::providers::ProviderClient;
 
@@ -64,6 +65,43 @@ impl ProviderHealth {
     }
 }
 
+/// Live health of one deployment: its circuit breaker, a `Retry-After` cooldown, and call
+/// statistics.
+#[derive(Debug)]
+pub struct DeploymentHealth {
+    breaker: Mutex<Breaker>,
+    cooldown_until: Mutex<Option<Instant>>,
+    /// Exponentially weighted mean latency of successful calls (to response headers), µs.
+    latency_ewma_us: AtomicU64,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// Why a deployment cannot take a call now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Its provider needs a key and has none.
+    NoKey,
+    /// The provider's last reachability probe failed.
+    Unreachable,
+    /// The circuit breaker is open for this long still.
+    BreakerOpen(Duration),
+    /// The upstream asked to wait (`Retry-After`, quota) this long still.
+    CoolingDown(Duration),
+}
+
+impl Unavailable {
+    /// Short name for headers and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unavailable::NoKey => "no_api_key",
+            Unavailable::Unreachable => "unreachable",
+            Unavailable::BreakerOpen(_) => "breaker_open",
+            Unavailable::CoolingDown(_) => "cooling_down",
+        }
+    }
+}
+
 /// Everything a request handler needs.
 #[derive(Debug)]
 pub struct AppState {
@@ -73,6 +111,8 @@ pub struct AppState {
     pub providers: Vec<ProviderClient>,
     /// One health record per provider.
     pub health: Vec<ProviderHealth>,
+    /// One health record per deployment, indexed like `catalog.deployments()`.
+    pub deployments: Vec<DeploymentHealth>,
 }
 
 /// Shared handle to [`AppState`].
@@ -85,7 +125,141 @@ impl AppState {
     pub fn new(catalog: Catalog) -> Result<AppState, reqwest::Error> {
         let providers = catalog.providers().iter().map(ProviderClient::new).collect::<Result<Vec<_>, _>>()?;
         let health = catalog.providers().iter().map(|_| ProviderHealth::default()).collect();
-        Ok(AppState { catalog, providers, health })
+        let deployments = catalog
+            .deployments()
+            .iter()
+            .map(|_| DeploymentHealth {
+                breaker: Mutex::new(Breaker::new(*catalog.breaker())),
+                cooldown_until: Mutex::new(None),
+                latency_ewma_us: AtomicU64::new(0),
+                calls: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(AppState { catalog, providers, health, deployments })
+    }
+
+    /// Why deployment `d` cannot take a call at `now`, or `None` if it can (a half-open breaker
+    /// counts as callable: admission then decides who probes).
+    pub fn deployment_unavailable(&self, d: DeploymentId, now: Instant) -> Option<Unavailable> {
+        let p = self.catalog.deployments()[d].provider;
+        if !self.providers[p].has_key() {
+            return Some(Unavailable::NoKey);
+        }
+        if self.health[p].reachability() == Reachability::Down {
+            return Some(Unavailable::Unreachable);
+        }
+        let h = &self.deployments[d];
+        if let Some(until) = h.cooldown_until.lock().ok().and_then(|c| *c) {
+            if let Some(rem) = until.checked_duration_since(now).filter(|r| !r.is_zero()) {
+                return Some(Unavailable::CoolingDown(rem));
+            }
+        }
+        let b = h.breaker.lock().ok()?;
+        match b.state(now) {
+            BreakerState::Open => Some(Unavailable::BreakerOpen(b.remaining(now).unwrap_or_default())),
+            _ => None,
+        }
+    }
+
+    /// The state of `d`'s breaker at `now`.
+    pub fn breaker_state(&self, d: DeploymentId, now: Instant) -> BreakerState {
+        self.deployments[d].breaker.lock().map(|b| b.state(now)).unwrap_or(BreakerState::Closed)
+    }
+
+    /// Asks `d`'s breaker for a call.
+    pub fn admit(&self, d: DeploymentId, now: Instant) -> Admission {
+        self.deployments[d].breaker.lock().map(|mut b| b.admit(now)).unwrap_or(Admission::Call)
+    }
+
+    /// Releases a half-open probe whose call ended without a verdict.
+    pub fn release_probe(&self, d: DeploymentId) {
+        if let Ok(mut b) = self.deployments[d].breaker.lock() {
+            b.release_probe();
+        }
+    }
+
+    /// Records a successful call of `d` that took `latency` to its response headers.
+    pub fn record_success(&self, d: DeploymentId, latency: Duration) {
+        let h = &self.deployments[d];
+        h.calls.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let old = h.latency_ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { (old * 4 + us) / 5 };
+        h.latency_ewma_us.store(new, Ordering::Relaxed);
+        if let Ok(mut b) = h.breaker.lock() {
+            let was = b.state(Instant::now());
+            b.on_success(Instant::now());
+            if was != BreakerState::Closed {
+                self.breaker_changed(d, BreakerState::Closed);
+            }
+        }
+    }
+
+    /// Records a provider failure of `d` (never a client's fault or cancellation).
+    pub fn record_failure(&self, d: DeploymentId) {
+        let h = &self.deployments[d];
+        h.calls.fetch_add(1, Ordering::Relaxed);
+        h.failures.fetch_add(1, Ordering::Relaxed);
+        let opened = h.breaker.lock().map(|mut b| b.on_failure(Instant::now())).unwrap_or(false);
+        if opened {
+            self.breaker_changed(d, BreakerState::Open);
+        }
+    }
+
+    /// Makes `d` skip calls for `for_` (an upstream's `Retry-After`, a quota or key refusal).
+    pub fn cool_down(&self, d: DeploymentId, for_: Duration) {
+        if let Ok(mut c) = self.deployments[d].cooldown_until.lock() {
+            let until = Instant::now() + for_;
+            if c.is_none_or(|old| old < until) {
+                *c = Some(until);
+            }
+        }
+    }
+
+    fn breaker_changed(&self, d: DeploymentId, to: BreakerState) {
+        let dep = &self.catalog.deployments()[d];
+        let model = self.catalog.models()[dep.model].id.clone();
+        let provider = self.catalog.providers()[dep.provider].name.clone();
+        tracing::warn!(model = %model, provider = %provider, state = to.as_str(), "circuit breaker changed state");
+        let v = match to {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen => 1.0,
+            BreakerState::Open => 2.0,
+        };
+        metrics::gauge!("triage_breaker_state", "model" => model.clone(), "provider" => provider.clone()).set(v);
+        if to == BreakerState::Open {
+            metrics::counter!("triage_breaker_opened_total", "model" => model, "provider" => provider).increment(1);
+        }
+    }
+
+    /// A snapshot of `d`'s health, for `GET /v1/health/deployments`.
+    pub fn deployment_report(&self, d: DeploymentId) -> serde_json::Value {
+        let now = Instant::now();
+        let dep = &self.catalog.deployments()[d];
+        let h = &self.deployments[d];
+        let (state, error_rate) =
+            h.breaker.lock().map(|b| (b.state(now), b.error_rate())).unwrap_or((BreakerState::Closed, 0.0));
+        let unavailable = self.deployment_unavailable(d, now);
+        let p = &self.health[dep.provider];
+        serde_json::json!({
+            "model": self.catalog.models()[dep.model].id,
+            "provider": self.catalog.providers()[dep.provider].name,
+            "upstream_model": dep.upstream_model,
+            "available": unavailable.is_none(),
+            "reason": unavailable.map(Unavailable::as_str),
+            "wait_secs": match unavailable {
+                Some(Unavailable::BreakerOpen(r) | Unavailable::CoolingDown(r)) => Some(r.as_secs_f64()),
+                _ => None,
+            },
+            "breaker": state.as_str(),
+            "error_rate": error_rate,
+            "calls": h.calls.load(Ordering::Relaxed),
+            "failures": h.failures.load(Ordering::Relaxed),
+            "latency_ms": h.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            "probe": match p.reachability() { Reachability::Up => "up", Reachability::Down => "down", Reachability::Unknown => "unknown" },
+            "probe_latency_ms": p.probe_latency_us() as f64 / 1000.0,
+        })
     }
 
     /// Why provider `p` cannot take calls now, or `None` if it can.
@@ -99,8 +273,9 @@ impl AppState {
         }
     }
 
-    /// True when `model`'s provider can take calls now.
+    /// True when some deployment of `model` can take a call now.
     pub fn model_available(&self, model: ModelId) -> bool {
-        self.provider_unavailable(self.catalog.models()[model].provider).is_none()
+        let now = Instant::now();
+        self.catalog.models()[model].deployments.iter().any(|&d| self.deployment_unavailable(d, now).is_none())
     }
 }

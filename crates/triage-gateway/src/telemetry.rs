@@ -4,7 +4,12 @@
 //!   status, or `stream_error` / `cancelled` for streams that did not end cleanly);
 //! - `triage_request_duration_seconds{model, tier}`: whole request, streams until their last byte;
 //! - `triage_ttft_seconds{model, tier}`: time to the first streamed chunk;
-//! - `triage_upstream_duration_seconds{provider, model}`: upstream call until its response headers;
+//! - `triage_upstream_duration_seconds{provider, model}`: one upstream attempt, until its response
+//!   headers (non-streamed: the whole answer; streamed: until the first content token);
+//! - `triage_attempts_total{model, provider, outcome}`, `triage_retries_total{model, provider}`,
+//!   `triage_fallbacks_total{to_model, via}`: what dispatch did;
+//! - `triage_breaker_state{model, provider}` (0 closed, 1 half-open, 2 open) and
+//!   `triage_breaker_opened_total{model, provider}`;
 //! - `triage_tokens_total{model, kind}`: input / output tokens from upstream usage;
 //! - `triage_provider_up{provider}`: 1 when the last probe reached the provider.
 

@@ -308,11 +308,12 @@ async fn c25_slow_healthy_stream_completes() {
 #[tokio::test]
 async fn c25_no_first_byte_is_a_504() {
     let up = FakeUpstream::replay(Reply::silence(Duration::from_secs(10))).await;
-    let gw = start(&one_model(&up.url(), "")).await;
+    let gw = start(&one_model(&up.url(), "[retry]\nnum_retries = 0\n")).await;
     let sent = Instant::now();
     let resp = post(&gw, STREAM_REQ).await;
     assert_eq!(resp.status(), 504);
     assert!(sent.elapsed() < Duration::from_millis(3000));
+    assert_eq!(up.calls(), 1);
     let body = json_body(resp).await;
     assert_eq!(body["error"]["code"], "upstream_timeout");
 }

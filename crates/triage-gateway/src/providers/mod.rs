@@ -72,6 +72,8 @@ pub enum CallError {
         body: Bytes,
         /// The upstream's `retry-after` header.
         retry_after: Option<HeaderValue>,
+        /// The upstream's `retry-after-ms` header (OpenAI, Anthropic).
+        retry_after_ms: Option<HeaderValue>,
     },
     /// No answer.
     Failed(UpstreamError),

@@ -85,8 +85,14 @@ impl OpenAiProvider {
         let status = resp.status();
         if !status.is_success() {
             let retry_after = resp.headers().get(RETRY_AFTER).cloned();
+            let retry_after_ms = resp.headers().get("retry-after-ms").cloned();
             let body = resp.bytes().await.unwrap_or_default();
-            return Err(CallError::Status { status, body: scrub(body, self.key.as_ref()), retry_after });
+            return Err(CallError::Status {
+                status,
+                body: scrub(body, self.key.as_ref()),
+                retry_after,
+                retry_after_ms,
+            });
         }
         if stream {
             let is_sse = resp

@@ -1,0 +1,465 @@
+//! Dispatch: try a request's plan of deployments in order, with retries, circuit breakers,
+//! `Retry-After` cooldowns and typed fallbacks, until one answers.
+//!
+//! What triggers what (the fallback issue's table):
+//! - retry the same deployment, then fall back: connect errors, resets, timeouts, 408, 429, 500,
+//!   502, 503, 504, 529, and errors or early ends of a stream before its first content token;
+//! - fall back without retrying: 401, 402, 403, and quota or credit exhaustion;
+//! - neither (they would fail everywhere): other 4xx caused by the request itself;
+//! - typed: a context-length 4xx goes to `context_window_fallback`, a content-policy 4xx or a
+//!   `finish_reason: "content_filter"` answer with no content goes to `content_policy_fallback`.
+//!   Content-policy refusals do not use the generic `fallback` list (routing around a safety
+//!   refusal must be configured explicitly).
+//!
+//! A `Retry-After` (or `retry-after-ms`) is honoured: the deployment is skipped until it passes;
+//! when another deployment is ready the request moves on at once, otherwise the gateway waits it
+//! out if it is at most `retry.max_retry_wait`. A timeout also moves on at once when another
+//! deployment is ready (it has already cost a whole timeout); other retryable failures are
+//! retried on the same deployment first, with exponential backoff and jitter. Streams are held back until their first content
+//! token, so a stream that fails before it is retried or failed over without the client seeing
+//! anything. Client cancellations drop this future: they never count as provider failures.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime};
+
+use triage_core::breaker::{Admission, BreakerState};
+use triage_core::catalog::DeploymentId;
+use triage_core::openai::{ChatCompletion, ChatRequest};
+use triage_core::retry;
+use triage_core::route::{Candidate, TypedFallback};
+
+use crate::error::GatewayError;
+use crate::providers::{Batch, CallError, ChunkStream, Reply, StreamItem, UpstreamError};
+use crate::state::{AppState, Unavailable};
+
+/// One call (or skip) of a deployment.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The deployment.
+    pub deployment: DeploymentId,
+    /// `200`, an upstream status, or a failure / skip name (`timeout`, `connect`, `reset`,
+    /// `in_band_error`, `truncated`, `breaker_open`, `cooling_down`, `no_api_key`, ...).
+    pub outcome: String,
+    /// Time to the response headers (zero for a skip).
+    pub latency: Duration,
+}
+
+/// A stream whose opening events were held back until its first content token.
+pub struct PrimedStream {
+    /// The rest of the upstream stream.
+    pub stream: ChunkStream,
+    /// Items read so far, to send first.
+    pub held: Vec<StreamItem>,
+    /// How the last read ended, if the stream already ended while priming.
+    pub ended: Option<Batch>,
+}
+
+/// A successful answer.
+pub enum Answer {
+    /// A whole completion.
+    Complete(ChatCompletion),
+    /// A primed stream.
+    Stream(PrimedStream),
+}
+
+/// The outcome of [`dispatch`] when some deployment answered.
+pub struct Served {
+    /// The answer.
+    pub answer: Answer,
+    /// The deployment that answered.
+    pub deployment: DeploymentId,
+    /// Every attempt, the successful one last.
+    pub attempts: Vec<Attempt>,
+}
+
+/// The outcome of [`dispatch`] when none did.
+pub struct Failed {
+    /// The error for the client (the last upstream error, or why nothing could be called).
+    pub error: GatewayError,
+    /// Every attempt.
+    pub attempts: Vec<Attempt>,
+}
+
+/// How a failed attempt is handled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Class {
+    /// Retry the same deployment (after backoff or `retry_after`), then fall back.
+    Retryable { retry_after: Option<Duration>, provider_fault: bool },
+    /// Skip this deployment for `cooldown`, move to the next one.
+    NextDeployment { cooldown: Option<Duration> },
+    /// Switch to the typed fallback list.
+    Typed(TypedFallback),
+    /// Give up: the request itself is at fault.
+    Fatal,
+}
+
+enum AttemptError {
+    Call(CallError),
+    /// A 200 answer refused on content policy (no content, `finish_reason: "content_filter"`),
+    /// kept so it can be served if no content-policy fallback exists.
+    Refused(Answer),
+}
+
+fn retry_after_of(headers_value: Option<&http::HeaderValue>, ms_value: Option<&http::HeaderValue>) -> Option<Duration> {
+    if let Some(ms) = ms_value.and_then(|v| v.to_str().ok()).and_then(retry::parse_retry_after_ms) {
+        return Some(ms);
+    }
+    headers_value.and_then(|v| v.to_str().ok()).and_then(|v| retry::parse_retry_after(v, SystemTime::now()))
+}
+
+fn contains_any(text: &str, needles: &[&str]) -> bool {
+    needles.iter().any(|n| text.contains(n))
+}
+
+/// Classifies an upstream status and body.
+fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> Class {
+    let text = String::from_utf8_lossy(&body[..body.len().min(8192)]).to_lowercase();
+    let quota =
+        contains_any(&text, &["insufficient_quota", "exceeded your current quota", "credit balance", "billing"]);
+    match status {
+        429 if quota => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
+        429 => Class::Retryable { retry_after, provider_fault: false },
+        408 | 500 | 502 | 503 | 504 | 529 => Class::Retryable { retry_after, provider_fault: true },
+        401 | 402 | 403 => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
+        s if (400..500).contains(&s) => {
+            if contains_any(
+                &text,
+                &[
+                    "context_length_exceeded",
+                    "maximum context length",
+                    "context window",
+                    "prompt is too long",
+                    "too many tokens",
+                    "reduce the length",
+                ],
+            ) {
+                Class::Typed(TypedFallback::ContextWindow)
+            } else if contains_any(
+                &text,
+                &[
+                    "content_filter",
+                    "content_policy",
+                    "content management policy",
+                    "responsibleaipolicyviolation",
+                    "safety system",
+                ],
+            ) {
+                Class::Typed(TypedFallback::ContentPolicy)
+            } else {
+                Class::Fatal
+            }
+        }
+        _ => Class::Retryable { retry_after, provider_fault: true },
+    }
+}
+
+fn classify(e: &AttemptError) -> Class {
+    match e {
+        AttemptError::Refused(_) => Class::Typed(TypedFallback::ContentPolicy),
+        AttemptError::Call(CallError::Status { status, body, retry_after, retry_after_ms }) => {
+            classify_status(status.as_u16(), body, retry_after_of(retry_after.as_ref(), retry_after_ms.as_ref()))
+        }
+        AttemptError::Call(CallError::Failed(_)) => Class::Retryable { retry_after: None, provider_fault: true },
+    }
+}
+
+fn outcome_of(e: &AttemptError) -> String {
+    match e {
+        AttemptError::Refused(_) => "content_filter".to_owned(),
+        AttemptError::Call(CallError::Status { status, .. }) => status.as_u16().to_string(),
+        AttemptError::Call(CallError::Failed(f)) => match f {
+            UpstreamError::Connect(_) => "connect",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Io(_) => "reset",
+            UpstreamError::Protocol(_) => "protocol_error",
+            UpstreamError::InBand(_) => "in_band_error",
+            UpstreamError::Truncated => "truncated",
+        }
+        .to_owned(),
+    }
+}
+
+fn to_gateway_error(e: AttemptError, provider: &str) -> GatewayError {
+    match e {
+        AttemptError::Call(CallError::Status { status, body, retry_after, .. }) => {
+            GatewayError::UpstreamStatus { provider: provider.to_owned(), status, body, retry_after }
+        }
+        AttemptError::Call(CallError::Failed(source)) => {
+            GatewayError::Upstream { provider: provider.to_owned(), source }
+        }
+        AttemptError::Refused(_) => GatewayError::Upstream {
+            provider: provider.to_owned(),
+            source: UpstreamError::Protocol("refused on content policy".into()),
+        },
+    }
+}
+
+/// True when a chunk commits the answer: it carries content, a tool call, a refusal or
+/// reasoning text, or a finish reason other than `content_filter`.
+fn commits(item: &StreamItem) -> bool {
+    match item {
+        StreamItem::Done => true,
+        StreamItem::Chunk(c) => c.choices.iter().any(|ch| {
+            ch.delta.content.as_deref().is_some_and(|t| !t.is_empty())
+                || ch.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+                || !ch.delta.extra.is_empty()
+                || ch.finish_reason.as_deref().is_some_and(|f| f != "content_filter")
+        }),
+    }
+}
+
+fn is_policy_refusal(items: &[StreamItem]) -> bool {
+    items.iter().any(|i| {
+        matches!(i, StreamItem::Chunk(c) if c.choices.iter().any(|ch| ch.finish_reason.as_deref() == Some("content_filter")))
+    })
+}
+
+/// Reads a stream until its first committing item; a failure before that is the attempt's.
+async fn prime(mut stream: ChunkStream) -> Result<Answer, AttemptError> {
+    let mut held = Vec::new();
+    loop {
+        let start = held.len();
+        let batch = stream.next_batch(&mut held).await;
+        if held[start..].iter().any(commits) {
+            let ended = if matches!(batch, Batch::More) { None } else { Some(batch) };
+            return Ok(Answer::Stream(PrimedStream { stream, held, ended }));
+        }
+        match batch {
+            Batch::More => continue,
+            Batch::End | Batch::Failed(_) if is_policy_refusal(&held) => {
+                let ended = Some(batch);
+                return Err(AttemptError::Refused(Answer::Stream(PrimedStream { stream, held, ended })));
+            }
+            Batch::End => return Err(AttemptError::Call(CallError::Failed(UpstreamError::Truncated))),
+            Batch::Failed(e) => return Err(AttemptError::Call(CallError::Failed(e))),
+        }
+    }
+}
+
+async fn call(state: &AppState, d: DeploymentId, req: &ChatRequest) -> Result<Answer, AttemptError> {
+    let provider = state.catalog.deployments()[d].provider;
+    match state.providers[provider].chat(req).await.map_err(AttemptError::Call)? {
+        Reply::Complete(c) => {
+            let refused = !c.choices.is_empty()
+                && c.choices.iter().all(|ch| {
+                    ch.finish_reason.as_deref() == Some("content_filter")
+                        && ch.message.content.as_deref().is_none_or(str::is_empty)
+                        && ch.message.tool_calls.as_ref().is_none_or(Vec::is_empty)
+                });
+            if refused {
+                Err(AttemptError::Refused(Answer::Complete(c)))
+            } else {
+                Ok(Answer::Complete(c))
+            }
+        }
+        Reply::Stream(s) => prime(s).await,
+    }
+}
+
+/// Releases a half-open probe if the attempt's future is dropped (client cancellation).
+struct ProbeGuard<'a> {
+    state: &'a AppState,
+    deployment: DeploymentId,
+    armed: bool,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.state.release_probe(self.deployment);
+        }
+    }
+}
+
+/// Tries `plan` in order; see the module docs. `req.model` is rewritten to each deployment's
+/// upstream model name. `typed(kind, failed_deployment)` gives the typed fallback plan.
+pub async fn dispatch(
+    state: &AppState,
+    req: &mut ChatRequest,
+    plan: Vec<Candidate>,
+    typed: impl Fn(TypedFallback, DeploymentId) -> Vec<Candidate>,
+    started: Instant,
+) -> Result<Served, Failed> {
+    let policy = *state.catalog.retry();
+    let deadline = started + policy.deadline;
+    let mut queue: VecDeque<Candidate> = plan.into();
+    let mut attempts: Vec<Attempt> = Vec::new();
+    let mut last: Option<(AttemptError, DeploymentId)> = None;
+    let mut typed_used = false;
+    let mut shortest_wait: Option<Duration> = None;
+
+    'plan: while let Some(cand) = queue.pop_front() {
+        let d = cand.deployment;
+        let dep = &state.catalog.deployments()[d];
+        let model_id = &state.catalog.models()[dep.model].id;
+        let provider_name = &state.catalog.providers()[dep.provider].name;
+        if let Some(why) = state.deployment_unavailable(d, Instant::now()) {
+            if let Unavailable::BreakerOpen(w) | Unavailable::CoolingDown(w) = why {
+                shortest_wait = Some(shortest_wait.map_or(w, |s| s.min(w)));
+            }
+            attempts.push(Attempt { deployment: d, outcome: why.as_str().to_owned(), latency: Duration::ZERO });
+            continue;
+        }
+        if !attempts.is_empty() {
+            metrics::counter!("triage_fallbacks_total", "to_model" => model_id.clone(), "via" => cand.via.as_str())
+                .increment(1);
+        }
+        let mut retries = 0u32;
+        loop {
+            let admission = state.admit(d, Instant::now());
+            if admission == Admission::Refused {
+                attempts.push(Attempt { deployment: d, outcome: "breaker_open".into(), latency: Duration::ZERO });
+                continue 'plan;
+            }
+            let mut guard = ProbeGuard { state, deployment: d, armed: admission == Admission::Probe };
+            req.model.clone_from(&dep.upstream_model);
+            let t = Instant::now();
+            let result = call(state, d, req).await;
+            let latency = t.elapsed();
+            guard.armed = false;
+            metrics::histogram!("triage_upstream_duration_seconds", "provider" => provider_name.clone(), "model" => model_id.clone())
+                .record(latency.as_secs_f64());
+            let err = match result {
+                Ok(answer) => {
+                    state.record_success(d, latency);
+                    metrics::counter!("triage_attempts_total", "model" => model_id.clone(), "provider" => provider_name.clone(), "outcome" => "200").increment(1);
+                    attempts.push(Attempt { deployment: d, outcome: "200".into(), latency });
+                    return Ok(Served { answer, deployment: d, attempts });
+                }
+                Err(e) => e,
+            };
+            let outcome = outcome_of(&err);
+            metrics::counter!("triage_attempts_total", "model" => model_id.clone(), "provider" => provider_name.clone(), "outcome" => outcome.clone()).increment(1);
+            tracing::info!(model = %model_id, provider = %provider_name, outcome = %outcome, "upstream attempt failed");
+            attempts.push(Attempt { deployment: d, outcome, latency });
+            let class = classify(&err);
+            let timed_out = matches!(err, AttemptError::Call(CallError::Failed(UpstreamError::Timeout(_))));
+            match class {
+                Class::Fatal => {
+                    last = Some((err, d));
+                    break 'plan;
+                }
+                Class::Typed(kind) => {
+                    if admission == Admission::Probe {
+                        state.release_probe(d);
+                    }
+                    let next = if typed_used { Vec::new() } else { typed(kind, d) };
+                    last = Some((err, d));
+                    if next.is_empty() {
+                        break 'plan;
+                    }
+                    typed_used = true;
+                    queue = next.into();
+                    continue 'plan;
+                }
+                Class::NextDeployment { cooldown } => {
+                    if admission == Admission::Probe {
+                        state.release_probe(d);
+                    }
+                    if let Some(c) = cooldown {
+                        state.cool_down(d, c);
+                    }
+                    last = Some((err, d));
+                    continue 'plan;
+                }
+                Class::Retryable { retry_after, provider_fault } => {
+                    if provider_fault {
+                        state.record_failure(d);
+                    } else if admission == Admission::Probe {
+                        state.release_probe(d);
+                    }
+                    if let Some(ra) = retry_after {
+                        state.cool_down(d, ra);
+                    }
+                    last = Some((err, d));
+                    if retries >= policy.num_retries {
+                        continue 'plan;
+                    }
+                    // A rate limit or a timeout already says this deployment is slow to come back:
+                    // when another one is ready, go there at once instead of waiting here.
+                    let other_ready =
+                        || queue.iter().any(|c| state.deployment_unavailable(c.deployment, Instant::now()).is_none());
+                    let wait = match retry_after {
+                        Some(ra) => {
+                            if ra > policy.max_retry_wait || other_ready() {
+                                continue 'plan;
+                            }
+                            ra
+                        }
+                        None if timed_out && other_ready() => continue 'plan,
+                        None => retry::backoff(&policy, retries, fastrand::f64()),
+                    };
+                    let opened = state.breaker_state(d, Instant::now()) == BreakerState::Open;
+                    if opened || Instant::now() + wait > deadline {
+                        continue 'plan;
+                    }
+                    metrics::counter!("triage_retries_total", "model" => model_id.clone(), "provider" => provider_name.clone()).increment(1);
+                    tokio::time::sleep(wait).await;
+                    retries += 1;
+                }
+            }
+        }
+    }
+
+    let error = match last {
+        Some((AttemptError::Refused(answer), d)) => {
+            // No content-policy fallback: the refusal is the answer.
+            return Ok(Served { answer, deployment: d, attempts });
+        }
+        Some((err, d)) => {
+            let provider = &state.catalog.providers()[state.catalog.deployments()[d].provider].name;
+            to_gateway_error(err, provider)
+        }
+        None => {
+            let cooling = attempts.iter().any(|a| a.outcome == Unavailable::CoolingDown(Duration::ZERO).as_str());
+            GatewayError::NothingAvailable { retry_after: shortest_wait, rate_limited: cooling }
+        }
+    };
+    Err(Failed { error, attempts })
+}
+
+/// The `x-triage-attempts` header value: `model@provider:outcome` per attempt, comma-separated.
+pub fn attempts_header(state: &AppState, attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .map(|a| {
+            let dep = &state.catalog.deployments()[a.deployment];
+            format!(
+                "{}@{}:{}",
+                state.catalog.models()[dep.model].id,
+                state.catalog.providers()[dep.provider].name,
+                a.outcome
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes_follow_the_table() {
+        let retryable = |s| matches!(classify_status(s, b"{}", None), Class::Retryable { .. });
+        for s in [408, 429, 500, 502, 503, 504, 529] {
+            assert!(retryable(s), "{s}");
+        }
+        for s in [401, 402, 403] {
+            assert!(matches!(classify_status(s, b"{}", None), Class::NextDeployment { .. }), "{s}");
+        }
+        for s in [400, 404, 413, 422] {
+            assert_eq!(classify_status(s, b"{\"error\":{\"message\":\"bad\"}}", None), Class::Fatal, "{s}");
+        }
+        let quota = br#"{"error":{"message":"You exceeded your current quota","code":"insufficient_quota"}}"#;
+        assert!(matches!(classify_status(429, quota, None), Class::NextDeployment { .. }));
+        let ctx = br#"{"error":{"message":"This model's maximum context length is 8192 tokens","code":"context_length_exceeded"}}"#;
+        assert_eq!(classify_status(400, ctx, None), Class::Typed(TypedFallback::ContextWindow));
+        let policy = br#"{"error":{"message":"The response was filtered due to the prompt triggering the content management policy.","code":"content_filter"}}"#;
+        assert_eq!(classify_status(400, policy, None), Class::Typed(TypedFallback::ContentPolicy));
+        assert_eq!(
+            classify_status(429, b"{}", Some(Duration::from_secs(3))),
+            Class::Retryable { retry_after: Some(Duration::from_secs(3)), provider_fault: false }
+        );
+    }
+}
