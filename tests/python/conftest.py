@@ -46,6 +46,11 @@ kind = "openai"
 base_url = "http://127.0.0.1:{up}/v1"
 api_key_env = "TRIAGE_TEST_UPSTREAM_KEY"
 
+[providers.fake-anthropic]
+kind = "anthropic"
+base_url = "http://127.0.0.1:{up}/v1"
+api_key_env = "TRIAGE_TEST_UPSTREAM_KEY"
+
 [[models]]
 id = "fake-local"
 provider = "fake"
@@ -62,6 +67,16 @@ tier = "mid"
 price = {{ input = 1.0, output = 3.0 }}
 context_window = 128000
 capabilities = ["tools", "json_schema"]
+
+[[models]]
+id = "fake-claude"
+provider = "fake-anthropic"
+upstream_model = "fake-claude-upstream"
+tier = "frontier"
+price = {{ input = 3.0, cached_input = 0.3, output = 15.0 }}
+context_window = 200000
+max_output_tokens = 64000
+capabilities = ["tools", "vision"]
 """
 
 

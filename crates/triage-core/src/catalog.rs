@@ -27,6 +27,8 @@ pub enum ProviderKind {
     /// Ollama, llama.cpp server, vLLM, LM Studio, Anthropic's OpenAI-compatible endpoint.
     #[serde(rename = "openai")]
     OpenAi,
+    /// Anthropic's Messages API (`x-api-key`, `anthropic-version`).
+    Anthropic,
 }
 
 impl ProviderKind {
@@ -34,6 +36,7 @@ impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
         }
     }
 }

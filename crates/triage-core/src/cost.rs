@@ -102,6 +102,15 @@ impl TokenUsage {
         }
     }
 
+    /// Normalises Anthropic's `usage`, whose `input_tokens` excludes cache reads and writes:
+    /// all three are input here, and cache reads are the cached part. Thinking is already inside
+    /// `output_tokens` (shared case C27 point 5).
+    pub fn from_anthropic(u: &crate::anthropic::Usage) -> TokenUsage {
+        let read = u.cache_read_input_tokens.unwrap_or(0);
+        let write = u.cache_creation_input_tokens.unwrap_or(0);
+        TokenUsage { input: u.input_tokens + read + write, cached_input: read, output: u.output_tokens, reasoning: 0 }
+    }
+
     /// Input plus output tokens: what counts against token budgets.
     pub fn total(&self) -> u64 {
         self.input + self.output

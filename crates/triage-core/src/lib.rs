@@ -7,6 +7,7 @@
 //! Everything here is unit-tested directly; the I/O lives in `triage-gateway`.
 #![deny(missing_docs)]
 
+pub mod anthropic;
 pub mod breaker;
 pub mod catalog;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod route;
 pub mod sse;
 pub mod stream;
 pub mod tokens;
+pub mod translate;

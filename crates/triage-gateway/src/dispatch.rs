@@ -22,14 +22,15 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 
+use triage_core::anthropic::Event;
 use triage_core::breaker::{Admission, BreakerState};
 use triage_core::catalog::DeploymentId;
-use triage_core::openai::{ChatCompletion, ChatRequest};
 use triage_core::retry;
 use triage_core::route::{Candidate, TypedFallback};
 
 use crate::error::GatewayError;
-use crate::providers::{Batch, CallError, ChunkStream, Reply, StreamItem, UpstreamError};
+use crate::inbound::Inbound;
+use crate::providers::{Batch, CallError, ChunkStream, Completion, Reply, StreamItem, UpstreamError};
 use crate::state::{AppState, Unavailable};
 
 /// One call (or skip) of a deployment.
@@ -56,8 +57,8 @@ pub struct PrimedStream {
 
 /// A successful answer.
 pub enum Answer {
-    /// A whole completion.
-    Complete(ChatCompletion),
+    /// A whole answer.
+    Complete(Completion),
     /// A primed stream.
     Stream(PrimedStream),
 }
@@ -95,6 +96,8 @@ enum Class {
 
 enum AttemptError {
     Call(CallError),
+    /// The request cannot be expressed for this deployment's provider (a 400).
+    Request(GatewayError),
     /// A 200 answer refused on content policy (no content, `finish_reason: "content_filter"`),
     /// kept so it can be served if no content-policy fallback exists.
     Refused(Answer),
@@ -155,6 +158,7 @@ fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> C
 
 fn classify(e: &AttemptError) -> Class {
     match e {
+        AttemptError::Request(_) => Class::Fatal,
         AttemptError::Refused(_) => Class::Typed(TypedFallback::ContentPolicy),
         AttemptError::Call(CallError::Status { status, body, retry_after, retry_after_ms }) => {
             classify_status(status.as_u16(), body, retry_after_of(retry_after.as_ref(), retry_after_ms.as_ref()))
@@ -165,6 +169,7 @@ fn classify(e: &AttemptError) -> Class {
 
 fn outcome_of(e: &AttemptError) -> String {
     match e {
+        AttemptError::Request(_) => "invalid_for_provider".to_owned(),
         AttemptError::Refused(_) => "content_filter".to_owned(),
         AttemptError::Call(CallError::Status { status, .. }) => status.as_u16().to_string(),
         AttemptError::Call(CallError::Failed(f)) => match f {
@@ -181,6 +186,7 @@ fn outcome_of(e: &AttemptError) -> String {
 
 fn to_gateway_error(e: AttemptError, provider: &str) -> GatewayError {
     match e {
+        AttemptError::Request(g) => g,
         AttemptError::Call(CallError::Status { status, body, retry_after, .. }) => {
             GatewayError::UpstreamStatus { provider: provider.to_owned(), status, body, retry_after }
         }
@@ -194,8 +200,8 @@ fn to_gateway_error(e: AttemptError, provider: &str) -> GatewayError {
     }
 }
 
-/// True when a chunk commits the answer: it carries content, a tool call, a refusal or
-/// reasoning text, or a finish reason other than `content_filter`.
+/// True when an item commits the answer: it carries content, a tool call, a refusal or
+/// reasoning text, or a finish other than a content-filter refusal.
 fn commits(item: &StreamItem) -> bool {
     match item {
         StreamItem::Done => true,
@@ -205,12 +211,29 @@ fn commits(item: &StreamItem) -> bool {
                 || !ch.delta.extra.is_empty()
                 || ch.finish_reason.as_deref().is_some_and(|f| f != "content_filter")
         }),
+        StreamItem::Event(e) => match e {
+            Event::ContentBlockStart { content_block, .. } => {
+                matches!(content_block, triage_core::anthropic::Block::ToolUse { .. })
+            }
+            Event::ContentBlockDelta { delta, .. } => ["text", "partial_json", "thinking"]
+                .iter()
+                .any(|k| delta.get(*k).and_then(|v| v.as_str()).is_some_and(|t| !t.is_empty())),
+            Event::MessageDelta { delta, .. } => {
+                delta.get("stop_reason").and_then(|v| v.as_str()).is_some_and(|r| r != "refusal")
+            }
+            Event::MessageStop => true,
+            _ => false,
+        },
     }
 }
 
 fn is_policy_refusal(items: &[StreamItem]) -> bool {
-    items.iter().any(|i| {
-        matches!(i, StreamItem::Chunk(c) if c.choices.iter().any(|ch| ch.finish_reason.as_deref() == Some("content_filter")))
+    items.iter().any(|i| match i {
+        StreamItem::Chunk(c) => c.choices.iter().any(|ch| ch.finish_reason.as_deref() == Some("content_filter")),
+        StreamItem::Event(Event::MessageDelta { delta, .. }) => {
+            delta.get("stop_reason").and_then(|v| v.as_str()) == Some("refusal")
+        }
+        _ => false,
     })
 }
 
@@ -236,23 +259,40 @@ async fn prime(mut stream: ChunkStream) -> Result<Answer, AttemptError> {
     }
 }
 
-async fn call(state: &AppState, d: DeploymentId, req: &ChatRequest) -> Result<Answer, AttemptError> {
-    let provider = state.catalog.deployments()[d].provider;
-    match state.providers[provider].chat(req).await.map_err(AttemptError::Call)? {
+async fn call(state: &AppState, d: DeploymentId, inbound: &mut Inbound) -> Result<Answer, AttemptError> {
+    let dep = &state.catalog.deployments()[d];
+    let provider = &state.catalog.providers()[dep.provider];
+    let model = &state.catalog.models()[dep.model];
+    let body = inbound.body_for(provider.kind, &dep.upstream_model, model).map_err(AttemptError::Request)?;
+    match state.providers[dep.provider].call(body, inbound.stream).await.map_err(AttemptError::Call)? {
         Reply::Complete(c) => {
-            let refused = !c.choices.is_empty()
-                && c.choices.iter().all(|ch| {
-                    ch.finish_reason.as_deref() == Some("content_filter")
-                        && ch.message.content.as_deref().is_none_or(str::is_empty)
-                        && ch.message.tool_calls.as_ref().is_none_or(Vec::is_empty)
-                });
-            if refused {
+            if is_refused(&c) {
                 Err(AttemptError::Refused(Answer::Complete(c)))
             } else {
                 Ok(Answer::Complete(c))
             }
         }
         Reply::Stream(s) => prime(s).await,
+    }
+}
+
+/// A whole answer refused on content policy: no content and `content_filter` / `refusal`.
+fn is_refused(c: &Completion) -> bool {
+    match c {
+        Completion::OpenAi(c) => {
+            !c.choices.is_empty()
+                && c.choices.iter().all(|ch| {
+                    ch.finish_reason.as_deref() == Some("content_filter")
+                        && ch.message.content.as_deref().is_none_or(str::is_empty)
+                        && ch.message.tool_calls.as_ref().is_none_or(Vec::is_empty)
+                })
+        }
+        Completion::Anthropic(r) => {
+            r.stop_reason.as_deref() == Some("refusal")
+                && r.content
+                    .iter()
+                    .all(|b| matches!(b, triage_core::anthropic::Block::Text { text, .. } if text.is_empty()))
+        }
     }
 }
 
@@ -271,11 +311,12 @@ impl Drop for ProbeGuard<'_> {
     }
 }
 
-/// Tries `plan` in order; see the module docs. `req.model` is rewritten to each deployment's
-/// upstream model name. `typed(kind, failed_deployment)` gives the typed fallback plan.
+/// Tries `plan` in order; see the module docs. Each attempt sends the request in its
+/// provider's format, with that deployment's upstream model name. `typed(kind,
+/// failed_deployment)` gives the typed fallback plan.
 pub async fn dispatch(
     state: &AppState,
-    req: &mut ChatRequest,
+    inbound: &mut Inbound,
     plan: Vec<Candidate>,
     typed: impl Fn(TypedFallback, DeploymentId) -> Vec<Candidate>,
     started: Instant,
@@ -312,9 +353,8 @@ pub async fn dispatch(
                 continue 'plan;
             }
             let mut guard = ProbeGuard { state, deployment: d, armed: admission == Admission::Probe };
-            req.model.clone_from(&dep.upstream_model);
             let t = Instant::now();
-            let result = call(state, d, req).await;
+            let result = call(state, d, inbound).await;
             let latency = t.elapsed();
             guard.armed = false;
             metrics::histogram!("triage_upstream_duration_seconds", "provider" => provider_name.clone(), "model" => model_id.clone())

@@ -101,6 +101,9 @@ impl GatewayError {
                 ("rate_limit_error", Some("rate_limited"), None)
             }
             GatewayError::NothingAvailable { .. } => ("api_error", Some("provider_unavailable"), None),
+            GatewayError::UpstreamStatus { status, .. } if status.is_client_error() => {
+                (triage_core::anthropic::error_type_for_status(status.as_u16()), Some("upstream_error"), None)
+            }
             GatewayError::UpstreamStatus { .. } => ("api_error", Some("upstream_error"), None),
             GatewayError::Upstream { source: UpstreamError::Timeout(_), .. } => {
                 ("api_error", Some("upstream_timeout"), None)
@@ -143,30 +146,58 @@ fn upstream_status_to_client(status: StatusCode) -> StatusCode {
     }
 }
 
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() {
-            tracing::warn!(error = %self, status = status.as_u16(), "request failed");
-        } else {
-            tracing::debug!(error = %self, status = status.as_u16(), "request refused");
+impl GatewayError {
+    /// The error as an HTTP response in the client's format: OpenAI's envelope, or Anthropic's
+    /// `{"type": "error", "error": {"type", "message"}}` with Anthropic's error types. An upstream
+    /// 4xx body already in the client's format is passed through as it came.
+    pub fn into_response_for(self, format: crate::inbound::Format) -> Response {
+        match format {
+            crate::inbound::Format::OpenAi => self.into_response(),
+            crate::inbound::Format::Anthropic => self.into_anthropic_response(),
         }
-        // An upstream 4xx body that is already a JSON error object goes to the client as it is,
-        // so provider details (e.g. content-filter results) survive.
-        if let GatewayError::UpstreamStatus { body, retry_after, status: up, .. } = &self {
-            let is_json_object =
-                body.first() == Some(&b'{') && serde_json::from_slice::<serde_json::Value>(body).is_ok();
-            if up.is_client_error() && is_json_object {
-                let mut resp =
-                    (status, [(http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response();
-                if let Some(ra) = retry_after {
-                    resp.headers_mut().insert(http::header::RETRY_AFTER, ra.clone());
-                }
-                return resp;
+    }
+
+    fn into_anthropic_response(self) -> Response {
+        let mut status = self.status();
+        // Anthropic clients know 529 as "overloaded" and back off on it.
+        if let GatewayError::UpstreamStatus { status: up, .. } = &self {
+            if up.as_u16() == 529 {
+                status = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             }
         }
-        let mut resp = (status, axum::Json(ErrorEnvelope { error: self.envelope() })).into_response();
-        match &self {
+        log(&self, status);
+        let mut resp =
+            if let Some(body) = self.passthrough_body(|v| v.get("type").and_then(|t| t.as_str()) == Some("error")) {
+                (status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+            } else {
+                let kind = match &self {
+                    GatewayError::Upstream { source: UpstreamError::Timeout(_), .. } => "timeout_error",
+                    GatewayError::Upstream { .. } => "api_error",
+                    _ => triage_core::anthropic::error_type_for_status(status.as_u16()),
+                };
+                let body = triage_core::anthropic::error_body(kind, &self.envelope().message);
+                (status, axum::Json(body)).into_response()
+            };
+        self.add_retry_after(&mut resp);
+        resp
+    }
+
+    /// The upstream's 4xx body when it is a JSON object that `same_format` accepts.
+    fn passthrough_body(&self, same_format: impl Fn(&serde_json::Value) -> bool) -> Option<Bytes> {
+        if let GatewayError::UpstreamStatus { body, status, .. } = self {
+            if status.is_client_error() && body.first() == Some(&b'{') {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+                    if same_format(&v) {
+                        return Some(body.clone());
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn add_retry_after(&self, resp: &mut Response) {
+        match self {
             GatewayError::UpstreamStatus { retry_after: Some(ra), .. } => {
                 resp.headers_mut().insert(http::header::RETRY_AFTER, ra.clone());
             }
@@ -176,6 +207,37 @@ impl IntoResponse for GatewayError {
             }
             _ => {}
         }
+    }
+
+    /// The error as the data of an Anthropic in-stream `error` event.
+    pub fn to_anthropic_sse_json(&self) -> Vec<u8> {
+        let kind = match self.status().as_u16() {
+            503 | 529 => "overloaded_error",
+            _ => "api_error",
+        };
+        serde_json::to_vec(&triage_core::anthropic::error_body(kind, &self.envelope().message)).unwrap_or_default()
+    }
+}
+
+fn log(e: &GatewayError, status: StatusCode) {
+    if status.is_server_error() {
+        tracing::warn!(error = %e, status = status.as_u16(), "request failed");
+    } else {
+        tracing::debug!(error = %e, status = status.as_u16(), "request refused");
+    }
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        log(&self, status);
+        // An upstream 4xx body that is already an OpenAI error object goes to the client as it
+        // is, so provider details (e.g. content-filter results) survive.
+        let mut resp = match self.passthrough_body(|v| v.get("error").is_some_and(|e| e.is_object())) {
+            Some(body) => (status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+            None => (status, axum::Json(ErrorEnvelope { error: self.envelope() })).into_response(),
+        };
+        self.add_retry_after(&mut resp);
         resp
     }
 }

@@ -1,6 +1,7 @@
 //! The route table, and the small read-only endpoints.
 //!
-//! - `POST /v1/chat/completions` (also without the `/v1` prefix): [`crate::chat`];
+//! - `POST /v1/chat/completions` (also without the `/v1` prefix), `POST /v1/messages` and
+//!   `POST /v1/messages/count_tokens`: [`crate::pipeline`];
 //! - `GET /v1/models`: tiers, roles, aliases and models in OpenAI's list format;
 //! - `GET /healthz`: the process is up; `GET /readyz`: some model can take calls now;
 //! - `GET /v1/health/deployments`: breaker state, latency and error rate per deployment;
@@ -14,7 +15,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use triage_core::openai::{ErrorBody, ErrorEnvelope};
 
-use crate::chat::chat_completions;
+use crate::pipeline::{chat_completions, count_tokens, messages};
 use crate::state::SharedState;
 use crate::telemetry;
 
@@ -23,6 +24,8 @@ pub fn app(state: SharedState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(list_models))
         .route("/models", get(list_models))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

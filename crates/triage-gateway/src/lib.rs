@@ -3,12 +3,14 @@
 //! `triage-core`; this crate wires them to sockets.
 #![deny(missing_docs)]
 
-pub mod chat;
 pub mod dispatch;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod inbound;
+pub mod pipeline;
 pub mod providers;
+pub mod relay;
 pub mod state;
 pub mod telemetry;
 

@@ -123,7 +123,7 @@ impl AppState {
     ///
     /// Errors: an HTTP client cannot be built.
     pub fn new(catalog: Catalog) -> Result<AppState, reqwest::Error> {
-        let providers = catalog.providers().iter().map(ProviderClient::new).collect::<Result<Vec<_>, _>>()?;
+        let providers = catalog.providers().iter().map(crate::providers::client_for).collect::<Result<Vec<_>, _>>()?;
         let health = catalog.providers().iter().map(|_| ProviderHealth::default()).collect();
         let deployments = catalog
             .deployments()

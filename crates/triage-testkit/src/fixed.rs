@@ -8,6 +8,9 @@
 //!   `chunk_delay` between them; usage comes in a final `choices: []` chunk when
 //!   `stream_options.include_usage` is set.
 //!
+//! `POST /v1/messages` answers the same way in Anthropic's Messages format (a `tool_result` in
+//! the last user turn gets `The tool said: <result>`; `tools` get a `tool_use` block).
+//!
 //! `GET /v1/models` lists one model.
 
 use std::convert::Infallible;
@@ -40,6 +43,7 @@ impl Default for Fixed {
 pub fn app(cfg: Fixed) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/messages", post(messages))
         .route("/v1/models", get(|| async { Json(json!({"object":"list","data":[{"id":"fake-model","object":"model","created":0,"owned_by":"fake"}]})) }))
         .with_state(cfg)
 }
@@ -121,6 +125,93 @@ async fn chat(State(cfg): State<Fixed>, Json(req): Json<Value>) -> Response {
         events.push(format!("data: {c}\n\n"));
     }
     events.push("data: [DONE]\n\n".to_owned());
+    let delay = cfg.chunk_delay;
+    let stream = futures_util::stream::unfold((events.into_iter(), true), move |(mut it, first)| async move {
+        let next = it.next()?;
+        if !first && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Some((Ok::<_, Infallible>(next), (it, false)))
+    });
+    ([(CONTENT_TYPE, "text/event-stream")], Body::from_stream(stream)).into_response()
+}
+
+fn anthropic_answer(req: &Value) -> (Option<String>, Option<Value>) {
+    let last = req["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or(Value::Null);
+    let result =
+        last["content"].as_array().and_then(|blocks| blocks.iter().find(|b| b["type"] == "tool_result")).cloned();
+    if let Some(r) = result {
+        let content = match &r["content"] {
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a.iter().filter_map(|b| b["text"].as_str()).collect::<Vec<_>>().join(""),
+            other => other.to_string(),
+        };
+        return (Some(format!("The tool said: {content}")), None);
+    }
+    if let Some(tool) = req["tools"].as_array().and_then(|t| t.first()) {
+        let name = tool["name"].as_str().unwrap_or("tool");
+        return (None, Some(json!({"type": "tool_use", "id": "toolu_fake_1", "name": name, "input": {}})));
+    }
+    (Some(TEXT.to_owned()), None)
+}
+
+async fn messages(State(cfg): State<Fixed>, Json(req): Json<Value>) -> Response {
+    let model = req["model"].as_str().unwrap_or("fake-claude").to_owned();
+    let (text, call) = anthropic_answer(&req);
+    let input = prompt_tokens(&req);
+    let output = text.as_deref().map_or(5, |t| t.split_whitespace().count() as u64);
+    let stop = if call.is_some() { "tool_use" } else { "end_turn" };
+    if req["stream"] != true {
+        let content = match (&text, &call) {
+            (Some(t), _) => json!([{"type": "text", "text": t}]),
+            (None, Some(c)) => json!([c]),
+            _ => json!([]),
+        };
+        return Json(json!({
+            "id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop, "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": output},
+        }))
+        .into_response();
+    }
+    let ev = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut events = vec![ev(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_fake", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": input, "output_tokens": 1}}}),
+    )];
+    if let Some(t) = &text {
+        events.push(ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ));
+        let n = cfg.chunks.max(1);
+        let step = t.len().div_ceil(n);
+        let mut rest = t.as_str();
+        while !rest.is_empty() {
+            let mut cut = step.min(rest.len());
+            while !rest.is_char_boundary(cut) {
+                cut += 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            events.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}}),
+            ));
+            rest = tail;
+        }
+        events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    }
+    if let Some(c) = &call {
+        let mut start = c.clone();
+        start["input"] = json!({});
+        events.push(ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": start}),
+        ));
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{}"}})));
+        events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    }
+    events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}})));
+    events.push(ev("message_stop", json!({"type": "message_stop"})));
     let delay = cfg.chunk_delay;
     let stream = futures_util::stream::unfold((events.into_iter(), true), move |(mut it, first)| async move {
         let next = it.next()?;

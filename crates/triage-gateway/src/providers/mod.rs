@@ -1,21 +1,44 @@
-//! Upstream providers: one file per wire protocol, one enum to dispatch on.
+//! Upstream providers: one file per wire protocol, sharing one HTTP client shape.
 //!
-//! A provider turns Triage's internal request (the OpenAI Chat Completions shape) into a call to
-//! its upstream and the answer back into internal form: a whole [`ChatCompletion`], or a
-//! [`ChunkStream`] of OpenAI-shaped chunks. Errors are split into an upstream error *status*
-//! (the upstream answered, and the client may see its body) and a transport failure.
+//! A provider sends a request body already in its wire format (built by
+//! [`crate::inbound::Inbound::body_for`]) and returns the answer decoded: a whole
+//! [`Completion`], or a [`ChunkStream`] of OpenAI chunks or Anthropic events. Errors are split into
+//! an upstream error *status* (the upstream answered, and the client may see its body) and a
+//! transport failure.
 
+pub mod anthropic;
 pub mod openai;
+mod stream;
 
 use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode};
-use triage_core::catalog::{Provider, ProviderKind};
-use triage_core::openai::{ChatCompletion, ChatRequest};
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderName, HeaderValue, StatusCode};
+use triage_core::catalog::{Provider, ProviderKind, Timeouts};
+use triage_core::openai::ChatCompletion;
 
-pub use openai::{Batch, ChunkStream, StreamItem};
+pub use stream::{Batch, ChunkStream, StreamItem};
+
+/// The wire format of a request or answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireFormat {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl WireFormat {
+    /// The format a provider kind speaks.
+    pub fn of(kind: ProviderKind) -> WireFormat {
+        match kind {
+            ProviderKind::OpenAi => WireFormat::OpenAi,
+            ProviderKind::Anthropic => WireFormat::Anthropic,
+        }
+    }
+}
 
 /// Which timeout fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,11 +102,20 @@ pub enum CallError {
     Failed(UpstreamError),
 }
 
+/// A whole answer in the provider's format.
+#[derive(Debug)]
+pub enum Completion {
+    /// An OpenAI chat completion.
+    OpenAi(ChatCompletion),
+    /// An Anthropic message.
+    Anthropic(triage_core::anthropic::Response),
+}
+
 /// What a successful call returns.
 pub enum Reply {
-    /// A whole completion (non-streamed request).
-    Complete(ChatCompletion),
-    /// A stream of chunks (streamed request); the status was 2xx.
+    /// A whole answer (non-streamed request).
+    Complete(Completion),
+    /// A stream (streamed request); the status was 2xx.
     Stream(ChunkStream),
 }
 
@@ -128,47 +160,166 @@ pub fn scrub(body: Bytes, key: Option<&ApiKey>) -> Bytes {
     Bytes::from(out)
 }
 
-/// A provider client, dispatching on the wire protocol.
-#[derive(Debug)]
-pub enum ProviderClient {
-    /// OpenAI-compatible Chat Completions.
-    OpenAi(openai::OpenAiProvider),
+fn classify(e: &reqwest::Error, request_timeout: Duration) -> UpstreamError {
+    if e.is_timeout() {
+        UpstreamError::Timeout(TimeoutKind::Request(request_timeout))
+    } else if e.is_connect() {
+        UpstreamError::Connect(root_cause(e))
+    } else {
+        UpstreamError::Io(root_cause(e))
+    }
 }
 
-impl ProviderClient {
-    /// Builds the client for `p`, reading its key from the environment.
-    ///
-    /// Errors: the HTTP client cannot be built (TLS backend failure).
-    pub fn new(p: &Provider) -> Result<ProviderClient, reqwest::Error> {
-        let key = p.api_key_env.as_deref().and_then(ApiKey::from_env);
-        Ok(match p.kind {
-            ProviderKind::OpenAi => ProviderClient::OpenAi(openai::OpenAiProvider::new(p, key)?),
+/// The innermost error message (reqwest's own says only "error sending request").
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The message of an `{"error": ...}` body (OpenAI or Anthropic), if `body` is one.
+pub(crate) fn in_band_error(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let e = v.get("error")?;
+    Some(match e.get("message").and_then(|m| m.as_str()) {
+        Some(m) => m.to_owned(),
+        None => e.to_string(),
+    })
+}
+
+/// An HTTP client of one provider: URL, auth headers, timeouts, connection pool.
+#[derive(Debug)]
+pub struct HttpProvider {
+    http: reqwest::Client,
+    call_url: String,
+    models_url: String,
+    key: Option<ApiKey>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    needs_key: bool,
+    timeouts: Timeouts,
+    format: WireFormat,
+}
+
+impl HttpProvider {
+    fn new(
+        p: &Provider,
+        key: Option<ApiKey>,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        path: &str,
+    ) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(p.timeouts.connect)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(HttpProvider {
+            http,
+            call_url: format!("{}/{path}", p.base_url),
+            models_url: format!("{}/models", p.base_url),
+            key,
+            headers,
+            needs_key: p.api_key_env.is_some(),
+            timeouts: p.timeouts,
+            format: WireFormat::of(p.kind),
         })
+    }
+
+    fn with_headers(&self, mut b: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        for (k, v) in &self.headers {
+            b = b.header(k, v.clone());
+        }
+        b
+    }
+
+    /// Sends `body` (already in this provider's format); `stream` says whether it asks for SSE.
+    ///
+    /// Errors: [`CallError`].
+    pub async fn call(&self, body: Vec<u8>, stream: bool) -> Result<Reply, CallError> {
+        let mut builder =
+            self.with_headers(self.http.post(&self.call_url)).header(CONTENT_TYPE, "application/json").body(body);
+        if !stream {
+            builder = builder.timeout(self.timeouts.request);
+        }
+        let first_byte = self.timeouts.first_byte;
+        let resp = match tokio::time::timeout(first_byte, builder.send()).await {
+            Err(_) => return Err(CallError::Failed(UpstreamError::Timeout(TimeoutKind::FirstByte(first_byte)))),
+            Ok(Err(e)) => return Err(CallError::Failed(classify(&e, self.timeouts.request))),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let retry_after = resp.headers().get(RETRY_AFTER).cloned();
+            let retry_after_ms = resp.headers().get("retry-after-ms").cloned();
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(CallError::Status {
+                status,
+                body: scrub(body, self.key.as_ref()),
+                retry_after,
+                retry_after_ms,
+            });
+        }
+        let failed = |e: reqwest::Error| CallError::Failed(classify(&e, self.timeouts.request));
+        if stream {
+            let is_sse = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if !is_sse {
+                // Some servers answer errors to a streamed request as a 200 JSON body.
+                let body = resp.bytes().await.map_err(failed)?;
+                let msg = in_band_error(&body).unwrap_or_else(|| "a streamed request got a non-SSE answer".to_owned());
+                return Err(CallError::Failed(UpstreamError::InBand(msg)));
+            }
+            return Ok(Reply::Stream(ChunkStream::new(Box::pin(resp.bytes_stream()), self.format, self.timeouts.idle)));
+        }
+        let bytes = resp.bytes().await.map_err(failed)?;
+        let parsed = match self.format {
+            WireFormat::OpenAi => serde_json::from_slice::<ChatCompletion>(&bytes).map(Completion::OpenAi),
+            WireFormat::Anthropic => serde_json::from_slice(&bytes).map(Completion::Anthropic),
+        };
+        parsed.map(Reply::Complete).map_err(|e| {
+            let msg = in_band_error(&bytes).unwrap_or_else(|| format!("the answer is not a completion: {e}"));
+            CallError::Failed(UpstreamError::Protocol(msg))
+        })
+    }
+
+    /// A cheap reachability probe (`GET {base_url}/models`). Returns the status the upstream answered.
+    ///
+    /// Errors: [`UpstreamError`] when the upstream cannot be reached in time.
+    pub async fn probe(&self) -> Result<StatusCode, UpstreamError> {
+        let limit = self.timeouts.connect + Duration::from_secs(2);
+        let req = self.with_headers(self.http.get(&self.models_url)).timeout(limit);
+        match req.send().await {
+            Ok(r) => Ok(r.status()),
+            Err(e) => Err(classify(&e, limit)),
+        }
     }
 
     /// True when the provider needs no key or has one.
     pub fn has_key(&self) -> bool {
-        match self {
-            ProviderClient::OpenAi(p) => p.has_key(),
-        }
+        !self.needs_key || self.key.is_some()
     }
 
-    /// Sends a chat request (already carrying the upstream model name).
-    ///
-    /// Errors: [`CallError`].
-    pub async fn chat(&self, req: &ChatRequest) -> Result<Reply, CallError> {
-        match self {
-            ProviderClient::OpenAi(p) => p.chat(req).await,
-        }
+    /// The wire format this provider speaks.
+    pub fn format(&self) -> WireFormat {
+        self.format
     }
+}
 
-    /// A cheap reachability probe (the models list). Returns the status the upstream answered.
-    ///
-    /// Errors: [`UpstreamError`] when the upstream cannot be reached in time.
-    pub async fn probe(&self) -> Result<StatusCode, UpstreamError> {
-        match self {
-            ProviderClient::OpenAi(p) => p.probe().await,
-        }
+/// The client of one provider.
+pub type ProviderClient = HttpProvider;
+
+/// Builds the client for `p`, reading its key from the environment.
+///
+/// Errors: the HTTP client cannot be built (TLS backend failure).
+pub fn client_for(p: &Provider) -> Result<ProviderClient, reqwest::Error> {
+    let key = p.api_key_env.as_deref().and_then(ApiKey::from_env);
+    match p.kind {
+        ProviderKind::OpenAi => openai::provider(p, key),
+        ProviderKind::Anthropic => anthropic::provider(p, key),
     }
 }
 

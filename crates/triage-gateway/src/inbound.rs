@@ -1,0 +1,156 @@
+//! An inbound request in the client's format, and the upstream bodies made from it.
+//!
+//! Triage routes on one internal shape (the OpenAI Chat Completions request). An Anthropic
+//! request is translated to it for routing and for OpenAI-compatible upstreams, and kept as it
+//! came for Anthropic upstreams, so Anthropic → Anthropic is forwarded without loss (only
+//! `model` is rewritten). An OpenAI request routed to an Anthropic model is translated.
+
+use serde::de::DeserializeOwned;
+use triage_core::anthropic::MessagesRequest;
+use triage_core::catalog::{Model, ProviderKind};
+use triage_core::openai::ChatRequest;
+use triage_core::translate;
+
+use crate::error::GatewayError;
+
+/// The client's wire format.
+pub use crate::providers::WireFormat as Format;
+
+/// A parsed inbound request.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The client's format.
+    pub format: Format,
+    /// The request in the internal (OpenAI) shape.
+    pub openai: ChatRequest,
+    /// The request as the client sent it, when it came in Anthropic's format.
+    pub anthropic: Option<MessagesRequest>,
+    /// The client asked for a stream.
+    pub stream: bool,
+    /// An OpenAI client asked for the final usage chunk.
+    pub wants_stream_usage: bool,
+}
+
+/// Parses `bytes` as `T`; errors name the field at fault (`messages[0].content`).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
+    use serde_json::error::Category;
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                GatewayError::invalid(format!("the body is not valid JSON: {inner}"), None)
+            }
+            Category::Data => {
+                let msg = inner.to_string();
+                let missing = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()).map(str::to_owned);
+                match (path.as_str(), missing) {
+                    (".", Some(field)) => {
+                        GatewayError::invalid(format!("{field}: this field is required ({msg})"), Some(field))
+                    }
+                    (".", None) => GatewayError::invalid(format!("the body must be a JSON object: {msg}"), None),
+                    (p, Some(field)) => {
+                        let full = format!("{p}.{field}");
+                        GatewayError::invalid(format!("{full}: this field is required ({msg})"), Some(full))
+                    }
+                    (p, None) => GatewayError::invalid(format!("{p}: {msg}"), Some(p.to_owned())),
+                }
+            }
+        }
+    })?;
+    de.end().map_err(|e| GatewayError::invalid(format!("the body is not valid JSON: {e}"), None))?;
+    Ok(value)
+}
+
+impl Inbound {
+    /// Parses and validates a body of the given format.
+    ///
+    /// Errors: [`GatewayError::InvalidRequest`] naming the field.
+    pub fn parse(format: Format, bytes: &[u8]) -> Result<Inbound, GatewayError> {
+        match format {
+            Format::OpenAi => {
+                let openai: ChatRequest = parse_json(bytes)?;
+                if openai.model.is_empty() {
+                    return Err(GatewayError::invalid("model: must not be empty", Some("model".into())));
+                }
+                if openai.messages.is_empty() {
+                    return Err(GatewayError::invalid(
+                        "messages: must contain at least one message",
+                        Some("messages".into()),
+                    ));
+                }
+                Ok(Inbound {
+                    format,
+                    stream: openai.is_stream(),
+                    wants_stream_usage: openai.wants_stream_usage(),
+                    openai,
+                    anthropic: None,
+                })
+            }
+            Format::Anthropic => {
+                let native: MessagesRequest = parse_json(bytes)?;
+                if native.model.is_empty() {
+                    return Err(GatewayError::invalid("model: must not be empty", Some("model".into())));
+                }
+                if native.messages.is_empty() {
+                    return Err(GatewayError::invalid(
+                        "messages: must contain at least one message",
+                        Some("messages".into()),
+                    ));
+                }
+                if native.max_tokens == 0 {
+                    return Err(GatewayError::invalid("max_tokens: must be at least 1", Some("max_tokens".into())));
+                }
+                Ok(Inbound {
+                    format,
+                    stream: native.is_stream(),
+                    wants_stream_usage: false,
+                    openai: translate::anthropic_to_openai(&native),
+                    anthropic: Some(native),
+                })
+            }
+        }
+    }
+
+    /// The upstream body for a deployment of `model` on a provider of `kind`.
+    ///
+    /// Errors: [`GatewayError::InvalidRequest`] when the request cannot be expressed for that
+    /// provider (e.g. `n > 1` for Anthropic).
+    pub fn body_for(
+        &mut self,
+        kind: ProviderKind,
+        upstream_model: &str,
+        model: &Model,
+    ) -> Result<Vec<u8>, GatewayError> {
+        let json = match kind {
+            ProviderKind::OpenAi => {
+                if self.stream {
+                    // Triage always needs usage for its own accounting (shared case C28).
+                    self.openai.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
+                }
+                let client_model = std::mem::replace(&mut self.openai.model, upstream_model.to_owned());
+                let json = serde_json::to_vec(&self.openai);
+                self.openai.model = client_model;
+                json
+            }
+            ProviderKind::Anthropic => match &mut self.anthropic {
+                Some(native) => {
+                    let client_model = std::mem::replace(&mut native.model, upstream_model.to_owned());
+                    let json = serde_json::to_vec(&*native);
+                    native.model = client_model;
+                    json
+                }
+                None => {
+                    // Anthropic requires max_tokens: the model's maximum when the client set none
+                    // (shared case C17), else a documented 8,192.
+                    let default = model.max_output_tokens.unwrap_or(8192);
+                    let req = translate::openai_to_anthropic(&self.openai, upstream_model, default)
+                        .map_err(|e| GatewayError::invalid(e.to_string(), Some(e.param)))?;
+                    serde_json::to_vec(&req)
+                }
+            },
+        };
+        json.map_err(|e| GatewayError::invalid(format!("the request cannot be serialized: {e}"), None))
+    }
+}

@@ -1,0 +1,296 @@
+//! The request pipeline shared by both client formats: read, parse, route, dispatch, respond.
+//!
+//! `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic) differ only in how
+//! the body is parsed and how the answer and errors are written back; routing, fallback and
+//! accounting are the same code, so every feature works whichever wire format came in.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use triage_core::catalog::{DeploymentId, ModelId, TierId};
+use triage_core::cost::TokenUsage;
+use triage_core::route::{self, Requirements, RouteDecision};
+use triage_core::tokens::PromptSize;
+use triage_core::translate;
+
+use crate::dispatch::{attempts_header, dispatch, Answer, Failed, PrimedStream};
+use crate::error::GatewayError;
+use crate::inbound::{Format, Inbound};
+use crate::providers::Completion;
+use crate::relay::{AnthropicEncoder, Finisher, OpenAiEncoder, Relay};
+use crate::state::SharedState;
+
+/// Response header: the catalog model that served the request.
+pub const HEADER_MODEL: &str = "x-triage-model";
+/// Response header: its tier.
+pub const HEADER_TIER: &str = "x-triage-tier";
+/// Response header: why the router chose it.
+pub const HEADER_REASON: &str = "x-triage-route-reason";
+/// Request/response header: the request id (the client's, or a new UUID).
+pub const HEADER_REQUEST_ID: &str = "x-request-id";
+/// Response header: every upstream attempt, `model@provider:outcome`, comma-separated.
+pub const HEADER_ATTEMPTS: &str = "x-triage-attempts";
+
+/// What the response headers report: the model that answered (or was routed to, on failure).
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    /// The model.
+    pub model: ModelId,
+    /// Its tier.
+    pub tier: TierId,
+    /// Why.
+    pub reason: String,
+    /// The `x-triage-attempts` value, once dispatch ran.
+    pub attempts: Option<String>,
+}
+
+impl RouteInfo {
+    fn routed(d: &RouteDecision) -> Self {
+        RouteInfo { model: d.model, tier: d.tier, reason: d.reason.clone(), attempts: None }
+    }
+}
+
+/// Axum handler for `POST /v1/chat/completions`.
+pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
+    handle(state, headers, body, Format::OpenAi).await
+}
+
+/// Axum handler for `POST /v1/messages`.
+pub async fn messages(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
+    handle(state, headers, body, Format::Anthropic).await
+}
+
+/// Axum handler for `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, estimated with the
+/// same tokenizer the router uses (o200k_base; Anthropic's own count may differ slightly).
+pub async fn count_tokens(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        let bytes = read_body(&headers, body, state.catalog.server().max_body_bytes).await?;
+        // count_tokens takes a Messages request without max_tokens.
+        let mut v: serde_json::Value = crate::inbound::parse_json(&bytes)?;
+        if let Some(o) = v.as_object_mut() {
+            o.entry("max_tokens").or_insert(1.into());
+        }
+        let bytes = serde_json::to_vec(&v).unwrap_or_default();
+        let inbound = Inbound::parse(Format::Anthropic, &bytes)?;
+        let tokens = PromptSize::new(&inbound.openai).estimate();
+        Ok::<_, GatewayError>(axum::Json(serde_json::json!({"input_tokens": tokens})).into_response())
+    }
+    .await;
+    result.unwrap_or_else(|e| e.into_response_for(Format::Anthropic))
+}
+
+async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Format) -> Response {
+    let started = Instant::now();
+    let request_id = request_id(&headers);
+    let mut route: Option<RouteInfo> = None;
+    let mut resp = match serve(&state, &headers, body, started, &request_id, &mut route, format).await {
+        Ok(r) => r,
+        Err(e) => {
+            let status = e.status();
+            record_request(&state, format, route.as_ref().map(|r| (r.model, r.tier)), status.as_str(), started);
+            e.into_response_for(format)
+        }
+    };
+    set_route_headers(resp.headers_mut(), &state, &request_id, route.as_ref());
+    resp
+}
+
+/// The client's `x-request-id` if it is a sane header value (≤ 128 visible ASCII), else a new UUID.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(HEADER_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn set_route_headers(h: &mut HeaderMap, state: &SharedState, request_id: &str, d: Option<&RouteInfo>) {
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(HEADER_REQUEST_ID, v);
+    }
+    if let Some(d) = d {
+        let c = &state.catalog;
+        for (name, value) in [
+            (HEADER_MODEL, c.models()[d.model].id.as_str()),
+            (HEADER_TIER, c.tiers()[d.tier].as_str()),
+            (HEADER_REASON, d.reason.as_str()),
+            (HEADER_ATTEMPTS, d.attempts.as_deref().unwrap_or_default()),
+        ] {
+            if value.is_empty() {
+                continue;
+            }
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        }
+    }
+}
+
+async fn serve(
+    state: &SharedState,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+    request_id: &str,
+    route_out: &mut Option<RouteInfo>,
+    format: Format,
+) -> Result<Response, GatewayError> {
+    let bytes = read_body(headers, body, state.catalog.server().max_body_bytes).await?;
+    let mut inbound = Inbound::parse(format, &bytes)?;
+    let catalog = &state.catalog;
+    let (decision, plan, needs) = {
+        let target = route::resolve(catalog, &inbound.openai.model)?;
+        let requirements = Requirements::of(&inbound.openai);
+        let decision = route::select(catalog, &target, &requirements, |m| state.model_available(m))?;
+        let plan = route::plan(catalog, &target, &decision, &requirements);
+        (decision, plan, requirements.needs())
+    };
+    *route_out = Some(RouteInfo::routed(&decision));
+
+    let typed = |kind, d: DeploymentId| route::typed_plan(catalog, catalog.deployments()[d].model, kind, needs);
+    let served = match dispatch(state, &mut inbound, plan, typed, started).await {
+        Ok(s) => s,
+        Err(Failed { error, attempts }) => {
+            if let Some(r) = route_out.as_mut() {
+                r.attempts = Some(attempts_header(state, &attempts));
+            }
+            return Err(error);
+        }
+    };
+    let model = catalog.deployments()[served.deployment].model;
+    let mut reason = decision.reason.clone();
+    let failed = served.attempts.len() - 1;
+    if failed > 0 {
+        reason.push_str(&format!("; served by {} after {failed} failed attempt(s)", catalog.models()[model].id));
+    }
+    let info = RouteInfo {
+        model,
+        tier: catalog.models()[model].tier,
+        reason,
+        attempts: Some(attempts_header(state, &served.attempts)),
+    };
+    *route_out = Some(info.clone());
+
+    match served.answer {
+        Answer::Complete(completion) => Ok(complete_response(state, completion, &info, started, request_id, format)),
+        Answer::Stream(PrimedStream { stream, held, ended }) => {
+            let ctx = Finisher::new(state.clone(), format, info, served.deployment, started, request_id.to_owned());
+            let body = match format {
+                Format::OpenAi => {
+                    Relay::new(stream, held, ended, OpenAiEncoder::new(inbound.wants_stream_usage), ctx).into_body()
+                }
+                Format::Anthropic => {
+                    // `message_start` needs input tokens before an OpenAI upstream reports them.
+                    let estimate = PromptSize::new(&inbound.openai).estimate();
+                    Relay::new(stream, held, ended, AnthropicEncoder::new(estimate), ctx).into_body()
+                }
+            };
+            let mut resp = Response::new(body);
+            let h = resp.headers_mut();
+            h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            Ok(resp)
+        }
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes: at once when `content-length` says
+/// so, else as soon as the limit is crossed (memory stays bounded either way).
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_large {
+            GatewayError::PayloadTooLarge { limit }
+        } else {
+            GatewayError::invalid(format!("could not read the request body: {e}"), None)
+        }
+    })
+}
+
+fn complete_response(
+    state: &SharedState,
+    completion: Completion,
+    info: &RouteInfo,
+    started: Instant,
+    request_id: &str,
+    format: Format,
+) -> Response {
+    let usage = match &completion {
+        Completion::OpenAi(c) => c.usage.as_ref().map(TokenUsage::from_openai),
+        Completion::Anthropic(r) => Some(TokenUsage::from_anthropic(&r.usage)),
+    };
+    record_usage(state, info.model, usage, request_id);
+    record_request(state, format, Some((info.model, info.tier)), "200", started);
+    let body = match (format, completion) {
+        (Format::OpenAi, Completion::OpenAi(mut c)) => {
+            for choice in &mut c.choices {
+                // Shared case C11: tool calls reported with `finish_reason: "stop"` end as `tool_calls`.
+                let has_calls = choice.message.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
+                if has_calls && choice.finish_reason.as_deref() == Some("stop") {
+                    choice.finish_reason = Some("tool_calls".to_owned());
+                }
+            }
+            serde_json::to_vec(&c)
+        }
+        (Format::OpenAi, Completion::Anthropic(r)) => serde_json::to_vec(&translate::anthropic_to_openai_response(&r)),
+        (Format::Anthropic, Completion::Anthropic(r)) => serde_json::to_vec(&r),
+        (Format::Anthropic, Completion::OpenAi(c)) => serde_json::to_vec(&translate::openai_to_anthropic_response(&c)),
+    };
+    match body {
+        Ok(body) => (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(e) => {
+            GatewayError::invalid(format!("the answer cannot be serialized: {e}"), None).into_response_for(format)
+        }
+    }
+}
+
+/// Records one answered request in the metrics and the log.
+pub fn record_request(
+    state: &SharedState,
+    format: Format,
+    d: Option<(ModelId, TierId)>,
+    status: &str,
+    started: Instant,
+) {
+    let endpoint = match format {
+        Format::OpenAi => "chat_completions",
+        Format::Anthropic => "messages",
+    };
+    let (model, tier) = match d {
+        Some((m, t)) => (state.catalog.models()[m].id.clone(), state.catalog.tiers()[t].clone()),
+        None => ("none".to_owned(), "none".to_owned()),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    metrics::histogram!("triage_request_duration_seconds", "model" => model.clone(), "tier" => tier.clone())
+        .record(secs);
+    metrics::counter!("triage_requests_total", "endpoint" => endpoint, "model" => model.clone(), "tier" => tier.clone(), "status" => status.to_owned()).increment(1);
+    tracing::info!(model = %model, tier = %tier, status, latency_ms = secs * 1000.0, "request");
+}
+
+/// Records the usage and cost of an answer.
+pub fn record_usage(state: &SharedState, model: ModelId, usage: Option<TokenUsage>, request_id: &str) {
+    let m = &state.catalog.models()[model];
+    match usage {
+        Some(tokens) => {
+            let cost = m.price.cost(&tokens);
+            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "input")
+                .increment(tokens.input);
+            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "output")
+                .increment(tokens.output);
+            tracing::info!(request_id, model = %m.id, input = tokens.input, cached = tokens.cached_input, output = tokens.output, reasoning = tokens.reasoning, cost_usd = %cost, "usage");
+        }
+        None => tracing::warn!(request_id, model = %m.id, "the upstream reported no usage"),
+    }
+}

@@ -1,0 +1,121 @@
+//! An upstream SSE body decoded into chunks (OpenAI) or events (Anthropic), one network read
+//! at a time, with the provider's idle timeout between reads (shared case C25).
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use triage_core::anthropic::Event;
+use triage_core::openai::ChatChunk;
+use triage_core::sse::{SseDecoder, SseEvent};
+
+use super::{in_band_error, root_cause, TimeoutKind, UpstreamError, WireFormat};
+
+/// One decoded item of an upstream stream.
+#[derive(Debug)]
+pub enum StreamItem {
+    /// An OpenAI chunk.
+    Chunk(ChatChunk),
+    /// An Anthropic event (`error` events are reported as failures instead).
+    Event(Event),
+    /// `data: [DONE]` (OpenAI) or `message_stop` (Anthropic, which is also sent as an event).
+    Done,
+}
+
+/// How a read of the stream ended.
+#[derive(Debug)]
+pub enum Batch {
+    /// More may follow.
+    More,
+    /// The upstream closed the body.
+    End,
+    /// The stream failed; items decoded before the failure are still in the batch.
+    Failed(UpstreamError),
+}
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// An upstream SSE body being decoded.
+pub struct ChunkStream {
+    body: ByteStream,
+    format: WireFormat,
+    decoder: SseDecoder,
+    events: Vec<SseEvent>,
+    idle: Duration,
+    done: bool,
+}
+
+impl ChunkStream {
+    pub(super) fn new(body: ByteStream, format: WireFormat, idle: Duration) -> Self {
+        ChunkStream { body, format, decoder: SseDecoder::new(), events: Vec::new(), idle, done: false }
+    }
+
+    /// The wire format of the items.
+    pub fn format(&self) -> WireFormat {
+        self.format
+    }
+
+    /// Waits for the next network read and decodes every complete event in it into `out`.
+    /// Reads with no complete event (a split line, a comment) reset the idle timer and are
+    /// followed by the next read before returning. After `[DONE]` / `message_stop`, nothing more
+    /// is read.
+    pub async fn next_batch(&mut self, out: &mut Vec<StreamItem>) -> Batch {
+        loop {
+            if self.done {
+                return Batch::End;
+            }
+            let read = match tokio::time::timeout(self.idle, self.body.next()).await {
+                Err(_) => return Batch::Failed(UpstreamError::Timeout(TimeoutKind::Idle(self.idle))),
+                Ok(None) => return Batch::End,
+                Ok(Some(Err(e))) => return Batch::Failed(UpstreamError::Io(root_cause(&e))),
+                Ok(Some(Ok(bytes))) => bytes,
+            };
+            if self.decoder.push(&read, &mut self.events).is_err() {
+                return Batch::Failed(UpstreamError::Protocol("the event stream is not valid UTF-8".into()));
+            }
+            for ev in self.events.drain(..) {
+                let data = ev.data.trim();
+                if data == "[DONE]" {
+                    // OpenAI's terminator; some Anthropic-compatible proxies send it too.
+                    out.push(StreamItem::Done);
+                    self.done = true;
+                    break;
+                }
+                let item = match self.format {
+                    WireFormat::OpenAi => match serde_json::from_str::<ChatChunk>(data) {
+                        Ok(c) if !c.extra.contains_key("error") => Ok(StreamItem::Chunk(c)),
+                        _ => Err(in_band_error(data.as_bytes()).map(UpstreamError::InBand).unwrap_or_else(|| {
+                            UpstreamError::Protocol("an event of the stream is not a chat completion chunk".into())
+                        })),
+                    },
+                    WireFormat::Anthropic => match Event::parse(data) {
+                        Ok(Event::Error { error }) => Err(UpstreamError::InBand(
+                            error.get("message").and_then(|m| m.as_str()).unwrap_or("upstream error event").to_owned(),
+                        )),
+                        Ok(e) => Ok(StreamItem::Event(e)),
+                        Err(_) => {
+                            Err(UpstreamError::Protocol("an event of the stream is not a Messages API event".into()))
+                        }
+                    },
+                };
+                match item {
+                    Ok(StreamItem::Event(Event::MessageStop)) => {
+                        out.push(StreamItem::Event(Event::MessageStop));
+                        out.push(StreamItem::Done);
+                        self.done = true;
+                        break;
+                    }
+                    Ok(i) => out.push(i),
+                    Err(e) => {
+                        self.done = true;
+                        return Batch::Failed(e);
+                    }
+                }
+            }
+            if !out.is_empty() {
+                return Batch::More;
+            }
+        }
+    }
+}

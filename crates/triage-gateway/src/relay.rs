@@ -1,0 +1,350 @@
+//! Relaying an upstream stream to the client, read by read, in the client's format.
+//!
+//! An [`Encoder`] turns upstream items (OpenAI chunks or Anthropic events) into the client's SSE
+//! events: [`OpenAiEncoder`] normalises chunks (translating Anthropic events first when the
+//! upstream is Anthropic), [`AnthropicEncoder`] forwards Anthropic events as they came (or
+//! translates OpenAI chunks). The [`Relay`] drives one: it never buffers more than one network
+//! read, ends with the format's clean terminator or one well-formed error event, and records the
+//! outcome exactly once (`cancelled` when the client leaves; dropping the relay closes the
+//! upstream connection).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use triage_core::anthropic::{self as a, Event};
+use triage_core::catalog::DeploymentId;
+use triage_core::cost::TokenUsage;
+use triage_core::openai::ChatChunk;
+use triage_core::sse;
+use triage_core::stream::ChunkNormalizer;
+use triage_core::translate::{AnthropicToOpenAi, OpenAiToAnthropic};
+
+use crate::error::GatewayError;
+use crate::inbound::Format;
+use crate::pipeline::{record_request, record_usage, RouteInfo};
+use crate::providers::{Batch, ChunkStream, StreamItem, UpstreamError};
+use crate::state::SharedState;
+
+/// Turns upstream items into the client's SSE bytes.
+pub trait Encoder: Send + 'static {
+    /// Encodes one upstream item, appending SSE bytes to `buf`.
+    fn item(&mut self, item: StreamItem, buf: &mut Vec<u8>);
+    /// True when the upstream's answer is complete.
+    fn finished(&self) -> bool;
+    /// Appends the clean end of the stream.
+    fn end_ok(&mut self, buf: &mut Vec<u8>);
+    /// Appends one error event (and no clean terminator).
+    fn end_err(&mut self, err: &GatewayError, buf: &mut Vec<u8>);
+    /// The usage the upstream reported.
+    fn usage(&self) -> Option<TokenUsage>;
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// OpenAI client: normalised chunks, the usage chunk if asked, one `[DONE]`.
+pub struct OpenAiEncoder {
+    normalizer: ChunkNormalizer,
+    from_anthropic: AnthropicToOpenAi,
+    chunks: Vec<ChatChunk>,
+}
+
+impl OpenAiEncoder {
+    /// An encoder for a client that did or did not ask for the usage chunk.
+    pub fn new(wants_usage: bool) -> Self {
+        OpenAiEncoder {
+            normalizer: ChunkNormalizer::new(wants_usage),
+            from_anthropic: AnthropicToOpenAi::new(now_secs()),
+            chunks: Vec::new(),
+        }
+    }
+
+    fn write(&mut self, c: ChatChunk, buf: &mut Vec<u8>) {
+        if let Some(c) = self.normalizer.push(c) {
+            if let Ok(json) = serde_json::to_vec(&c) {
+                sse::write_data(buf, &json);
+            }
+        }
+    }
+}
+
+impl Encoder for OpenAiEncoder {
+    fn item(&mut self, item: StreamItem, buf: &mut Vec<u8>) {
+        match item {
+            StreamItem::Chunk(c) => self.write(c, buf),
+            StreamItem::Event(e) => {
+                if let triage_core::translate::Flow::Done = self.from_anthropic.push(&e, &mut self.chunks) {
+                    self.normalizer.upstream_done();
+                }
+                for c in std::mem::take(&mut self.chunks) {
+                    self.write(c, buf);
+                }
+            }
+            StreamItem::Done => self.normalizer.upstream_done(),
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.normalizer.finished()
+    }
+
+    fn end_ok(&mut self, buf: &mut Vec<u8>) {
+        if let Some(chunk) = self.normalizer.usage_chunk() {
+            if let Ok(json) = serde_json::to_vec(&chunk) {
+                sse::write_data(buf, &json);
+            }
+        }
+        sse::write_data(buf, b"[DONE]");
+    }
+
+    fn end_err(&mut self, err: &GatewayError, buf: &mut Vec<u8>) {
+        sse::write_data(buf, &err.to_sse_json());
+    }
+
+    fn usage(&self) -> Option<TokenUsage> {
+        self.normalizer.usage().map(TokenUsage::from_openai)
+    }
+}
+
+/// Anthropic client: Anthropic events, ending with exactly one `message_stop` and no `[DONE]`.
+pub struct AnthropicEncoder {
+    from_openai: OpenAiToAnthropic,
+    events: Vec<Event>,
+    /// Usage of a forwarded Anthropic stream.
+    usage: Option<a::Usage>,
+    stopped: bool,
+    upstream_done: bool,
+    openai_upstream: bool,
+}
+
+impl AnthropicEncoder {
+    /// An encoder; `prompt_estimate` fills `message_start.usage.input_tokens` when the upstream
+    /// is OpenAI-compatible (its real count arrives in `message_delta`).
+    pub fn new(prompt_estimate: u64) -> Self {
+        AnthropicEncoder {
+            from_openai: OpenAiToAnthropic::new(prompt_estimate),
+            events: Vec::new(),
+            usage: None,
+            stopped: false,
+            upstream_done: false,
+            openai_upstream: false,
+        }
+    }
+
+    fn write(buf: &mut Vec<u8>, e: &Event) {
+        if let Ok(json) = serde_json::to_vec(&e.to_json()) {
+            sse::write_event(buf, e.name(), &json);
+        }
+    }
+}
+
+impl Encoder for AnthropicEncoder {
+    fn item(&mut self, item: StreamItem, buf: &mut Vec<u8>) {
+        match item {
+            StreamItem::Event(e) => {
+                match &e {
+                    Event::MessageStart { message } => self.usage = Some(message.usage.clone()),
+                    Event::MessageDelta { .. } => {
+                        if let (Some(d), Some(u)) = (e.delta_usage(), self.usage.as_mut()) {
+                            d.apply(u);
+                        }
+                    }
+                    Event::MessageStop => {
+                        if self.stopped {
+                            return;
+                        }
+                        self.stopped = true;
+                    }
+                    _ => {}
+                }
+                Self::write(buf, &e);
+            }
+            StreamItem::Chunk(c) => {
+                self.openai_upstream = true;
+                self.from_openai.push(&c, &mut self.events);
+                for e in std::mem::take(&mut self.events) {
+                    Self::write(buf, &e);
+                }
+            }
+            StreamItem::Done => self.upstream_done = true,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.stopped || (self.openai_upstream && (self.from_openai.has_finished() || self.upstream_done))
+    }
+
+    fn end_ok(&mut self, buf: &mut Vec<u8>) {
+        if self.openai_upstream && !self.stopped {
+            self.stopped = true;
+            self.from_openai.finish(&mut self.events);
+            for e in std::mem::take(&mut self.events) {
+                Self::write(buf, &e);
+            }
+        }
+    }
+
+    fn end_err(&mut self, err: &GatewayError, buf: &mut Vec<u8>) {
+        sse::write_event(buf, "error", &err.to_anthropic_sse_json());
+    }
+
+    fn usage(&self) -> Option<TokenUsage> {
+        if self.openai_upstream {
+            return self.from_openai.usage().map(TokenUsage::from_openai);
+        }
+        self.usage.as_ref().map(TokenUsage::from_anthropic)
+    }
+}
+
+/// Per-stream bookkeeping; records the outcome exactly once, `cancelled` if the client left.
+pub struct Finisher {
+    /// Shared state.
+    pub state: SharedState,
+    /// The client's format.
+    pub format: Format,
+    /// What answered.
+    pub info: RouteInfo,
+    /// The deployment streaming.
+    pub deployment: DeploymentId,
+    /// When the request arrived.
+    pub started: Instant,
+    /// The request id.
+    pub request_id: String,
+    first_chunk: bool,
+    recorded: bool,
+}
+
+impl Finisher {
+    /// Bookkeeping for a stream of `deployment`.
+    pub fn new(
+        state: SharedState,
+        format: Format,
+        info: RouteInfo,
+        deployment: DeploymentId,
+        started: Instant,
+        request_id: String,
+    ) -> Self {
+        Finisher { state, format, info, deployment, started, request_id, first_chunk: false, recorded: false }
+    }
+
+    fn first_chunk(&mut self) {
+        if !self.first_chunk {
+            self.first_chunk = true;
+            let c = &self.state.catalog;
+            metrics::histogram!("triage_ttft_seconds", "model" => c.models()[self.info.model].id.clone(), "tier" => c.tiers()[self.info.tier].clone())
+                .record(self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn finish(&mut self, status: &str, usage: Option<TokenUsage>) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        record_usage(&self.state, self.info.model, usage, &self.request_id);
+        record_request(&self.state, self.format, Some((self.info.model, self.info.tier)), status, self.started);
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        if !self.recorded {
+            tracing::info!(request_id = %self.request_id, "client disconnected; upstream request cancelled");
+            self.recorded = true;
+            record_request(
+                &self.state,
+                self.format,
+                Some((self.info.model, self.info.tier)),
+                "cancelled",
+                self.started,
+            );
+        }
+    }
+}
+
+/// Relays one upstream stream to the client through an [`Encoder`].
+pub struct Relay<E> {
+    upstream: ChunkStream,
+    encoder: E,
+    /// Items decoded but not yet sent (at first: those held back while priming).
+    items: Vec<StreamItem>,
+    /// How priming's last read ended; consumed before reading on.
+    first: Option<Batch>,
+    ended: bool,
+    ctx: Finisher,
+}
+
+impl<E: Encoder> Relay<E> {
+    /// A relay that first sends `held` (and acts on `ended`, how priming's last read ended).
+    pub fn new(upstream: ChunkStream, held: Vec<StreamItem>, ended: Option<Batch>, encoder: E, ctx: Finisher) -> Self {
+        Relay { upstream, encoder, items: held, first: Some(ended.unwrap_or(Batch::More)), ended: false, ctx }
+    }
+
+    /// The relay as a response body stream.
+    pub fn into_body(self) -> axum::body::Body {
+        let s = futures_util::stream::unfold(self, |mut r| async move {
+            r.next_bytes().await.map(|b| (Ok::<_, std::convert::Infallible>(b), r))
+        });
+        axum::body::Body::from_stream(s)
+    }
+
+    /// The bytes of the next network read, re-framed; `None` after the end.
+    async fn next_bytes(&mut self) -> Option<Bytes> {
+        if self.ended {
+            return None;
+        }
+        loop {
+            let batch = match self.first.take() {
+                Some(b) => b,
+                None => self.upstream.next_batch(&mut self.items).await,
+            };
+            let mut buf = Vec::new();
+            for item in self.items.drain(..) {
+                self.encoder.item(item, &mut buf);
+            }
+            if !buf.is_empty() {
+                self.ctx.first_chunk();
+            }
+            match batch {
+                Batch::More if buf.is_empty() => continue,
+                Batch::More => return Some(buf.into()),
+                Batch::End => {
+                    let failure = (!self.encoder.finished()).then_some(UpstreamError::Truncated);
+                    self.end(&mut buf, failure);
+                    return Some(buf.into());
+                }
+                Batch::Failed(e) => {
+                    // An upstream that finished its answer and then stalls or breaks before its
+                    // terminator has still delivered a whole answer.
+                    let failure = (!self.encoder.finished()).then_some(e);
+                    self.end(&mut buf, failure);
+                    return Some(buf.into());
+                }
+            }
+        }
+    }
+
+    /// Ends the stream cleanly, or with one well-formed error event (shared cases C04, C25).
+    fn end(&mut self, buf: &mut Vec<u8>, failure: Option<UpstreamError>) {
+        self.ended = true;
+        match failure {
+            None => {
+                self.encoder.end_ok(buf);
+                let usage = self.encoder.usage();
+                self.ctx.finish("200", usage);
+            }
+            Some(source) => {
+                // A stream that breaks after its first token is the deployment's failure.
+                self.ctx.state.record_failure(self.ctx.deployment);
+                let d = &self.ctx.state.catalog.deployments()[self.ctx.deployment];
+                let provider = self.ctx.state.catalog.providers()[d.provider].name.clone();
+                tracing::warn!(request_id = %self.ctx.request_id, provider = %provider, error = %source, "upstream stream failed");
+                let err = GatewayError::Upstream { provider, source };
+                self.encoder.end_err(&err, buf);
+                let usage = self.encoder.usage();
+                self.ctx.finish("stream_error", usage);
+            }
+        }
+    }
+}
