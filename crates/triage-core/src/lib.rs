@@ -4,6 +4,7 @@
 //! validates the wire format; [`route`] resolves the `model` field against the [`catalog`] (built
 //! by [`config`]) and applies hard requirements, with prompt sizes from [`tokens`]; the answer's
 //! stream is framed by [`sse`] and normalised by [`stream`]; [`cost`] prices the usage.
+//! [`guard`] finds personal data and secrets in a request and redacts them before it leaves the machine.
 //! Everything here is unit-tested directly; the I/O lives in `triage-gateway`.
 #![deny(missing_docs)]
 
@@ -12,6 +13,7 @@ pub mod breaker;
 pub mod catalog;
 pub mod config;
 pub mod cost;
+pub mod guard;
 pub mod openai;
 pub mod retry;
 pub mod route;

@@ -1,0 +1,819 @@
+//! The checks that turn a pattern match into a finding (or drop it): placeholders, key names,
+//! context words before and after, checksums and ranges (via [`super::validate`]), and the span to
+//! report. Each is a `Check` of the rule table in `rules.rs`.
+
+use std::ops::Range;
+
+use super::rules::Hit;
+use super::validate;
+
+// ---------------------------------------------------------------------------------------------
+// Checks.
+
+pub(super) fn accept(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    Some((h.value.clone(), 0.9))
+}
+
+/// Token with a documented prefix: reject placeholders (`xxxx`, repeated characters).
+pub(super) fn token(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    if validate::is_placeholder(v) {
+        return None;
+    }
+    // The random part after the prefix must not be a single repeated character.
+    Some((h.value.clone(), 0.95))
+}
+
+/// Token whose random part must carry some entropy (short prefixes such as `key-`).
+pub(super) fn token_random(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    // `name.ico-...`: a file name or host part, not a token prefix.
+    if h.value.start > 0 && h.text.as_bytes().get(h.value.start - 1) == Some(&b'.') {
+        return None;
+    }
+    if validate::is_placeholder(v) || validate::entropy(v) < 3.0 {
+        return None;
+    }
+    Some((h.value.clone(), 0.85))
+}
+
+pub(super) fn aws_key_id(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let body = v.get(4..).unwrap_or("");
+    if body.contains("EXAMPLE") {
+        return Some((h.value.clone(), 0.5));
+    }
+    Some((h.value.clone(), 0.95))
+}
+
+pub(super) fn random_value(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    if validate::looks_random(v, 3.0) {
+        Some((h.value.clone(), 0.8))
+    } else {
+        None
+    }
+}
+
+pub(super) fn jwt(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    if validate::jwt_header(h.value_str()) {
+        Some((h.value.clone(), 0.95))
+    } else {
+        None
+    }
+}
+
+pub(super) fn private_key(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    // The body (between the armour lines) must hold real base64, not a word.
+    let body: usize = v
+        .lines()
+        .flat_map(|l| l.split("\\n"))
+        .filter(|l| !l.starts_with("-----") && !l.contains(':'))
+        .map(|l| l.bytes().filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/').count())
+        .sum();
+    if body >= 24 {
+        Some((h.value.clone(), 0.99))
+    } else {
+        None
+    }
+}
+
+pub(super) fn email(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let (local, domain) = v.split_once('@')?;
+    if local.starts_with('.') || local.ends_with('.') || local.contains("..") || domain.contains("..") {
+        return None;
+    }
+    // Image names such as `logo@2x.png` are not addresses.
+    let tld = domain.rsplit('.').next().unwrap_or("");
+    if matches!(
+        tld.to_ascii_lowercase().as_str(),
+        "png" | "jpg" | "jpeg" | "gif" | "svg" | "webp" | "js" | "css" | "ts"
+    ) {
+        return None;
+    }
+    Some((h.value.clone(), 0.95))
+}
+
+pub(super) fn digits_of(s: &str) -> String {
+    s.bytes().filter(u8::is_ascii_digit).map(char::from).collect()
+}
+
+/// Byte before `r.start` and after `r.end`.
+pub(super) fn around(text: &str, r: &Range<usize>) -> (u8, u8) {
+    let b = text.as_bytes();
+    let before = if r.start > 0 { b.get(r.start - 1).copied().unwrap_or(b' ') } else { b' ' };
+    let after = b.get(r.end).copied().unwrap_or(b' ');
+    (before, after)
+}
+
+pub(super) fn card(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let d = digits_of(v);
+    if !validate::card_prefix_ok(&d) || !validate::luhn(&d) {
+        return None;
+    }
+    // Separators, if any, must be one kind.
+    let seps: Vec<u8> = v.bytes().filter(|b| !b.is_ascii_digit()).collect();
+    if seps.windows(2).any(|w| w[0] != w[1]) {
+        return None;
+    }
+    let (before, after) = around(h.text, &h.value);
+    if before.is_ascii_alphanumeric() || after.is_ascii_alphanumeric() {
+        return None;
+    }
+    if before == b'.' || after == b'.' && h.text.as_bytes().get(h.value.end + 1).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    if d.bytes().all(|b| b == d.as_bytes()[0]) {
+        return None;
+    }
+    let conf = if seps.is_empty() && !context(h.text, h.whole.start, 40, CARD_WORDS) { 0.7 } else { 0.95 };
+    Some((h.value.clone(), conf))
+}
+
+pub(super) const CARD_WORDS: &[&str] =
+    &["card", "visa", "mastercard", "amex", "cc", "credit", "debit", "payment", "pan"];
+
+pub(super) fn iban(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    // Try the longest prefix (in whole 1-4 character groups) that passes mod 97.
+    let mut end = v.len();
+    loop {
+        let cand = v.get(..end)?;
+        if validate::iban(cand) {
+            return Some((h.value.start..h.value.start + end, 0.97));
+        }
+        // Drop the last group or character.
+        let cut = cand.trim_end().rfind(' ').filter(|&i| i >= 8);
+        match cut {
+            Some(i) if cand.len() - i <= 5 => end = i,
+            _ => {
+                if end <= 15 {
+                    return None;
+                }
+                end -= 1;
+            }
+        }
+        if end < 15 {
+            return None;
+        }
+    }
+}
+
+pub(super) const SSN_WORDS: &[&str] =
+    &["ssn", "social security", "social sec", "ss#", "ss #", "ssn#", "tax id", "taxpayer"];
+
+pub(super) fn ssn(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    if !validate::ssn(v) {
+        return None;
+    }
+    let (before, after) = around(h.text, &h.value);
+    if before.is_ascii_alphanumeric()
+        || after.is_ascii_alphanumeric()
+        || matches!(before, b'-' | b'.' | b'/' | b'+')
+        || matches!(after, b'-' | b'/')
+    {
+        return None;
+    }
+    if after == b'.' && h.text.as_bytes().get(h.value.end + 1).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let ctx = context(h.text, h.whole.start, 48, SSN_WORDS);
+    let plain = v.bytes().all(|b| b.is_ascii_digit());
+    if plain && !ctx {
+        return None;
+    }
+    // `123 45 6789` in running text is often something else; want context for spaces too.
+    if v.contains(' ') && !ctx {
+        return Some((h.value.clone(), 0.6));
+    }
+    Some((h.value.clone(), if ctx { 0.95 } else { 0.85 }))
+}
+
+pub(super) const VERSION_WORDS: &[&str] =
+    &["version", "ver ", "ver.", "v.", "release", "build", "oid", "snmp", "sha", "commit"];
+
+pub(super) fn ipv4(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let (addr, prefix) = match v.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (v, None),
+    };
+    let ip: std::net::Ipv4Addr = addr.parse().ok()?;
+    let (before, after) = around(h.text, &h.value);
+    if before.is_ascii_alphanumeric() || before == b'.' || before == b'v' || before == b'V' {
+        return None;
+    }
+    if after == b'.' && h.text.as_bytes().get(h.value.end + 1).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    if after.is_ascii_alphanumeric() && after != b'@' {
+        return None;
+    }
+    if context(h.text, h.whole.start, 16, VERSION_WORDS) {
+        return None;
+    }
+    let mut span = h.value.clone();
+    if let Some(p) = prefix {
+        match p.parse::<u8>() {
+            Ok(n) if n <= 32 => {}
+            _ => span.end = h.value.start + addr.len(),
+        }
+    }
+    let conf = if ip.is_loopback() || ip.is_unspecified() || ip.is_private() { 0.7 } else { 0.9 };
+    Some((span, conf))
+}
+
+pub(super) fn ipv6(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let raw = h.value_str();
+    let (addr, prefix) = match raw.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (raw, None),
+    };
+    // A trailing sentence dot or colon is not part of the address.
+    let addr = addr.trim_end_matches('.');
+    let start = h.value.start + (addr.len() - addr.trim_start_matches('.').len());
+    let addr = addr.trim_start_matches('.');
+    if addr == "::" || addr.len() < 3 {
+        return None;
+    }
+    let ip: std::net::Ipv6Addr = addr.parse().ok()?;
+    let end = start + addr.len();
+    let (before, after) = around(h.text, &(start..end));
+    if before.is_ascii_alphanumeric() || before == b':' || before == b'_' {
+        return None;
+    }
+    if after.is_ascii_alphanumeric() || after == b'_' {
+        return None;
+    }
+    let groups = addr.split([':', '.']).filter(|g| !g.is_empty()).count();
+    let has_digit = addr.bytes().any(|b| b.is_ascii_digit());
+    if !has_digit || (groups < 2 && addr != "::1") {
+        return None;
+    }
+    let mut span = start..end;
+    // A CIDR suffix belongs to the address when nothing was trimmed before the `/`.
+    if let Some(p) = prefix.map(|p| p.trim_end_matches('.')) {
+        let whole_addr = raw.split_once('/').map_or("", |(a, _)| a);
+        if whole_addr.len() == addr.len() && p.parse::<u8>().is_ok_and(|n| n <= 128) {
+            span.end = end + 1 + p.len();
+        }
+    }
+    let conf = if ip.is_loopback() { 0.6 } else { 0.9 };
+    Some((span, conf))
+}
+
+pub(super) const PHONE_WORDS: &[&str] = &[
+    "phone",
+    "tel",
+    "mobile",
+    "cell",
+    "fax",
+    "desk",
+    "office",
+    "call",
+    "contact",
+    "whatsapp",
+    "sms",
+    "text me",
+    "number",
+    "dial",
+    "reach",
+    "messages to",
+    "answering at",
+    "landline",
+    "hotline",
+    "handy",
+    "telefon",
+    "ph:",
+    "ph.",
+    "mob",
+    "registered",
+    "no.",
+    "#:",
+];
+pub(super) const PHONE_STRONG: &[&str] = &[
+    "phone", "tel", "mobile", "cell", "fax", "desk", "call", "whatsapp", "sms", "text me", "dial", "landline",
+    "hotline", "telefon", "ph:", "ph.", "mob",
+];
+pub(super) const NOT_PHONE: &[&str] = &[
+    "license",
+    "licence",
+    "passport",
+    "account",
+    "order",
+    "invoice",
+    "tracking",
+    "serial",
+    "policy",
+    "member",
+    "case",
+    "ticket",
+    "routing",
+    "reference",
+    "ref",
+    "id",
+    "zip",
+    "postal",
+    "route",
+    "flight",
+    "room",
+    "model",
+];
+pub(super) const PHONE_AFTER: &[&str] =
+    &["office", "fax", "mobile", "-office", "-fax", "(office)", "(home)", "(work)", "home", "work", "cell"];
+
+pub(super) fn phone_strong(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let d = digits_of(v);
+    if !((8..=15).contains(&d.len()) || v.contains('x') || v.contains("ext")) {
+        return None;
+    }
+    let (before, after) = around(h.text, &h.value);
+    if before.is_ascii_alphanumeric() || before == b'.' || before == b'/' || before == b'-' {
+        return None;
+    }
+    if after.is_ascii_digit()
+        || (after == b'.' && h.text.as_bytes().get(h.value.end + 1).is_some_and(u8::is_ascii_digit))
+    {
+        return None;
+    }
+    if looks_like_date(v) {
+        return None;
+    }
+    Some((h.value.clone(), 0.85))
+}
+
+pub(super) fn phone_context(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let d = digits_of(v);
+    if !(7..=15).contains(&d.len()) {
+        return None;
+    }
+    let (before, after) = around(h.text, &h.value);
+    if before.is_ascii_alphanumeric() || before == b'.' || before == b'/' || before == b'-' || before == b'_' {
+        return None;
+    }
+    if after.is_ascii_alphanumeric() && after != b'x' || after == b'_' {
+        return None;
+    }
+    if after == b'.' && h.text.as_bytes().get(h.value.end + 1).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    if looks_like_date(v)
+        || v.bytes().filter(|b| *b == b'.').count() == 3
+            && d.len() <= 12
+            && !v.contains(' ')
+            && v.split('.').all(|g| g.len() <= 3)
+            && v.split('.').count() == 4
+    {
+        return None;
+    }
+    let strong = context(h.text, h.value.start, 40, PHONE_STRONG);
+    let ctx_before = strong || context(h.text, h.value.start, 40, PHONE_WORDS);
+    let ctx_after = context_after(h.text, h.value.end, 14, PHONE_AFTER);
+    if !(ctx_before || ctx_after) {
+        return None;
+    }
+    // "license number 1234567": a weak word next to another identifier's name.
+    if !strong && !ctx_after && context(h.text, h.value.start, 40, NOT_PHONE) {
+        return None;
+    }
+    Some((h.value.clone(), 0.7))
+}
+
+pub(super) fn looks_like_date(v: &str) -> bool {
+    let parts: Vec<&str> = v.split(['-', '/', '.']).collect();
+    if parts.len() == 3 && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        let lens: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+        return matches!(
+            lens.as_slice(),
+            [4, 2, 2] | [2, 2, 4] | [1, 2, 4] | [2, 1, 4] | [1, 1, 4] | [4, 1, 1] | [4, 1, 2] | [4, 2, 1]
+        );
+    }
+    false
+}
+
+pub(super) const DOB_WORDS: &[&str] =
+    &["born", "birth", "dob", "d.o.b", "birthday", "geboren", "né le", "née le", "date of birth", "age"];
+
+pub(super) fn dob(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    if context(h.text, h.value.start, 40, DOB_WORDS) {
+        Some((h.value.clone(), 0.8))
+    } else {
+        None
+    }
+}
+
+pub(super) fn street(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    Some((h.value.clone(), 0.75))
+}
+
+pub(super) fn name_ctx(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let first = v.split_whitespace().next().unwrap_or("");
+    let lower = first.to_lowercase();
+    if NOT_NAMES.contains(&lower.as_str()) {
+        return None;
+    }
+    Some((h.value.clone(), 0.7))
+}
+
+pub(super) const NOT_NAMES: &[&str] = &[
+    "the",
+    "a",
+    "an",
+    "this",
+    "that",
+    "my",
+    "your",
+    "our",
+    "sir",
+    "madam",
+    "team",
+    "all",
+    "customer",
+    "friend",
+    "friends",
+    "colleagues",
+    "user",
+    "admin",
+    "there",
+    "here",
+    "is",
+    "and",
+    "or",
+    "not",
+    "it",
+    "to",
+    "please",
+    "thanks",
+    "hi",
+    "hello",
+    "valued",
+    "we",
+    "i",
+    "you",
+    "they",
+    "he",
+    "she",
+    "string",
+    "none",
+    "null",
+    "true",
+    "false",
+    "required",
+    "optional",
+    "field",
+    "value",
+];
+
+pub(super) fn db_url(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    if validate::is_placeholder(v)
+        || matches!(v.to_ascii_lowercase().as_str(), "password" | "pass" | "pwd" | "secret" | "passwd")
+    {
+        return None;
+    }
+    if v.starts_with('$') || v.starts_with('{') || v.starts_with('<') || v.starts_with('%') {
+        return None;
+    }
+    Some((h.value.clone(), 0.9))
+}
+
+/// `password = "..."`: any literal that is not a placeholder, an empty string or a reference.
+pub(super) fn password(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let (before, _) = around(h.text, &h.value);
+    let quoted = matches!(before, b'"' | b'\'' | b'`');
+    let raw = h.value_str();
+    let v = if quoted { raw } else { raw.trim_end_matches([';', ',', ')', '.']) };
+    let span = h.value.start..h.value.start + v.len();
+    if v.len() < if quoted { 4 } else { 6 }
+        || v.len() > 200
+        || validate::is_placeholder(v)
+        || v.matches(' ').count() >= 2
+    {
+        return None;
+    }
+    if !key_may_hold_secret(h, v) {
+        return None;
+    }
+    let lower = v.to_ascii_lowercase();
+    if matches!(
+        lower.as_str(),
+        "password" | "passwd" | "secret" | "required" | "optional" | "string" | "true" | "false"
+    ) {
+        return None;
+    }
+    if !quoted {
+        // An unquoted identifier or call is a variable, not a literal.
+        if v.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'.' || b == b'-')
+            || v.contains('(')
+            || v.starts_with("os.")
+            || v.starts_with("process.")
+            || v.starts_with("env")
+        {
+            return None;
+        }
+    }
+    if v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && v.contains('_') {
+        return None;
+    }
+    let conf = if validate::entropy(v) >= 3.0 { 0.85 } else { 0.6 };
+    Some((span, conf))
+}
+
+/// A value next to a key-like name: must look random.
+pub(super) fn keyed_secret(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let v_trim = v.trim_end_matches(['.', ')', ']', '}', '>', '\'', '"']);
+    let value = h.value.start..h.value.start + v_trim.len();
+    if v_trim.len() < 10
+        || v_trim.len() > 300
+        || validate::is_placeholder(v_trim)
+        || v_trim.contains(char::is_whitespace)
+    {
+        return None;
+    }
+    if !key_may_hold_secret(h, v_trim) || (validate::is_wordy(v_trim) && !v_trim.bytes().any(|b| b.is_ascii_digit())) {
+        return None;
+    }
+    // A value cut short for display (`ops_eyJ...`, `abc..[Redacted]`) is not the secret.
+    if h.text.get(value.end..).is_some_and(|rest| rest.starts_with("..")) {
+        return None;
+    }
+    if has_version_number(v_trim) {
+        return None;
+    }
+    // Host names and file names.
+    if let Some((_, ext)) = v_trim.rsplit_once('.') {
+        let ext_l = ext.to_ascii_lowercase();
+        if (2..=4).contains(&ext.len())
+            && ext.bytes().all(|b| b.is_ascii_alphabetic())
+            && (matches!(
+                ext_l.as_str(),
+                "com"
+                    | "org"
+                    | "net"
+                    | "io"
+                    | "pem"
+                    | "cer"
+                    | "crt"
+                    | "key"
+                    | "json"
+                    | "yaml"
+                    | "yml"
+                    | "txt"
+                    | "png"
+                    | "jpg"
+                    | "local"
+                    | "internal"
+                    | "dev"
+                    | "xml"
+                    | "html"
+                    | "js"
+                    | "ts"
+                    | "py"
+                    | "rs"
+                    | "go"
+            ) || v_trim.matches('.').count() >= 2)
+        {
+            return None;
+        }
+    }
+    // URLs, paths, versions, dotted identifiers and plain words are not secrets.
+    if v_trim.contains("://") || v_trim.starts_with('/') || v_trim.starts_with("./") {
+        return None;
+    }
+    let (lo, up, di, other) = validate::classes(v_trim);
+    let ent = validate::entropy(v_trim);
+    // Digits only: long numeric ids (bot ids, client ids) count when 16+ digits.
+    if lo + up == 0 {
+        return if di >= 16 && other == 0 && ent >= 2.5 { Some((value, 0.6)) } else { None };
+    }
+    if di == 0 && validate::looks_like_identifier(v_trim) {
+        return None;
+    }
+    if di == 0 && up == 0 && other == 0 && v_trim.len() < 20 {
+        return None;
+    }
+    if is_version_like(v_trim) {
+        return None;
+    }
+    if ent < 3.0 {
+        return None;
+    }
+    let conf = if ent >= 4.0 { 0.85 } else { 0.7 };
+    Some((value, conf))
+}
+
+/// The key name of an assignment: identifier characters at the start of the match, lower case.
+pub(super) fn key_name(h: &Hit<'_>) -> String {
+    h.text
+        .get(h.whole.start..h.value.start)
+        .unwrap_or("")
+        .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// False for key names that hold public or structural values (`public_key`, `primaryKey`,
+/// `key_name`, `kms_key_id` with a UUID).
+pub(super) fn key_may_hold_secret(h: &Hit<'_>, value: &str) -> bool {
+    let key = key_name(h);
+    const ENDS: &[&str] = &[
+        "name",
+        "file",
+        "path",
+        "url",
+        "uri",
+        "size",
+        "length",
+        "len",
+        "type",
+        "event",
+        "pressed",
+        "hash",
+        "alias",
+        "version",
+        "signatures",
+        "pair",
+        "format",
+        "source",
+        "store",
+        "ref",
+        "mode",
+        "class",
+        "count",
+        "index",
+    ];
+    const CONTAINS: &[&str] = &[
+        "public",
+        "pubkey",
+        "pub_key",
+        "foreign",
+        "primary",
+        "schema",
+        "sortkey",
+        "sort_key",
+        "partition",
+        "bucket_key",
+        "bucketkey",
+        "cache",
+        "idx",
+        "keyboard",
+        "keycode",
+        "keypress",
+        "keying",
+        "keyword",
+        "monkey",
+        "hotkey",
+        "keyframe",
+        "turkey",
+        "donkey",
+        "jockey",
+        "hockey",
+        "whiskey",
+        "keynote",
+        "keyspace",
+        "keystroke",
+    ];
+    if ENDS.iter().any(|w| key.ends_with(w)) || CONTAINS.iter().any(|w| key.contains(w)) {
+        return false;
+    }
+    !((key.ends_with("id") || key.ends_with("ids")) && is_uuid(value))
+}
+
+/// `1.2.3`-style version numbers inside a value.
+pub(super) fn has_version_number(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.windows(5).any(|w| {
+        w[0].is_ascii_digit()
+            && w[1] == b'.'
+            && w[2].is_ascii_digit()
+            && (w[3] == b'.' || (w[3].is_ascii_digit() && w[4] == b'.'))
+    })
+}
+
+pub(super) fn is_uuid(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 5
+        && parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+pub(super) fn discord(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let first = v.split('.').next().unwrap_or("");
+    let decoded = validate::base64url_decode(first)?;
+    let digits = decoded.iter().filter(|b| b.is_ascii_digit()).count();
+    if decoded.len() >= 15 && digits * 10 >= decoded.len() * 7 {
+        Some((h.value.clone(), 0.9))
+    } else {
+        None
+    }
+}
+
+pub(super) fn k8s_data(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let decoded = validate::base64url_decode(v)?;
+    let has_digit_or_pad = v.bytes().any(|b| b.is_ascii_digit() || b == b'=' || b == b'+');
+    if decoded.len() < 8 || !has_digit_or_pad || validate::is_placeholder(v) {
+        return None;
+    }
+    Some((h.value.clone(), 0.8))
+}
+
+pub(super) fn is_version_like(v: &str) -> bool {
+    let l = v.to_ascii_lowercase();
+    l.contains("snapshot") || l.contains("-rc") || l.starts_with("rc0") || l.starts_with("v1.") || l.contains("release")
+}
+
+/// True when one of `words` (lower-case ASCII) ends within `window` bytes before `at`.
+pub(crate) fn context(text: &str, at: usize, window: usize, words: &[&str]) -> bool {
+    let start = floor_boundary(text, at.saturating_sub(window));
+    let Some(slice) = text.get(start..at.min(text.len())) else { return false };
+    let lower = slice.to_ascii_lowercase();
+    words.iter().any(|w| contains_word_start(&lower, w))
+}
+
+/// True when `w` occurs in `hay` at a word start (not preceded by an ASCII letter or digit).
+pub(super) fn contains_word_start(hay: &str, w: &str) -> bool {
+    let hb = hay.as_bytes();
+    let mut from = 0;
+    while let Some(off) = hay.get(from..).and_then(|h| h.find(w)) {
+        let at = from + off;
+        if at == 0 || !hb[at - 1].is_ascii_alphanumeric() {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
+pub(super) fn context_after(text: &str, at: usize, window: usize, words: &[&str]) -> bool {
+    let end = ceil_boundary(text, (at + window).min(text.len()));
+    let Some(slice) = text.get(at.min(text.len())..end) else { return false };
+    let lower = slice.to_ascii_lowercase();
+    let t = lower.trim_start();
+    words.iter().any(|w| t.starts_with(w))
+}
+
+pub(crate) fn floor_boundary(text: &str, mut i: usize) -> usize {
+    while i > 0 && !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+pub(super) fn ceil_boundary(text: &str, mut i: usize) -> usize {
+    while i < text.len() && !text.is_char_boundary(i) {
+        i += 1;
+    }
+    i
+}
+
+pub(super) fn gitlab(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let v = v.strip_prefix("_gitlab_session=").unwrap_or(v);
+    let start = h.value.end - v.len();
+    let tail = v.split_once('-').map(|(_, t)| t).unwrap_or(v);
+    if validate::is_placeholder(tail) || validate::is_wordy(tail) || validate::entropy(tail) < 3.0 {
+        return None;
+    }
+    Some((start..h.value.end, 0.95))
+}
+
+pub(super) fn slack(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let tail = v.get(5..).unwrap_or("");
+    if v.starts_with("hooks.") {
+        return if validate::is_placeholder(v) { None } else { Some((h.value.clone(), 0.95)) };
+    }
+    if validate::is_placeholder(tail)
+        || validate::is_wordy(tail)
+        || !tail.bytes().any(|b| b.is_ascii_digit())
+        || tail.len() < 14
+        || !tail.bytes().any(|b| b.is_ascii_alphabetic())
+    {
+        return None;
+    }
+    Some((h.value.clone(), 0.95))
+}
+
+pub(super) fn curl_user(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    if validate::is_placeholder(v) || v.starts_with('$') || v.contains("${") || v.contains("{{") {
+        return None;
+    }
+    let lower = v.to_ascii_lowercase();
+    if matches!(lower.as_str(), "password" | "pass" | "test" | "secret") {
+        return None;
+    }
+    Some((h.value.clone(), 0.8))
+}
