@@ -17,6 +17,7 @@ pub mod guard;
 pub mod openai;
 pub mod retry;
 pub mod route;
+pub mod router;
 pub mod sse;
 pub mod stream;
 pub mod tokens;
