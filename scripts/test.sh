@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of Triage: Rust unit and integration tests, then the official-SDK client tests.
-# One release build serves both (the SDK tests drive the release binaries); it installs what the
-# tests need (a Python virtualenv with the pinned SDKs) and starts nothing that outlives it.
+# One release build serves both (the SDK tests drive the release binaries). It installs what the
+# tests need: a local PostgreSQL server (Debian's package, on 127.0.0.1) so the ledger tests run
+# against both SQLite and PostgreSQL, and a Python virtualenv with the pinned SDKs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [ -z "${TRIAGE_TEST_POSTGRES_URL:-}" ]; then
+  echo "== PostgreSQL for the ledger tests"
+  TRIAGE_TEST_POSTGRES_URL=$(bash scripts/postgres.sh)
+  export TRIAGE_TEST_POSTGRES_URL
+fi
 
 echo "== cargo build (release)"
 cargo build --release --locked --workspace --bins

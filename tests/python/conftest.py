@@ -35,6 +35,9 @@ def wait_http(url: str, timeout: float = 20.0) -> None:
 CONFIG = """
 tiers = ["local", "mid", "frontier"]
 
+[router]
+scorer = "cheapest"
+
 [roles]
 search = "local"
 

@@ -212,6 +212,74 @@ impl Default for BreakerPolicy {
     }
 }
 
+/// How `model: "auto"` picks a tier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AutoRouting {
+    /// The difficulty scorer (`triage_core::router`): the shipped lexical model, or a model
+    /// file written by `triage train` / `triage calibrate`.
+    Scorer {
+        /// A model file; `None` for the shipped one.
+        model_file: Option<String>,
+    },
+    /// The cheapest tier with a capable, available model (no scorer).
+    Cheapest,
+}
+
+/// How clients authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No keys: a single-user local setup.
+    None,
+    /// Every request presents a virtual key (`Authorization: Bearer` or `x-api-key`).
+    Keys,
+}
+
+/// Spend accounting settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpendSettings {
+    /// Ledger database URL (`sqlite://PATH` or `postgres://...`); `None` keeps no ledger.
+    pub database: Option<String>,
+    /// The model whose prices define "always frontier" in saving reports.
+    pub baseline_model: Option<ModelId>,
+    /// Fraction (0–1) of a budget past which requests step down to a cheaper tier.
+    pub soft_limit: f64,
+    /// Output tokens reserved when a request sets no `max_tokens` (capped by the model's maximum).
+    pub default_output_tokens: u64,
+}
+
+/// Who a budget applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BudgetScope {
+    /// Every request.
+    Global,
+    /// One user's requests.
+    User(String),
+    /// One team's requests.
+    Team(String),
+}
+
+/// A budget period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetPeriod {
+    /// A UTC day.
+    Day,
+    /// A UTC month.
+    Month,
+}
+
+/// A budget from the config file (key budgets are set with `triage keys create`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetSpec {
+    /// Who.
+    pub scope: BudgetScope,
+    /// Per day or month.
+    pub period: BudgetPeriod,
+    /// Only this tier counts (a per-tier allowance), or every tier.
+    pub tier: Option<TierId>,
+    /// The hard limit.
+    pub limit: crate::cost::NanoUsd,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
@@ -225,6 +293,10 @@ pub struct Catalog {
     pub(crate) deployments: Vec<Deployment>,
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerPolicy,
+    pub(crate) auth: AuthMode,
+    pub(crate) auto_routing: AutoRouting,
+    pub(crate) spend: SpendSettings,
+    pub(crate) budgets: Vec<BudgetSpec>,
 }
 
 impl Catalog {
@@ -271,6 +343,26 @@ impl Catalog {
     /// Circuit-breaker policy.
     pub fn breaker(&self) -> &BreakerPolicy {
         &self.breaker
+    }
+    /// How `model: "auto"` picks a tier.
+    pub fn auto_routing(&self) -> &AutoRouting {
+        &self.auto_routing
+    }
+    /// How clients authenticate.
+    pub fn auth(&self) -> AuthMode {
+        self.auth
+    }
+    /// Spend accounting settings.
+    pub fn spend(&self) -> &SpendSettings {
+        &self.spend
+    }
+    /// Overrides the ledger database (the `--database` flag; `None` disables it).
+    pub fn set_database(&mut self, url: Option<String>) {
+        self.spend.database = url;
+    }
+    /// Budgets from the config file.
+    pub fn budgets(&self) -> &[BudgetSpec] {
+        &self.budgets
     }
     /// The provider of `model`'s primary deployment.
     pub fn provider_of(&self, model: ModelId) -> &Provider {

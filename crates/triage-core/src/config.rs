@@ -14,8 +14,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::catalog::{
-    BreakerPolicy, Capabilities, Catalog, Deployment, Model, ModelId, Provider, ProviderKind, RetryPolicy,
-    ServerSettings, Timeouts,
+    AuthMode, AutoRouting, BreakerPolicy, BudgetPeriod, BudgetScope, BudgetSpec, Capabilities, Catalog, Deployment,
+    Model, ModelId, Provider, ProviderKind, RetryPolicy, ServerSettings, SpendSettings, Timeouts,
 };
 use crate::cost::{PerMillion, Price};
 
@@ -88,6 +88,39 @@ struct RawConfig {
     retry: RawRetry,
     #[serde(default)]
     breaker: RawBreaker,
+    auth: Option<Spanned<String>>,
+    #[serde(default)]
+    router: RawRouter,
+    #[serde(default)]
+    spend: RawSpend,
+    #[serde(default)]
+    budgets: Vec<Spanned<RawBudget>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouter {
+    scorer: Option<Spanned<String>>,
+    model_file: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSpend {
+    database: Option<String>,
+    baseline_model: Option<Spanned<String>>,
+    soft_limit: Option<Spanned<f64>>,
+    default_output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    scope: Spanned<String>,
+    subject: Option<String>,
+    period: Spanned<String>,
+    limit_usd: Spanned<f64>,
+    tier: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -476,6 +509,101 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         cooldown: ms(b.cooldown_ms, d.cooldown),
     };
 
+    let auth = match raw.auth {
+        None => AuthMode::None,
+        Some(a) => match a.get_ref().as_str() {
+            "none" => AuthMode::None,
+            "keys" => AuthMode::Keys,
+            other => return Err(ctx.err(&a.span(), "auth", format!("\"{other}\" is not \"none\" or \"keys\""))),
+        },
+    };
+    let auto_routing = match raw.router.scorer {
+        None => AutoRouting::Scorer { model_file: raw.router.model_file },
+        Some(k) => match k.get_ref().as_str() {
+            "lexical" => AutoRouting::Scorer { model_file: raw.router.model_file },
+            "cheapest" => AutoRouting::Cheapest,
+            other => {
+                return Err(ctx.err(
+                    &k.span(),
+                    "router.scorer",
+                    format!("\"{other}\" is not \"lexical\" or \"cheapest\""),
+                ))
+            }
+        },
+    };
+    let rs = raw.spend;
+    let database = match rs.database {
+        None => Some("sqlite://triage.db".to_owned()),
+        Some(d) if d.is_empty() => None,
+        Some(d) => Some(d),
+    };
+    if auth == AuthMode::Keys && database.is_none() {
+        return Err(ctx.err(&(0..0), "spend.database", "auth = \"keys\" needs a database for the keys"));
+    }
+    let baseline_model =
+        match rs.baseline_model {
+            Some(b) => Some(models.iter().position(|m| &m.id == b.get_ref()).ok_or_else(|| {
+                ctx.err(&b.span(), "spend.baseline_model", format!("unknown model \"{}\"", b.get_ref()))
+            })?),
+            None => {
+                let top = tiers.len().saturating_sub(1);
+                (0..models.len()).filter(|&m| models[m].tier == top).min_by_key(|&m| models[m].price.blended())
+            }
+        };
+    let soft_limit = match rs.soft_limit {
+        Some(v) if (0.0..=1.0).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => return Err(ctx.err(&v.span(), "spend.soft_limit", "must be a fraction between 0 and 1")),
+        None => 0.8,
+    };
+    let spend = SpendSettings {
+        database,
+        baseline_model,
+        soft_limit,
+        default_output_tokens: rs.default_output_tokens.unwrap_or(4096),
+    };
+    let mut budgets = Vec::new();
+    for (i, b) in raw.budgets.into_iter().enumerate() {
+        let b = b.into_inner();
+        let f = |n: &str| format!("budgets[{i}].{n}");
+        let need_subject = |kind: &str| -> Result<String, ConfigError> {
+            b.subject
+                .clone()
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| ctx.err(&b.scope.span(), f("subject"), format!("a {kind} budget needs a subject")))
+        };
+        let scope = match b.scope.get_ref().as_str() {
+            "global" => BudgetScope::Global,
+            "user" => BudgetScope::User(need_subject("user")?),
+            "team" => BudgetScope::Team(need_subject("team")?),
+            other => {
+                return Err(ctx.err(
+                    &b.scope.span(),
+                    f("scope"),
+                    format!("\"{other}\" is not global, user or team (key budgets are set with `triage keys create`)"),
+                ))
+            }
+        };
+        let period = match b.period.get_ref().as_str() {
+            "day" => BudgetPeriod::Day,
+            "month" => BudgetPeriod::Month,
+            other => return Err(ctx.err(&b.period.span(), f("period"), format!("\"{other}\" is not day or month"))),
+        };
+        let tier = match &b.tier {
+            Some(t) => Some(
+                tiers
+                    .iter()
+                    .position(|x| x == t.get_ref())
+                    .ok_or_else(|| ctx.err(&t.span(), f("tier"), format!("unknown tier \"{}\"", t.get_ref())))?,
+            ),
+            None => None,
+        };
+        let usd = *b.limit_usd.get_ref();
+        if !usd.is_finite() || usd < 0.0 {
+            return Err(ctx.err(&b.limit_usd.span(), f("limit_usd"), "must be a non-negative amount of USD"));
+        }
+        budgets.push(BudgetSpec { scope, period, tier, limit: crate::cost::NanoUsd((usd * 1e9).round() as u64) });
+    }
+
     Ok(Catalog {
         source: file.to_owned(),
         server,
@@ -487,6 +615,10 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         deployments,
         retry,
         breaker,
+        auth,
+        auto_routing,
+        spend,
+        budgets,
     })
 }
 
@@ -630,6 +762,25 @@ context_window = 1000
         assert_eq!(c.breaker().cooldown, Duration::from_secs(7));
         let bad = text.replace("fallback = [\"big\"]", "fallback = [\"huge\"]");
         assert_eq!(err_of(&bad), "t.toml:15: models[0].fallback[0]: unknown model \"huge\"");
+    }
+
+    #[test]
+    fn auth_spend_and_budgets() {
+        let c = parse(BASE, "t.toml").unwrap();
+        assert_eq!(c.auth(), AuthMode::None);
+        assert_eq!(c.spend().database.as_deref(), Some("sqlite://triage.db"));
+        assert_eq!(c.spend().baseline_model, None, "no model in the top tier");
+        let text = format!("auth = \"keys\"\n{BASE}\n[spend]\ndatabase = \"postgres://db/x\"\nbaseline_model = \"small\"\n\n[[budgets]]\nscope = \"team\"\nsubject = \"eng\"\nperiod = \"month\"\nlimit_usd = 20.5\ntier = \"frontier\"\n");
+        let c = parse(&text, "t.toml").unwrap();
+        assert_eq!(c.auth(), AuthMode::Keys);
+        assert_eq!(c.spend().baseline_model, Some(0));
+        assert_eq!(c.budgets()[0].scope, BudgetScope::Team("eng".into()));
+        assert_eq!(c.budgets()[0].limit, crate::cost::NanoUsd(20_500_000_000));
+        assert_eq!(c.budgets()[0].tier, Some(1));
+        let e = err_of(&text.replace("scope = \"team\"", "scope = \"planet\""));
+        assert!(e.starts_with("t.toml:21: budgets[0].scope:"), "{e}");
+        let e = err_of(&format!("auth = \"keys\"\n{BASE}\n[spend]\ndatabase = \"\"\n"));
+        assert!(e.contains("spend.database"), "{e}");
     }
 
     #[test]

@@ -22,6 +22,26 @@ pub enum GatewayError {
         /// The field at fault.
         param: Option<String>,
     },
+    /// No, an unknown or a revoked virtual key (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The key may not use the model or tier asked for (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// A hard budget limit would be passed (429, code `budget_exceeded`).
+    #[error("{message}")]
+    BudgetExceeded {
+        /// Which budget, its limit, what is used, and when it resets.
+        message: String,
+        /// Time until the budget's period resets.
+        retry_after: Option<std::time::Duration>,
+    },
+    /// The gateway is shutting down and its grace period is over (503).
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// The budget store failed; requests are refused rather than let through unaccounted (503).
+    #[error("the budget store is unavailable")]
+    BudgetStore,
     /// The body exceeds `server.max_body_bytes` (413).
     #[error("request body exceeds the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -73,6 +93,10 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::BudgetStore | GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Route(RouteError::ModelNotFound { .. }) => StatusCode::NOT_FOUND,
             GatewayError::Route(RouteError::Unsatisfiable { .. }) => StatusCode::BAD_REQUEST,
             GatewayError::Route(RouteError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
@@ -90,6 +114,13 @@ impl GatewayError {
         let (kind, code, param) = match self {
             GatewayError::InvalidRequest { param, .. } => ("invalid_request_error", None, param.clone()),
             GatewayError::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large"), None),
+            GatewayError::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key"), None),
+            GatewayError::Forbidden(_) => {
+                ("invalid_request_error", Some("model_not_allowed"), Some("model".to_owned()))
+            }
+            GatewayError::BudgetExceeded { .. } => ("insufficient_quota", Some("budget_exceeded"), None),
+            GatewayError::BudgetStore => ("api_error", Some("budget_store_unavailable"), None),
+            GatewayError::ShuttingDown => ("api_error", Some("shutting_down"), None),
             GatewayError::Route(RouteError::ModelNotFound { .. }) => {
                 ("invalid_request_error", Some("model_not_found"), Some("model".to_owned()))
             }
@@ -201,7 +232,8 @@ impl GatewayError {
             GatewayError::UpstreamStatus { retry_after: Some(ra), .. } => {
                 resp.headers_mut().insert(http::header::RETRY_AFTER, ra.clone());
             }
-            GatewayError::NothingAvailable { retry_after: Some(d), .. } => {
+            GatewayError::NothingAvailable { retry_after: Some(d), .. }
+            | GatewayError::BudgetExceeded { retry_after: Some(d), .. } => {
                 // Whole seconds, rounded up, so a client never retries before the wait is over.
                 resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(d.as_secs_f64().ceil() as u64));
             }

@@ -5,9 +5,11 @@
 //! - `GET /v1/models`: tiers, roles, aliases and models in OpenAI's list format;
 //! - `GET /healthz`: the process is up; `GET /readyz`: some model can take calls now;
 //! - `GET /v1/health/deployments`: breaker state, latency and error rate per deployment;
+//! - `GET /v1/spend`: the spend report (admin key when `auth = "keys"`);
 //! - `GET /metrics`: Prometheus text format.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,6 +17,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use triage_core::openai::{ErrorBody, ErrorEnvelope};
 
+use crate::error::GatewayError;
 use crate::pipeline::{chat_completions, count_tokens, messages};
 use crate::state::SharedState;
 use crate::telemetry;
@@ -31,6 +34,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/v1/health/deployments", get(deployments))
+        .route("/v1/spend", get(spend))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
@@ -68,6 +72,47 @@ async fn readyz(State(state): State<SharedState>) -> Response {
     let ready = (0..state.catalog.models().len()).any(|m| state.model_available(m));
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({"ready": ready, "providers": providers}))).into_response()
+}
+
+/// Query of `GET /v1/spend`.
+#[derive(Debug, serde::Deserialize)]
+struct SpendQuery {
+    by: Option<String>,
+    since: Option<String>,
+}
+
+/// `GET /v1/spend?by=day|user|team|tier|model&since=YYYY-MM-DD`: the spend report as JSON
+/// (requests, tokens, cost, the "always frontier" cost and the saving, requests per tier). With
+/// `auth = "keys"` it needs an admin key.
+async fn spend(State(state): State<SharedState>, headers: HeaderMap, Query(q): Query<SpendQuery>) -> Response {
+    let result = async {
+        if state.catalog.auth() == triage_core::catalog::AuthMode::Keys {
+            let key = crate::accounting::authenticate(&state, &headers).await?;
+            if !key.is_some_and(|k| k.admin) {
+                return Err(GatewayError::Forbidden("the spend report needs an admin key".into()));
+            }
+        }
+        let Some(store) = &state.store else {
+            return Err(GatewayError::invalid("no ledger: set [spend] database in the config", None));
+        };
+        let by = match q.by.as_deref() {
+            None => triage_store::GroupBy::Day,
+            Some(b) => triage_store::GroupBy::parse(b).ok_or_else(|| {
+                GatewayError::invalid(format!("by: \"{b}\" is not day, user, team, tier or model"), Some("by".into()))
+            })?,
+        };
+        // Rows are written in the background; include every request answered so far.
+        if let Some(l) = &state.ledger {
+            l.flush().await;
+        }
+        let report = triage_store::Report::build(store, by, q.since.as_deref()).await.map_err(|e| {
+            tracing::error!(error = %e, "spend report failed");
+            GatewayError::BudgetStore
+        })?;
+        Ok(Json(report.to_json()).into_response())
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `GET /v1/health/deployments`: each deployment's breaker state, cooldown, recent latency

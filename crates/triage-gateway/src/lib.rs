@@ -3,6 +3,7 @@
 //! `triage-core`; this crate wires them to sockets.
 #![deny(missing_docs)]
 
+pub mod accounting;
 pub mod dispatch;
 pub mod error;
 pub mod health;
@@ -23,10 +24,11 @@ use triage_core::catalog::Catalog;
 pub use error::GatewayError;
 pub use state::{AppState, SharedState};
 
-/// Runs the gateway on `listener` until `shutdown` resolves, then stops accepting connections
-/// and lets in-flight requests and streams finish for up to `server.shutdown_grace`.
+/// Runs the gateway on `listener` until `shutdown` resolves, then stops accepting connections,
+/// lets in-flight requests and streams finish for up to `server.shutdown_grace`, and writes every
+/// queued ledger row.
 ///
-/// Errors: an HTTP client cannot be built, or the listener fails.
+/// Errors: the database cannot be opened, an HTTP client cannot be built, or the listener fails.
 pub async fn serve(
     catalog: Catalog,
     listener: TcpListener,
@@ -35,11 +37,22 @@ pub async fn serve(
     telemetry::handle();
     tokio::task::spawn_blocking(triage_core::tokens::warm_up);
     let grace = catalog.server().shutdown_grace;
-    let state = Arc::new(AppState::new(catalog).map_err(std::io::Error::other)?);
+    let store = match &catalog.spend().database {
+        Some(url) => {
+            Some(triage_store::Store::connect(url).await.map_err(|e| std::io::Error::other(format!("{url}: {e}")))?)
+        }
+        None => None,
+    };
+    let mut state = AppState::new(catalog).map_err(std::io::Error::other)?;
+    if let Some(store) = store {
+        state = state.with_store(store);
+    }
+    let state = Arc::new(state);
+    let ledger = state.ledger.clone();
     let probes = health::spawn(state.clone());
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
-    let server = axum::serve(listener, http::app(state))
+    let server = axum::serve(listener, http::app(state.clone()))
         .with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!(
@@ -52,12 +65,25 @@ pub async fn serve(
     let result = tokio::select! {
         r = server => r,
         _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("shutdown grace period over; closing the remaining connections");
+            tracing::warn!(in_flight = state.in_flight(), "shutdown grace period over; ending the remaining requests");
+            // Every request still running ends itself now (a stream with an error event) and
+            // records its ledger row; wait a little for them.
+            state.stop_in_flight();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while state.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             Ok(())
         }
     };
     for p in probes {
         p.abort();
+    }
+    // Streams cut at the end of the grace period have recorded themselves by now: write every
+    // queued ledger row before returning, so a clean shutdown loses none.
+    if let Some(l) = ledger {
+        tokio::task::yield_now().await;
+        l.shutdown().await;
     }
     result
 }

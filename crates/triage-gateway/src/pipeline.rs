@@ -12,17 +12,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use triage_core::catalog::{DeploymentId, ModelId, TierId};
-use triage_core::cost::TokenUsage;
-use triage_core::route::{self, Requirements, RouteDecision};
+use triage_core::cost::{NanoUsd, TokenUsage};
+use triage_core::route::{self, Requirements, RouteDecision, RouteError, Target};
 use triage_core::tokens::PromptSize;
 use triage_core::translate;
 
-use crate::dispatch::{attempts_header, dispatch, Answer, Failed, PrimedStream};
+use crate::accounting::{self, Accounting};
+use crate::dispatch::{attempts_header, dispatch, Answer, Attempt, Failed, PrimedStream};
 use crate::error::GatewayError;
 use crate::inbound::{Format, Inbound};
 use crate::providers::Completion;
 use crate::relay::{AnthropicEncoder, Finisher, OpenAiEncoder, Relay};
-use crate::state::SharedState;
+use crate::state::{AppState, InFlight, SharedState};
 
 /// Response header: the catalog model that served the request.
 pub const HEADER_MODEL: &str = "x-triage-model";
@@ -44,13 +45,13 @@ pub struct RouteInfo {
     pub tier: TierId,
     /// Why.
     pub reason: String,
-    /// The `x-triage-attempts` value, once dispatch ran.
-    pub attempts: Option<String>,
+    /// Every upstream attempt, once dispatch ran.
+    pub attempts: Vec<Attempt>,
 }
 
 impl RouteInfo {
     fn routed(d: &RouteDecision) -> Self {
-        RouteInfo { model: d.model, tier: d.tier, reason: d.reason.clone(), attempts: None }
+        RouteInfo { model: d.model, tier: d.tier, reason: d.reason.clone(), attempts: Vec::new() }
     }
 }
 
@@ -84,19 +85,44 @@ pub async fn count_tokens(State(state): State<SharedState>, headers: HeaderMap, 
 }
 
 async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Format) -> Response {
-    let started = Instant::now();
-    let request_id = request_id(&headers);
+    let mut acct = Accounting {
+        state: state.clone(),
+        request_id: request_id(&headers),
+        started: Instant::now(),
+        started_ms: triage_store::now_ms(),
+        format,
+        key: None,
+        requested_model: String::new(),
+        stream: false,
+        reservation: triage_store::Reservation::none(),
+        prompt_estimate: 0,
+        score: None,
+        done: false,
+    };
+    let request_id = acct.request_id.clone();
     let mut route: Option<RouteInfo> = None;
-    let mut resp = match serve(&state, &headers, body, started, &request_id, &mut route, format).await {
-        Ok(r) => r,
+    let in_flight = InFlight::new(state.clone());
+    let result = tokio::select! {
+        r = serve(&state, &headers, body, &mut route, &mut acct, in_flight) => r,
+        _ = state.stopped() => Err(GatewayError::ShuttingDown),
+    };
+    let mut resp = match result {
+        Ok(Served::Done(r)) => r,
+        Ok(Served::Streaming(r)) => r,
         Err(e) => {
             let status = e.status();
-            record_request(&state, format, route.as_ref().map(|r| (r.model, r.tier)), status.as_str(), started);
+            acct.finish(route.as_ref(), status.as_str(), None, 0, None);
             e.into_response_for(format)
         }
     };
     set_route_headers(resp.headers_mut(), &state, &request_id, route.as_ref());
     resp
+}
+
+/// A successful response; a streaming one accounts for itself when the stream ends.
+enum Served {
+    Done(Response),
+    Streaming(Response),
 }
 
 /// The client's `x-request-id` if it is a sane header value (≤ 128 visible ASCII), else a new UUID.
@@ -119,7 +145,7 @@ fn set_route_headers(h: &mut HeaderMap, state: &SharedState, request_id: &str, d
             (HEADER_MODEL, c.models()[d.model].id.as_str()),
             (HEADER_TIER, c.tiers()[d.tier].as_str()),
             (HEADER_REASON, d.reason.as_str()),
-            (HEADER_ATTEMPTS, d.attempts.as_deref().unwrap_or_default()),
+            (HEADER_ATTEMPTS, attempts_header(state, &d.attempts).as_str()),
         ] {
             if value.is_empty() {
                 continue;
@@ -135,29 +161,67 @@ async fn serve(
     state: &SharedState,
     headers: &HeaderMap,
     body: Body,
-    started: Instant,
-    request_id: &str,
     route_out: &mut Option<RouteInfo>,
-    format: Format,
-) -> Result<Response, GatewayError> {
+    acct: &mut Accounting,
+    in_flight: InFlight,
+) -> Result<Served, GatewayError> {
+    let key = accounting::authenticate(state, headers).await?;
+    acct.key.clone_from(&key);
     let bytes = read_body(headers, body, state.catalog.server().max_body_bytes).await?;
-    let mut inbound = Inbound::parse(format, &bytes)?;
+    let mut inbound = Inbound::parse(acct.format, &bytes)?;
+    acct.requested_model.clone_from(&inbound.openai.model);
+    acct.stream = inbound.stream;
     let catalog = &state.catalog;
-    let (decision, plan, needs) = {
+    let key_ref = key.as_ref();
+    let allowed = |m: ModelId| accounting::allowed(state, key_ref, m);
+    let available = |m: ModelId| allowed(m) && state.model_available(m);
+    let (decision, plan, needs, prompt_estimate, reservation, score) = {
         let target = route::resolve(catalog, &inbound.openai.model)?;
         let requirements = Requirements::of(&inbound.openai);
-        let decision = route::select(catalog, &target, &requirements, |m| state.model_available(m))?;
-        let plan = route::plan(catalog, &target, &decision, &requirements);
-        (decision, plan, requirements.needs())
+        if let Target::Model { model, .. } = &target {
+            if !allowed(*model) {
+                return Err(GatewayError::Forbidden(format!(
+                    "this key may not use model {} (tier {})",
+                    catalog.models()[*model].id,
+                    catalog.tiers()[catalog.models()[*model].tier]
+                )));
+            }
+        }
+        let routed = match target {
+            Target::Auto => route_auto(state, &inbound.openai, &requirements, &available),
+            _ => route::select(catalog, &target, &requirements, available).map(|d| (d, None)),
+        };
+        let (decision, score) = routed.map_err(|e| match e {
+            RouteError::Unavailable { .. } if key_ref.is_some_and(|k| !k.tiers.is_empty() || !k.models.is_empty()) => {
+                GatewayError::Forbidden(format!("no model this key may use can serve this request ({e})"))
+            }
+            e => e.into(),
+        })?;
+        *route_out = Some(RouteInfo::routed(&decision));
+        let (decision, reservation, stepped) =
+            accounting::admit(state, key_ref, &target, decision, &requirements, &available).await?;
+        *route_out = Some(RouteInfo::routed(&decision));
+        // A request stepped down for budget reasons never falls back to a dearer tier.
+        let plan_target = if stepped { Target::Tier(decision.tier) } else { target };
+        let mut plan = route::plan(catalog, &plan_target, &decision, &requirements);
+        plan.retain(|c| allowed(catalog.deployments()[c.deployment].model));
+        let estimate = requirements.prompt.estimate();
+        (decision, plan, requirements.needs(), estimate, reservation, score)
     };
-    *route_out = Some(RouteInfo::routed(&decision));
+    acct.reservation = reservation;
+    acct.prompt_estimate = prompt_estimate;
+    acct.score = score;
 
-    let typed = |kind, d: DeploymentId| route::typed_plan(catalog, catalog.deployments()[d].model, kind, needs);
-    let served = match dispatch(state, &mut inbound, plan, typed, started).await {
+    let typed = |kind, d: DeploymentId| {
+        let mut p = route::typed_plan(catalog, catalog.deployments()[d].model, kind, needs);
+        p.retain(|c| allowed(catalog.deployments()[c.deployment].model));
+        p
+    };
+    let served = match dispatch(state, &mut inbound, plan, typed, acct.started).await {
         Ok(s) => s,
         Err(Failed { error, attempts }) => {
             if let Some(r) = route_out.as_mut() {
-                r.attempts = Some(attempts_header(state, &attempts));
+                r.attempts = attempts;
             }
             return Err(error);
         }
@@ -168,26 +232,22 @@ async fn serve(
     if failed > 0 {
         reason.push_str(&format!("; served by {} after {failed} failed attempt(s)", catalog.models()[model].id));
     }
-    let info = RouteInfo {
-        model,
-        tier: catalog.models()[model].tier,
-        reason,
-        attempts: Some(attempts_header(state, &served.attempts)),
-    };
+    let info = RouteInfo { model, tier: catalog.models()[model].tier, reason, attempts: served.attempts };
     *route_out = Some(info.clone());
 
+    let acct = std::mem::replace(acct, acct.detached());
     match served.answer {
-        Answer::Complete(completion) => Ok(complete_response(state, completion, &info, started, request_id, format)),
+        Answer::Complete(completion) => Ok(Served::Done(complete_response(completion, &info, acct))),
         Answer::Stream(PrimedStream { stream, held, ended }) => {
-            let ctx = Finisher::new(state.clone(), format, info, served.deployment, started, request_id.to_owned());
+            let format = acct.format;
+            let ctx = Finisher::new(acct, info, served.deployment, in_flight);
             let body = match format {
                 Format::OpenAi => {
                     Relay::new(stream, held, ended, OpenAiEncoder::new(inbound.wants_stream_usage), ctx).into_body()
                 }
                 Format::Anthropic => {
                     // `message_start` needs input tokens before an OpenAI upstream reports them.
-                    let estimate = PromptSize::new(&inbound.openai).estimate();
-                    Relay::new(stream, held, ended, AnthropicEncoder::new(estimate), ctx).into_body()
+                    Relay::new(stream, held, ended, AnthropicEncoder::new(prompt_estimate), ctx).into_body()
                 }
             };
             let mut resp = Response::new(body);
@@ -195,9 +255,54 @@ async fn serve(
             h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            Ok(resp)
+            Ok(Served::Streaming(resp))
         }
     }
+}
+
+/// `model: "auto"`: the difficulty router's tier, or the next dearer one when nothing in it can
+/// serve the request; without a router (or when no tier from the router's up can serve), the
+/// cheapest capable tier. Returns the decision and the router's score.
+fn route_auto(
+    state: &AppState,
+    req: &triage_core::openai::ChatRequest,
+    requirements: &Requirements<'_>,
+    available: &impl Fn(ModelId) -> bool,
+) -> Result<(RouteDecision, Option<f64>), RouteError> {
+    let catalog = &state.catalog;
+    let Some(router) = &state.router else {
+        return route::select(catalog, &Target::Auto, requirements, available).map(|d| (d, None));
+    };
+    let n = catalog.tiers().len();
+    let d = router.decide(req, n);
+    let thresholds: Vec<String> = d.thresholds.iter().map(|t| format!("{t:.3}")).collect();
+    for t in d.tier..n {
+        if let Ok(mut dec) = route::select(catalog, &Target::Tier(t), requirements, available) {
+            let moved = if t == d.tier {
+                String::new()
+            } else {
+                format!(" (nothing in tier {} can serve it)", catalog.tiers()[d.tier])
+            };
+            dec.reason = format!(
+                "auto: score {:.3} vs thresholds {} -> tier {}{moved}, cheapest model {}; {}",
+                d.score,
+                thresholds.join("/"),
+                catalog.tiers()[t],
+                catalog.models()[dec.model].id,
+                d.reason.summary()
+            );
+            return Ok((dec, Some(f64::from(d.score))));
+        }
+    }
+    route::select(catalog, &Target::Auto, requirements, available).map(|mut dec| {
+        dec.reason = format!(
+            "{} (the scorer chose tier {} at score {:.3}; nothing from there up can serve it)",
+            dec.reason,
+            catalog.tiers()[d.tier],
+            d.score
+        );
+        (dec, Some(f64::from(d.score)))
+    })
 }
 
 /// Reads the whole body, refusing more than `limit` bytes: at once when `content-length` says
@@ -219,20 +324,12 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     })
 }
 
-fn complete_response(
-    state: &SharedState,
-    completion: Completion,
-    info: &RouteInfo,
-    started: Instant,
-    request_id: &str,
-    format: Format,
-) -> Response {
+fn complete_response(completion: Completion, info: &RouteInfo, acct: Accounting) -> Response {
+    let format = acct.format;
     let usage = match &completion {
         Completion::OpenAi(c) => c.usage.as_ref().map(TokenUsage::from_openai),
         Completion::Anthropic(r) => Some(TokenUsage::from_anthropic(&r.usage)),
     };
-    record_usage(state, info.model, usage, request_id);
-    record_request(state, format, Some((info.model, info.tier)), "200", started);
     let body = match (format, completion) {
         (Format::OpenAi, Completion::OpenAi(mut c)) => {
             for choice in &mut c.choices {
@@ -248,6 +345,7 @@ fn complete_response(
         (Format::Anthropic, Completion::Anthropic(r)) => serde_json::to_vec(&r),
         (Format::Anthropic, Completion::OpenAi(c)) => serde_json::to_vec(&translate::openai_to_anthropic_response(&c)),
     };
+    acct.finish(Some(info), "200", usage, 0, None);
     match body {
         Ok(body) => (StatusCode::OK, [(http::header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => {
@@ -279,18 +377,22 @@ pub fn record_request(
     tracing::info!(model = %model, tier = %tier, status, latency_ms = secs * 1000.0, "request");
 }
 
-/// Records the usage and cost of an answer.
-pub fn record_usage(state: &SharedState, model: ModelId, usage: Option<TokenUsage>, request_id: &str) {
+/// Records the usage and cost of an answer in the metrics and the log.
+pub fn record_usage(
+    state: &SharedState,
+    model: Option<ModelId>,
+    tokens: TokenUsage,
+    estimated: bool,
+    cost: NanoUsd,
+    request_id: &str,
+) {
+    let Some(model) = model else { return };
     let m = &state.catalog.models()[model];
-    match usage {
-        Some(tokens) => {
-            let cost = m.price.cost(&tokens);
-            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "input")
-                .increment(tokens.input);
-            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "output")
-                .increment(tokens.output);
-            tracing::info!(request_id, model = %m.id, input = tokens.input, cached = tokens.cached_input, output = tokens.output, reasoning = tokens.reasoning, cost_usd = %cost, "usage");
-        }
-        None => tracing::warn!(request_id, model = %m.id, "the upstream reported no usage"),
+    metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "input").increment(tokens.input);
+    metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "output").increment(tokens.output);
+    metrics::counter!("triage_spend_nanodollars_total", "model" => m.id.clone()).increment(cost.0);
+    if estimated {
+        tracing::warn!(request_id, model = %m.id, "the upstream reported no usage; tokens estimated");
     }
+    tracing::info!(request_id, model = %m.id, input = tokens.input, cached = tokens.cached_input, output = tokens.output, reasoning = tokens.reasoning, estimated, cost_usd = %cost, "usage");
 }

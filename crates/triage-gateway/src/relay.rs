@@ -8,7 +8,7 @@
 //! outcome exactly once (`cancelled` when the client leaves; dropping the relay closes the
 //! upstream connection).
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use triage_core::anthropic::{self as a, Event};
@@ -19,11 +19,11 @@ use triage_core::sse;
 use triage_core::stream::ChunkNormalizer;
 use triage_core::translate::{AnthropicToOpenAi, OpenAiToAnthropic};
 
+use crate::accounting::Accounting;
 use crate::error::GatewayError;
-use crate::inbound::Format;
-use crate::pipeline::{record_request, record_usage, RouteInfo};
+use crate::pipeline::RouteInfo;
 use crate::providers::{Batch, ChunkStream, StreamItem, UpstreamError};
-use crate::state::SharedState;
+use crate::state::{InFlight, SharedState};
 
 /// Turns upstream items into the client's SSE bytes.
 pub trait Encoder: Send + 'static {
@@ -37,6 +37,27 @@ pub trait Encoder: Send + 'static {
     fn end_err(&mut self, err: &GatewayError, buf: &mut Vec<u8>);
     /// The usage the upstream reported.
     fn usage(&self) -> Option<TokenUsage>;
+    /// Characters of output text streamed so far (for estimates when no usage comes).
+    fn output_chars(&self) -> u64;
+}
+
+/// Characters of content, reasoning and tool arguments in a chunk.
+fn chunk_chars(c: &ChatChunk) -> u64 {
+    c.choices
+        .iter()
+        .map(|ch| {
+            let text = ch.delta.content.as_deref().map_or(0, str::len);
+            let args: usize = ch
+                .delta
+                .tool_calls
+                .iter()
+                .flatten()
+                .filter_map(|t| t.function.as_ref().and_then(|f| f.arguments.as_deref()))
+                .map(str::len)
+                .sum();
+            (text + args) as u64
+        })
+        .sum()
 }
 
 fn now_secs() -> u64 {
@@ -45,6 +66,7 @@ fn now_secs() -> u64 {
 
 /// OpenAI client: normalised chunks, the usage chunk if asked, one `[DONE]`.
 pub struct OpenAiEncoder {
+    chars: u64,
     normalizer: ChunkNormalizer,
     from_anthropic: AnthropicToOpenAi,
     chunks: Vec<ChatChunk>,
@@ -54,6 +76,7 @@ impl OpenAiEncoder {
     /// An encoder for a client that did or did not ask for the usage chunk.
     pub fn new(wants_usage: bool) -> Self {
         OpenAiEncoder {
+            chars: 0,
             normalizer: ChunkNormalizer::new(wants_usage),
             from_anthropic: AnthropicToOpenAi::new(now_secs()),
             chunks: Vec::new(),
@@ -61,6 +84,7 @@ impl OpenAiEncoder {
     }
 
     fn write(&mut self, c: ChatChunk, buf: &mut Vec<u8>) {
+        self.chars += chunk_chars(&c);
         if let Some(c) = self.normalizer.push(c) {
             if let Ok(json) = serde_json::to_vec(&c) {
                 sse::write_data(buf, &json);
@@ -105,10 +129,15 @@ impl Encoder for OpenAiEncoder {
     fn usage(&self) -> Option<TokenUsage> {
         self.normalizer.usage().map(TokenUsage::from_openai)
     }
+
+    fn output_chars(&self) -> u64 {
+        self.chars
+    }
 }
 
 /// Anthropic client: Anthropic events, ending with exactly one `message_stop` and no `[DONE]`.
 pub struct AnthropicEncoder {
+    chars: u64,
     from_openai: OpenAiToAnthropic,
     events: Vec<Event>,
     /// Usage of a forwarded Anthropic stream.
@@ -123,6 +152,7 @@ impl AnthropicEncoder {
     /// is OpenAI-compatible (its real count arrives in `message_delta`).
     pub fn new(prompt_estimate: u64) -> Self {
         AnthropicEncoder {
+            chars: 0,
             from_openai: OpenAiToAnthropic::new(prompt_estimate),
             events: Vec::new(),
             usage: None,
@@ -145,6 +175,11 @@ impl Encoder for AnthropicEncoder {
             StreamItem::Event(e) => {
                 match &e {
                     Event::MessageStart { message } => self.usage = Some(message.usage.clone()),
+                    Event::ContentBlockDelta { delta, .. } => {
+                        for k in ["text", "partial_json", "thinking"] {
+                            self.chars += delta.get(k).and_then(|v| v.as_str()).map_or(0, str::len) as u64;
+                        }
+                    }
                     Event::MessageDelta { .. } => {
                         if let (Some(d), Some(u)) = (e.delta_usage(), self.usage.as_mut()) {
                             d.apply(u);
@@ -162,6 +197,7 @@ impl Encoder for AnthropicEncoder {
             }
             StreamItem::Chunk(c) => {
                 self.openai_upstream = true;
+                self.chars += chunk_chars(&c);
                 self.from_openai.push(&c, &mut self.events);
                 for e in std::mem::take(&mut self.events) {
                     Self::write(buf, &e);
@@ -195,71 +231,50 @@ impl Encoder for AnthropicEncoder {
         }
         self.usage.as_ref().map(TokenUsage::from_anthropic)
     }
+
+    fn output_chars(&self) -> u64 {
+        self.chars
+    }
 }
 
-/// Per-stream bookkeeping; records the outcome exactly once, `cancelled` if the client left.
+/// Per-stream bookkeeping: TTFT, and the request's accounting, done exactly once.
 pub struct Finisher {
-    /// Shared state.
-    pub state: SharedState,
-    /// The client's format.
-    pub format: Format,
-    /// What answered.
-    pub info: RouteInfo,
-    /// The deployment streaming.
-    pub deployment: DeploymentId,
-    /// When the request arrived.
-    pub started: Instant,
-    /// The request id.
-    pub request_id: String,
-    first_chunk: bool,
-    recorded: bool,
+    acct: Option<Accounting>,
+    _in_flight: InFlight,
+    info: RouteInfo,
+    deployment: DeploymentId,
+    ttft_ms: Option<f64>,
 }
 
 impl Finisher {
     /// Bookkeeping for a stream of `deployment`.
-    pub fn new(
-        state: SharedState,
-        format: Format,
-        info: RouteInfo,
-        deployment: DeploymentId,
-        started: Instant,
-        request_id: String,
-    ) -> Self {
-        Finisher { state, format, info, deployment, started, request_id, first_chunk: false, recorded: false }
+    pub fn new(acct: Accounting, info: RouteInfo, deployment: DeploymentId, in_flight: InFlight) -> Self {
+        Finisher { acct: Some(acct), _in_flight: in_flight, info, deployment, ttft_ms: None }
     }
 
     fn first_chunk(&mut self) {
-        if !self.first_chunk {
-            self.first_chunk = true;
-            let c = &self.state.catalog;
-            metrics::histogram!("triage_ttft_seconds", "model" => c.models()[self.info.model].id.clone(), "tier" => c.tiers()[self.info.tier].clone())
-                .record(self.started.elapsed().as_secs_f64());
-        }
-    }
-
-    fn finish(&mut self, status: &str, usage: Option<TokenUsage>) {
-        if self.recorded {
+        if self.ttft_ms.is_some() {
             return;
         }
-        self.recorded = true;
-        record_usage(&self.state, self.info.model, usage, &self.request_id);
-        record_request(&self.state, self.format, Some((self.info.model, self.info.tier)), status, self.started);
+        let Some(acct) = &self.acct else { return };
+        let secs = acct.started.elapsed().as_secs_f64();
+        self.ttft_ms = Some(secs * 1000.0);
+        let c = &acct.state.catalog;
+        metrics::histogram!("triage_ttft_seconds", "model" => c.models()[self.info.model].id.clone(), "tier" => c.tiers()[self.info.tier].clone())
+            .record(secs);
     }
-}
 
-impl Drop for Finisher {
-    fn drop(&mut self) {
-        if !self.recorded {
-            tracing::info!(request_id = %self.request_id, "client disconnected; upstream request cancelled");
-            self.recorded = true;
-            record_request(
-                &self.state,
-                self.format,
-                Some((self.info.model, self.info.tier)),
-                "cancelled",
-                self.started,
-            );
+    fn finish(&mut self, status: &str, usage: Option<TokenUsage>, output_chars: u64) {
+        if let Some(acct) = self.acct.take() {
+            if status == "cancelled" {
+                tracing::info!(request_id = %acct.request_id, "client disconnected; upstream request cancelled");
+            }
+            acct.finish(Some(&self.info), status, usage, output_chars, self.ttft_ms);
         }
+    }
+
+    fn state(&self) -> Option<&SharedState> {
+        self.acct.as_ref().map(|a| &a.state)
     }
 }
 
@@ -273,12 +288,34 @@ pub struct Relay<E> {
     first: Option<Batch>,
     ended: bool,
     ctx: Finisher,
+    /// The encoder's usage so far and output length, kept for a drop mid-stream.
+    usage: Option<TokenUsage>,
+    output_chars: u64,
+}
+
+impl<E> Drop for Relay<E> {
+    fn drop(&mut self) {
+        // Still open: the client went away (or the server shut down) mid-stream.
+        if !self.ended {
+            let usage = self.usage.take();
+            self.ctx.finish("cancelled", usage, self.output_chars);
+        }
+    }
 }
 
 impl<E: Encoder> Relay<E> {
     /// A relay that first sends `held` (and acts on `ended`, how priming's last read ended).
     pub fn new(upstream: ChunkStream, held: Vec<StreamItem>, ended: Option<Batch>, encoder: E, ctx: Finisher) -> Self {
-        Relay { upstream, encoder, items: held, first: Some(ended.unwrap_or(Batch::More)), ended: false, ctx }
+        Relay {
+            upstream,
+            encoder,
+            items: held,
+            first: Some(ended.unwrap_or(Batch::More)),
+            ended: false,
+            ctx,
+            usage: None,
+            output_chars: 0,
+        }
     }
 
     /// The relay as a response body stream.
@@ -297,7 +334,24 @@ impl<E: Encoder> Relay<E> {
         loop {
             let batch = match self.first.take() {
                 Some(b) => b,
-                None => self.upstream.next_batch(&mut self.items).await,
+                None => {
+                    let stopped = match self.ctx.state() {
+                        Some(s) => s.stopped(),
+                        None => return None,
+                    };
+                    tokio::select! {
+                        b = self.upstream.next_batch(&mut self.items) => b,
+                        _ = stopped => {
+                            let mut buf = Vec::new();
+                            self.ended = true;
+                            let err = GatewayError::ShuttingDown;
+                            self.encoder.end_err(&err, &mut buf);
+                            let (usage, chars) = (self.encoder.usage(), self.encoder.output_chars());
+                            self.ctx.finish("shutdown", usage, chars);
+                            return Some(buf.into());
+                        }
+                    }
+                }
             };
             let mut buf = Vec::new();
             for item in self.items.drain(..) {
@@ -306,6 +360,8 @@ impl<E: Encoder> Relay<E> {
             if !buf.is_empty() {
                 self.ctx.first_chunk();
             }
+            self.usage = self.encoder.usage();
+            self.output_chars = self.encoder.output_chars();
             match batch {
                 Batch::More if buf.is_empty() => continue,
                 Batch::More => return Some(buf.into()),
@@ -328,22 +384,24 @@ impl<E: Encoder> Relay<E> {
     /// Ends the stream cleanly, or with one well-formed error event (shared cases C04, C25).
     fn end(&mut self, buf: &mut Vec<u8>, failure: Option<UpstreamError>) {
         self.ended = true;
+        let chars = self.encoder.output_chars();
         match failure {
             None => {
                 self.encoder.end_ok(buf);
                 let usage = self.encoder.usage();
-                self.ctx.finish("200", usage);
+                self.ctx.finish("200", usage, chars);
             }
             Some(source) => {
+                let Some(state) = self.ctx.state().cloned() else { return };
                 // A stream that breaks after its first token is the deployment's failure.
-                self.ctx.state.record_failure(self.ctx.deployment);
-                let d = &self.ctx.state.catalog.deployments()[self.ctx.deployment];
-                let provider = self.ctx.state.catalog.providers()[d.provider].name.clone();
-                tracing::warn!(request_id = %self.ctx.request_id, provider = %provider, error = %source, "upstream stream failed");
+                state.record_failure(self.ctx.deployment);
+                let d = &state.catalog.deployments()[self.ctx.deployment];
+                let provider = state.catalog.providers()[d.provider].name.clone();
+                tracing::warn!(provider = %provider, error = %source, "upstream stream failed");
                 let err = GatewayError::Upstream { provider, source };
                 self.encoder.end_err(&err, buf);
                 let usage = self.encoder.usage();
-                self.ctx.finish("stream_error", usage);
+                self.ctx.finish("stream_error", usage, chars);
             }
         }
     }

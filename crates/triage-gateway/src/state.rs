@@ -113,18 +113,67 @@ pub struct AppState {
     pub health: Vec<ProviderHealth>,
     /// One health record per deployment, indexed like `catalog.deployments()`.
     pub deployments: Vec<DeploymentHealth>,
+    /// The database (ledger, keys, budgets), when configured.
+    pub store: Option<triage_store::Store>,
+    /// The background ledger writer, when a database is configured.
+    pub ledger: Option<triage_store::Ledger>,
+    /// Recently looked-up virtual keys.
+    pub keys: crate::accounting::KeyCache,
+    /// The difficulty router for `model: "auto"` (`None`: cheapest capable tier).
+    pub router: Option<triage_core::router::Router>,
+    /// Set when the shutdown grace period is over: in-flight requests end themselves.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Requests being handled (streams until their last byte).
+    in_flight: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts one request as in flight until dropped.
+#[derive(Debug)]
+pub struct InFlight(SharedState);
+
+impl InFlight {
+    /// Marks a request in flight.
+    pub fn new(state: SharedState) -> InFlight {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Shared handle to [`AppState`].
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    /// Builds the state: one HTTP client per provider, keys read from the environment.
+    /// Builds the state: one HTTP client per provider (keys read from the environment), the
+    /// router's model.
     ///
-    /// Errors: an HTTP client cannot be built.
-    pub fn new(catalog: Catalog) -> Result<AppState, reqwest::Error> {
-        let providers = catalog.providers().iter().map(crate::providers::client_for).collect::<Result<Vec<_>, _>>()?;
+    /// Errors: an HTTP client cannot be built, or the router's model file cannot be loaded.
+    pub fn new(catalog: Catalog) -> Result<AppState, String> {
+        let providers = catalog
+            .providers()
+            .iter()
+            .map(crate::providers::client_for)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("HTTP client: {e}"))?;
         let health = catalog.providers().iter().map(|_| ProviderHealth::default()).collect();
+        let router = match catalog.auto_routing() {
+            triage_core::catalog::AutoRouting::Cheapest => None,
+            triage_core::catalog::AutoRouting::Scorer { model_file: None } => {
+                Some(triage_core::router::Router::default_model().map_err(|e| e.to_string())?)
+            }
+            triage_core::catalog::AutoRouting::Scorer { model_file: Some(path) } => {
+                let json = std::fs::read_to_string(path).map_err(|e| format!("router model {path}: {e}"))?;
+                Some(
+                    triage_core::router::Router::from_lexical_json(&json)
+                        .map_err(|e| format!("router model {path}: {e}"))?,
+                )
+            }
+        };
         let deployments = catalog
             .deployments()
             .iter()
@@ -136,7 +185,43 @@ impl AppState {
                 failures: AtomicU64::new(0),
             })
             .collect();
-        Ok(AppState { catalog, providers, health, deployments })
+        Ok(AppState {
+            catalog,
+            providers,
+            health,
+            deployments,
+            store: None,
+            ledger: None,
+            keys: Default::default(),
+            router,
+            stop: tokio::sync::watch::Sender::new(false),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// Tells every in-flight request to end now (the shutdown grace period is over).
+    pub fn stop_in_flight(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::stop_in_flight`] was called.
+    pub fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Attaches the database and starts the ledger writer on it.
+    pub fn with_store(mut self, store: triage_store::Store) -> AppState {
+        self.ledger = Some(triage_store::Ledger::spawn(store.clone()));
+        self.store = Some(store);
+        self
     }
 
     /// Why deployment `d` cannot take a call at `now`, or `None` if it can (a half-open breaker

@@ -258,3 +258,65 @@ async fn shutdown_lets_in_flight_streams_finish() {
     tokio::time::timeout(Duration::from_secs(3), server).await.expect("server stops").unwrap().unwrap();
     assert!(client().get(gw.url("/healthz")).send().await.is_err());
 }
+
+/// `auto` with the shipped difficulty scorer: the reason carries the score, the thresholds and
+/// the features that weighed most; a tier that cannot serve the request gives way to the next
+/// dearer one.
+#[tokio::test]
+async fn auto_uses_the_difficulty_scorer() {
+    let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let toml = format!(
+        r#"
+tiers = ["local", "mid", "frontier"]
+[router]
+scorer = "lexical"
+[providers.p]
+kind = "openai"
+base_url = "{}"
+[[models]]
+id = "tiny"
+provider = "p"
+tier = "local"
+price = {{ input = 0.0, output = 0.0 }}
+context_window = 100000
+[[models]]
+id = "middle"
+provider = "p"
+tier = "mid"
+price = {{ input = 1.0, output = 3.0 }}
+context_window = 100000
+capabilities = ["tools"]
+[[models]]
+id = "big"
+provider = "p"
+tier = "frontier"
+price = {{ input = 10.0, output = 30.0 }}
+context_window = 100000
+capabilities = ["tools"]
+"#,
+        up.url()
+    );
+    let gw = start(&toml).await;
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs("hi")})).await;
+    assert_eq!(s, 200);
+    assert!(
+        reason.starts_with("auto: score 0.") && reason.contains(" vs thresholds ") && reason.contains("; lexical: "),
+        "{reason}"
+    );
+    let tier = reason.split(" -> tier ").nth(1).unwrap().split([' ', ',']).next().unwrap().to_owned();
+    let expected_model = match tier.as_str() {
+        "local" => "tiny",
+        "mid" => "middle",
+        _ => "big",
+    };
+    assert_eq!(model, expected_model);
+
+    let hard = "Prove that for every integer n > 1 the sum of the reciprocals of the primes up to n diverges, then derive the asymptotic rate and write a Rust program that checks it numerically, explaining each step.";
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs(hard), "tools": tools})).await;
+    assert_eq!(s, 200);
+    assert_ne!(model, "tiny", "tools need the mid tier or above: {reason}");
+    if reason.contains("-> tier mid (nothing in tier local") {
+        assert_eq!(model, "middle");
+    }
+}

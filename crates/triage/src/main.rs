@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod admin;
+
 use clap::{Parser, Subcommand};
 use triage_core::catalog::Catalog;
 use triage_core::config;
@@ -44,6 +46,170 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage virtual keys (create, list, revoke).
+    #[command(subcommand)]
+    Keys(admin::KeysCommand),
+    /// Spend report: requests, tokens, cost, the "always frontier" cost and the saving.
+    Spend(admin::SpendArgs),
+    /// Print the router's decision for a prompt (or a JSON chat request on stdin) without calling any model.
+    Route {
+        /// The prompt, sent as one user message. Without it, a JSON chat request is read from stdin.
+        prompt: Option<String>,
+        /// Lexical model file (default: the shipped models/lexical-v1.json).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train the lexical scorer and write a model file with its metadata.
+    Train {
+        /// Data folder (RouteLLM layout and/or arena-bench); repeat for several.
+        #[arg(long, required = true)]
+        data: Vec<PathBuf>,
+        /// Benchmark to leave out of training (mmlu, gsm8k, mt-bench, arena-bench); repeatable.
+        /// Each one left out is evaluated with the new model (held out).
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// Output model file.
+        #[arg(long, default_value = "models/lexical-v1.json")]
+        out: PathBuf,
+        #[command(flatten)]
+        hp: TrainFlags,
+        /// Sample for the default thresholds (60/40 for 2 tiers, 50/30/20 for 3).
+        #[arg(long, default_value = "arena-bench")]
+        calibrate_on: String,
+    },
+    /// Replay a benchmark through a router: sweep, PGR, APGR, CPT, random and oracle baselines, JSON and SVG.
+    Eval {
+        /// Data folder; repeat for several (training splits use every benchmark found).
+        #[arg(long, required = true)]
+        data: Vec<PathBuf>,
+        /// mmlu, gsm8k, mt-bench, arena-bench, or a .jsonl file in the simple format.
+        #[arg(long)]
+        benchmark: String,
+        /// lexical or random.
+        #[arg(long, default_value = "lexical")]
+        router: String,
+        /// shipped (the model as is), leave-benchmark-out, or grouped-5-fold.
+        #[arg(long, default_value = "shipped")]
+        split: String,
+        /// Model file for --split shipped (default: the shipped model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Benchmarks to train on for the training splits (default: all known but the evaluated one).
+        #[arg(long)]
+        train_on: Vec<String>,
+        /// Weak and strong model prices, USD per million tokens (RouteLLM's Mixtral and GPT-4 figures).
+        #[arg(long, num_args = 2, default_values_t = [0.24, 24.7])]
+        prices: Vec<f64>,
+        /// Folder for the JSON report and the SVG plot.
+        #[arg(long, default_value = "target/eval")]
+        out_dir: PathBuf,
+        /// Multi-tier routing (arena-bench): tier models, cheapest first, comma-separated, e.g.
+        /// mistralai/Mistral-7B-Instruct-v0.1,mistralai/Mixtral-8x7B-Instruct-v0.1,gpt-4-1106-preview.
+        #[arg(long, value_delimiter = ',')]
+        tiers: Vec<String>,
+        #[command(flatten)]
+        hp: TrainFlags,
+    },
+    /// Set a model's thresholds from a sample of prompts, for target shares per tier or a target cost.
+    Calibrate {
+        /// Data folder(s) holding the sample.
+        #[arg(long, required = true)]
+        data: Vec<PathBuf>,
+        /// The sample: a benchmark name or a .jsonl file (prompts only are needed).
+        #[arg(long, default_value = "arena-bench")]
+        sample: String,
+        /// Model file to read (default: the shipped model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Where to write the calibrated model.
+        #[arg(long, default_value = "models/lexical-v1.json")]
+        out: PathBuf,
+        /// Target share per tier, cheapest first (e.g. 50,30,20).
+        #[arg(long, value_delimiter = ',', conflicts_with = "cost_per_1000")]
+        shares: Option<Vec<f64>>,
+        /// Target cost, USD per 1,000 requests.
+        #[arg(long)]
+        cost_per_1000: Option<f64>,
+        /// Each tier's price, USD per million tokens, cheapest first (for --cost-per-1000).
+        #[arg(long, value_delimiter = ',', default_values_t = [0.24, 24.7])]
+        tier_prices: Vec<f64>,
+        /// Tokens per request (prompt + answer) for --cost-per-1000.
+        #[arg(long, default_value_t = 1000.0)]
+        tokens_per_request: f64,
+        /// Relative split among the tiers above the cheapest (default equal).
+        #[arg(long, value_delimiter = ',')]
+        mix: Option<Vec<f64>>,
+    },
+}
+
+/// Training hyper-parameters shared by `train` and `eval`.
+#[derive(clap::Args)]
+struct TrainFlags {
+    /// Label: strong-better (weak worse than strong by more than --margin), gain (soft), weak-fails.
+    #[arg(long, default_value = "strong-better")]
+    label: String,
+    /// Margin for strong-better, as a fraction of the quality range (judge scores: 1/9 per point).
+    #[arg(long, default_value_t = 0.0)]
+    margin: f64,
+    /// Training-set weighting: none, sqrt, equal.
+    #[arg(long, default_value = "none")]
+    balance: String,
+    /// Hashed buckets (power of two).
+    #[arg(long, default_value_t = 1 << 14)]
+    buckets: u32,
+    /// Epochs.
+    #[arg(long, default_value_t = 6)]
+    epochs: usize,
+    /// AdaGrad learning rate.
+    #[arg(long, default_value_t = 0.05)]
+    lr: f32,
+    /// L2 penalty on the dense weights.
+    #[arg(long, default_value_t = 1e-4)]
+    l2: f32,
+    /// L2 penalty on the hashed n-gram weights.
+    #[arg(long, default_value_t = 3e-2)]
+    l2_hashed: f32,
+    /// Seed (shuffling; the random router's seed).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// The weak (cheaper) model's name in the data.
+    #[arg(long, default_value = triage_eval::data::WEAK)]
+    weak: String,
+    /// The strong model's name in the data.
+    #[arg(long, default_value = triage_eval::data::STRONG)]
+    strong: String,
+}
+
+impl TrainFlags {
+    fn config(&self) -> Result<triage_eval::train::TrainConfig, String> {
+        Ok(triage_eval::train::TrainConfig {
+            buckets: self.buckets,
+            epochs: self.epochs,
+            lr: self.lr,
+            l2: self.l2,
+            l2_hashed: self.l2_hashed,
+            label: self.label.parse().map_err(|e: triage_eval::EvalError| e.to_string())?,
+            margin: self.margin,
+            balance: self.balance.parse().map_err(|e: triage_eval::EvalError| e.to_string())?,
+            seed: self.seed,
+            weak: self.weak.clone(),
+            strong: self.strong.clone(),
+        })
+    }
+}
+
+fn load_lexical(path: Option<&Path>) -> Result<triage_core::router::LexicalModel, String> {
+    use triage_core::router::{LexicalModel, DEFAULT_MODEL_JSON};
+    match path {
+        Some(p) => {
+            let s = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            LexicalModel::from_json(&s).map_err(|e| format!("{}: {e}", p.display()))
+        }
+        None => LexicalModel::from_json(DEFAULT_MODEL_JSON).map_err(|e| e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {
@@ -110,6 +276,14 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("wrote {}", path.display());
             Ok(())
         }
+        Command::Keys(cmd) => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(admin::keys(&catalog, cmd))
+        }
+        Command::Spend(args) => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(admin::spend(&catalog, args))
+        }
         Command::Models { json } => {
             let catalog = load_catalog(cli.config.as_deref())?;
             let state = triage_gateway::AppState::new(catalog).map_err(|e| e.to_string())?;
@@ -117,7 +291,126 @@ fn run(cli: Cli) -> Result<(), String> {
             print_models(&state, json);
             Ok(())
         }
+        Command::Route { prompt, model, json } => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            route_cmd(&catalog, prompt, model.as_deref(), json)
+        }
+        Command::Train { data, exclude, out, hp, calibrate_on } => {
+            let args = triage_eval::commands::TrainArgs { data, exclude, calibrate_on, cfg: hp.config()?, out };
+            println!("{}", triage_eval::commands::train_cmd(&args).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::Eval { data, benchmark, router, split, model, train_on, prices, out_dir, tiers, hp } => {
+            let split_kind: triage_eval::replay::Split =
+                split.parse().map_err(|e: triage_eval::EvalError| e.to_string())?;
+            let router: triage_core::router::ScorerKind = router.parse().map_err(|e| format!("{e}"))?;
+            let model = match (router, split_kind) {
+                (triage_core::router::ScorerKind::Lexical, triage_eval::replay::Split::Shipped) => {
+                    Some(load_lexical(model.as_deref())?)
+                }
+                _ => None,
+            };
+            let train_sets = if train_on.is_empty() {
+                triage_eval::data::BENCHMARKS.iter().map(|s| (*s).to_owned()).filter(|b| *b != benchmark).collect()
+            } else {
+                train_on
+            };
+            let cfg = triage_eval::replay::EvalConfig {
+                data,
+                benchmark,
+                router,
+                split: split_kind,
+                model,
+                train_sets,
+                train: hp.config()?,
+                price_weak: prices.first().copied().unwrap_or(0.24),
+                price_strong: prices.get(1).copied().unwrap_or(24.7),
+                progress: true,
+            };
+            let out = if tiers.is_empty() {
+                triage_eval::commands::eval_cmd(&cfg, &split, &out_dir)
+            } else {
+                triage_eval::commands::multi_cmd(&cfg, &tiers, &split, &out_dir)
+            };
+            print!("{}", out.map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::Calibrate {
+            data,
+            sample,
+            model,
+            out,
+            shares,
+            cost_per_1000,
+            tier_prices,
+            tokens_per_request,
+            mix,
+        } => {
+            let mut m = load_lexical(model.as_deref())?;
+            let args = triage_eval::commands::CalibrateArgs {
+                data,
+                sample,
+                shares,
+                cost_per_1000,
+                tier_prices,
+                tokens_per_request,
+                mix,
+            };
+            print!("{}", triage_eval::commands::calibrate_cmd(&mut m, &args).map_err(|e| e.to_string())?);
+            std::fs::write(&out, m.to_json()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            println!("wrote {}", out.display());
+            Ok(())
+        }
     }
+}
+
+/// `triage route`: the decision for one request, with the model the catalog would pick in that
+/// tier (hard requirements applied, every provider assumed available).
+fn route_cmd(catalog: &Catalog, prompt: Option<String>, model: Option<&Path>, json: bool) -> Result<(), String> {
+    use triage_core::openai::ChatRequest;
+    use triage_core::route::{select, Requirements, Target};
+    use triage_core::router::Router;
+    let req: ChatRequest = match prompt {
+        Some(p) => triage_eval::data::user_request(&p),
+        None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            serde_json::from_str(&s).map_err(|e| format!("stdin is not a JSON chat request: {e}"))?
+        }
+    };
+    let lexical = load_lexical(model)?;
+    let router = Router::new(Box::new(lexical), Default::default());
+    let tiers = catalog.tiers().len();
+    let d = router.decide(&req, tiers);
+    // The scored tier, or the next stronger one whose models meet the hard requirements.
+    let need = Requirements::of(&req);
+    let mut picked = select(catalog, &Target::Tier(d.tier), &need, |_| true);
+    for t in d.tier + 1..tiers {
+        if picked.is_ok() {
+            break;
+        }
+        picked = select(catalog, &Target::Tier(t), &need, |_| true);
+    }
+    let (model_id, route_reason) = match &picked {
+        Ok(r) => (catalog.models()[r.model].id.clone(), r.reason.clone()),
+        Err(e) => ("-".to_owned(), e.to_string()),
+    };
+    let tier_name = catalog.tiers().get(d.tier).cloned().unwrap_or_default();
+    if json {
+        let v = serde_json::json!({
+            "tier": tier_name, "tier_index": d.tier, "tiers": tiers, "model": model_id, "score": d.score,
+            "thresholds": d.thresholds, "reason": d.reason, "catalog_reason": route_reason,
+        });
+        println!("{v}");
+    } else {
+        println!("tier:       {tier_name} ({} of {tiers})", d.tier);
+        println!("model:      {model_id} ({route_reason})");
+        println!("score:      {:.4}", d.score);
+        println!("thresholds: {:?}", d.thresholds);
+        println!("reason:     {}", d.reason.summary());
+    }
+    Ok(())
 }
 
 fn print_models(state: &triage_gateway::AppState, json: bool) {

@@ -144,3 +144,143 @@ fn serve_starts_on_defaults_without_keys_and_stops_on_sigterm() {
     assert!(log.contains("triage listening"), "{log}");
     assert!(log.contains("shutting down"), "{log}");
 }
+
+fn spend_config(dir: &std::path::Path, upstream: &str, extra: &str) -> PathBuf {
+    let path = dir.join("triage.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "tiers = [\"local\", \"mid\"]\n{extra}\n[server]\nshutdown_grace_secs = 1\n[providers.up]\nkind = \"openai\"\nbase_url = \"{upstream}\"\n[[models]]\nid = \"m\"\nprovider = \"up\"\ntier = \"mid\"\nprice = {{ input = 1.0, output = 3.0 }}\ncontext_window = 10000\n[spend]\ndatabase = \"sqlite://{}\"\n",
+            dir.join("triage.db").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn keys_and_spend_commands() {
+    let dir = tempdir("keys");
+    let cfg = spend_config(&dir, "http://127.0.0.1:9/v1", "");
+    let (ok, out, err) = run(bin()
+        .args(["keys", "create", "--user", "alice", "--team", "eng", "--budget", "5/day", "--tiers", "mid", "--config"])
+        .arg(&cfg));
+    assert!(ok, "{err}");
+    let secret = out.trim().to_owned();
+    assert!(secret.starts_with("tr-"), "{out}");
+    assert!(err.contains("for user alice (team eng)"), "{err}");
+    let (ok, out, _) = run(bin().args(["keys", "list", "--config"]).arg(&cfg));
+    assert!(ok);
+    let line = out.lines().find(|l| l.contains("alice")).unwrap().to_owned();
+    assert!(line.contains("eng") && line.contains(" 5 ") && line.ends_with("active"), "{line}");
+    assert!(!out.contains(&secret[3..]), "the secret is never listed");
+    let id = line.split_whitespace().next().unwrap().to_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store =
+        rt.block_on(triage_store::Store::connect(&format!("sqlite://{}", dir.join("triage.db").display()))).unwrap();
+    let rec = rt.block_on(store.find_key(&secret)).unwrap().unwrap();
+    assert_eq!(
+        (rec.id.as_str(), rec.tiers.as_slice(), rec.budget_day),
+        (id.as_str(), &["mid".to_owned()][..], Some(triage_core::cost::NanoUsd(5_000_000_000)))
+    );
+    assert!(run(bin().args(["keys", "revoke", &id, "--config"]).arg(&cfg)).0);
+    assert!(!run(bin().args(["keys", "revoke", &id, "--config"]).arg(&cfg)).0);
+    let (ok, _, err) = run(bin().args(["keys", "create", "--user", "bob", "--tiers", "nope", "--config"]).arg(&cfg));
+    assert!(!ok && err.contains("unknown tier \"nope\""), "{err}");
+    let (ok, out, err) = run(bin().args(["spend", "--by", "tier", "--format", "json", "--config"]).arg(&cfg));
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["by"], "tier");
+    assert!(!run(bin().args(["spend", "--by", "planet", "--config"]).arg(&cfg)).0);
+}
+
+/// Requests in flight when the gateway gets SIGTERM are all in the ledger afterwards: those that
+/// finish within the grace period as answered, those cut at its end as `shutdown`.
+#[test]
+fn sigterm_loses_no_ledger_rows() {
+    use triage_testkit::{FakeUpstream, Reply, Step};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let chunk = |c: &str, finish: &str| {
+        format!("data: {{\"id\":\"s\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{c}\"}},\"finish_reason\":{finish}}}]}}\n\n")
+    };
+    let (quick, slow) = rt.block_on(async {
+        // Quick streams end within the 1 s grace; slow ones (3 s) are cut at its end.
+        let quick = vec![
+            Step::Write(chunk("a", "null").into_bytes()),
+            Step::Sleep(Duration::from_millis(400)),
+            Step::Write((chunk("b", "\"stop\"") + "data: [DONE]\n\n").into_bytes()),
+        ];
+        let slow = vec![
+            Step::Write(chunk("a", "null").into_bytes()),
+            Step::Sleep(Duration::from_secs(3)),
+            Step::Write((chunk("b", "\"stop\"") + "data: [DONE]\n\n").into_bytes()),
+        ];
+        (FakeUpstream::replay(Reply::steps(200, quick)).await, FakeUpstream::replay(Reply::steps(200, slow)).await)
+    });
+    let dir = tempdir("sigterm");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let extra = format!("[providers.slow]\nkind = \"openai\"\nbase_url = \"{}\"\n[[models]]\nid = \"s\"\nprovider = \"slow\"\ntier = \"mid\"\nprice = {{ input = 1.0, output = 3.0 }}\ncontext_window = 10000\n", slow.url());
+    let cfg = spend_config(&dir, &quick.url(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("[spend]", &format!("{extra}[spend]"));
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let results = rt.block_on(async {
+        let c = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.get(format!("{base}/healthz")).send().await.is_err() {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let (c, base) = (c.clone(), base.clone());
+            let model = if i % 2 == 0 { "m" } else { "s" };
+            tasks.push(tokio::spawn(async move {
+                let body = format!(
+                    "{{\"model\":\"{model}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}"
+                );
+                let r = c
+                    .post(format!("{base}/v1/chat/completions"))
+                    .header("x-request-id", format!("sig-{i}"))
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                r.text().await.unwrap_or_default()
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    for (i, body) in results.iter().enumerate() {
+        if i % 2 == 0 {
+            assert!(body.ends_with("data: [DONE]\n\n"), "quick stream {i} finished within the grace period: {body:?}");
+        }
+    }
+    let store =
+        rt.block_on(triage_store::Store::connect(&format!("sqlite://{}", dir.join("triage.db").display()))).unwrap();
+    for i in 0..6 {
+        let (status, model, _, _, _) = rt
+            .block_on(store.request_summary(&format!("sig-{i}")))
+            .unwrap()
+            .unwrap_or_else(|| panic!("sig-{i} missing"));
+        let expected = if i % 2 == 0 { ("200", "m") } else { ("shutdown", "s") };
+        assert_eq!((status.as_str(), model.as_deref()), (expected.0, Some(expected.1)), "sig-{i}");
+    }
+}

@@ -39,9 +39,25 @@ impl Drop for Gateway {
     }
 }
 
-/// Starts the gateway with config `toml`.
+/// A fresh SQLite database URL in the temp directory.
+pub fn temp_db() -> String {
+    let path = std::env::temp_dir().join(format!("triage-gw-test-{}.db", uuid::Uuid::new_v4().simple()));
+    format!("sqlite://{}", path.display())
+}
+
+/// Starts the gateway with config `toml` (given a fresh temporary ledger database unless the
+/// config names one).
 pub async fn start(toml: &str) -> Gateway {
-    let catalog = config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
+    let mut toml = if toml.contains("[spend]") {
+        toml.to_owned()
+    } else {
+        format!("{toml}\n[spend]\ndatabase = \"{}\"\n", temp_db())
+    };
+    // The rule-based `auto` keeps routing expectations exact; the scorer has its own tests.
+    if !toml.contains("[router]") {
+        toml.push_str("\n[router]\nscorer = \"cheapest\"\n");
+    }
+    let catalog = config::parse(&toml, "test.toml").unwrap_or_else(|e| panic!("test config: {e}"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();

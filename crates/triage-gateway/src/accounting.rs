@@ -1,0 +1,429 @@
+//! Who is calling, what they may use, what it will cost, and what it did cost.
+//!
+//! - [`authenticate`]: the virtual key from `Authorization: Bearer` or `x-api-key` (401 when
+//!   missing or unknown), looked up by hash and cached for 30 s.
+//! - [`admit`]: the budgets that apply (config budgets of the key's user and team and global ones,
+//!   the key's own daily and monthly budgets, per-tier allowances), the request's estimated cost
+//!   (prompt tokens plus the output limit, at the model's prices) reserved atomically; past a
+//!   budget's soft limit, or over a tier allowance, the request steps down to the next cheaper
+//!   capable tier when the client let Triage choose; over a hard limit it is refused (429
+//!   `budget_exceeded`, with the limit and the reset time).
+//! - [`Accounting::finish`]: the real cost replaces the reservation, and one ledger row per
+//!   request (with its attempts) is queued for the background writer.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use triage_core::catalog::{AuthMode, BudgetPeriod, BudgetScope, ModelId, TierId};
+use triage_core::cost::{NanoUsd, TokenUsage};
+use triage_core::route::{self, Requirements, RouteDecision, Target};
+use triage_store::{AttemptRecord, BudgetLine, KeyRecord, Period, RequestRecord, Reservation};
+
+use crate::dispatch::Attempt;
+use crate::error::GatewayError;
+use crate::inbound::Format;
+use crate::pipeline::{record_request, record_usage, RouteInfo};
+use crate::state::{AppState, SharedState};
+
+const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+
+/// Recently looked-up keys (secret → record or "unknown"), so most requests skip the database.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (Option<KeyRecord>, Instant)>>,
+}
+
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    bearer.or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim)).filter(|k| !k.is_empty())
+}
+
+/// The caller's virtual key (`None` with `auth = "none"`).
+///
+/// Errors: [`GatewayError::Unauthorized`] for a missing, unknown or revoked key.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Option<KeyRecord>, GatewayError> {
+    if state.catalog.auth() == AuthMode::None {
+        return Ok(None);
+    }
+    let Some(secret) = presented_key(headers) else {
+        return Err(GatewayError::Unauthorized(
+            "missing API key: send a Triage virtual key as `Authorization: Bearer <key>` or `x-api-key`".into(),
+        ));
+    };
+    let cached = state
+        .keys
+        .entries
+        .lock()
+        .ok()
+        .and_then(|m| m.get(secret).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(r, _)| r.clone()));
+    let record = match cached {
+        Some(r) => r,
+        None => {
+            let store = state.store.as_ref().ok_or_else(|| GatewayError::Unauthorized("no key store".into()))?;
+            let r = store.find_key(secret).await.map_err(|e| {
+                tracing::error!(error = %e, "key lookup failed");
+                GatewayError::Unauthorized("the key store is unavailable".into())
+            })?;
+            if let Ok(mut m) = state.keys.entries.lock() {
+                if m.len() > 10_000 {
+                    m.clear();
+                }
+                m.insert(secret.to_owned(), (r.clone(), Instant::now()));
+            }
+            r
+        }
+    };
+    match record {
+        Some(k) if !k.revoked => Ok(Some(k)),
+        Some(_) => Err(GatewayError::Unauthorized("this API key has been revoked".into())),
+        None => Err(GatewayError::Unauthorized("invalid API key".into())),
+    }
+}
+
+/// True when `key` may use `model` (its tier and id are allowed).
+pub fn allowed(state: &AppState, key: Option<&KeyRecord>, model: ModelId) -> bool {
+    let Some(k) = key else { return true };
+    let m = &state.catalog.models()[model];
+    (k.tiers.is_empty() || k.tiers.contains(&state.catalog.tiers()[m.tier]))
+        && (k.models.is_empty() || k.models.contains(&m.id))
+}
+
+fn period(p: BudgetPeriod) -> Period {
+    match p {
+        BudgetPeriod::Day => Period::Day,
+        BudgetPeriod::Month => Period::Month,
+    }
+}
+
+/// The budgets that apply to a request of `key` routed to `tier`.
+pub fn budget_lines(state: &AppState, key: Option<&KeyRecord>, tier: TierId) -> Vec<BudgetLine> {
+    let c = &state.catalog;
+    let soft = c.spend().soft_limit;
+    let mut lines = Vec::new();
+    for b in c.budgets() {
+        if b.tier.is_some_and(|t| t != tier) {
+            continue;
+        }
+        let (scope, subject) = match &b.scope {
+            BudgetScope::Global => ("global", "*".to_owned()),
+            BudgetScope::User(u) if key.is_some_and(|k| &k.user == u) => ("user", u.clone()),
+            BudgetScope::Team(t) if key.is_some_and(|k| &k.team == t) => ("team", t.clone()),
+            _ => continue,
+        };
+        lines.push(BudgetLine {
+            scope: scope.into(),
+            subject,
+            tier: b.tier.map(|t| c.tiers()[t].clone()),
+            period: period(b.period),
+            limit: b.limit,
+            soft,
+        });
+    }
+    if let Some(k) = key {
+        for (p, limit) in [(Period::Day, k.budget_day), (Period::Month, k.budget_month)] {
+            if let Some(limit) = limit {
+                lines.push(BudgetLine {
+                    scope: "key".into(),
+                    subject: k.id.clone(),
+                    tier: None,
+                    period: p,
+                    limit,
+                    soft,
+                });
+            }
+        }
+    }
+    lines
+}
+
+/// The cost to reserve for `model`: prompt tokens plus the output limit (or the configured
+/// default, capped at the model's maximum output), at the model's prices.
+pub fn estimate(state: &AppState, model: ModelId, req: &Requirements<'_>) -> NanoUsd {
+    let m = &state.catalog.models()[model];
+    let default_out = state.catalog.spend().default_output_tokens;
+    let out = if req.output_tokens > 0 {
+        req.output_tokens
+    } else {
+        m.max_output_tokens.map_or(default_out, |x| x.min(default_out))
+    };
+    m.price.cost(&TokenUsage { input: req.prompt.estimate(), cached_input: 0, output: out, reasoning: 0 })
+}
+
+/// The next cheaper tier with a capable, allowed, available model below `tier`.
+fn step_down(
+    state: &AppState,
+    req: &Requirements<'_>,
+    tier: TierId,
+    available: &impl Fn(ModelId) -> bool,
+) -> Option<RouteDecision> {
+    (0..tier).rev().find_map(|t| route::select(&state.catalog, &Target::Tier(t), req, available).ok())
+}
+
+/// Applies budgets to a routed request; see the module docs. Returns the (possibly stepped-down)
+/// decision and the reservation to settle.
+///
+/// Errors: [`GatewayError::BudgetExceeded`].
+pub async fn admit(
+    state: &AppState,
+    key: Option<&KeyRecord>,
+    target: &Target,
+    mut decision: RouteDecision,
+    req: &Requirements<'_>,
+    available: &impl Fn(ModelId) -> bool,
+) -> Result<(RouteDecision, Reservation, bool), GatewayError> {
+    let Some(store) = &state.store else { return Ok((decision, Reservation::none(), false)) };
+    let chooses = !matches!(target, Target::Model { .. });
+    let mut stepped = false;
+    loop {
+        let lines = budget_lines(state, key, decision.tier);
+        if lines.is_empty() {
+            return Ok((decision, Reservation::none(), stepped));
+        }
+        let amount = estimate(state, decision.model, req);
+        let now = triage_store::now_ms();
+        let db = |e: triage_store::StoreError| {
+            tracing::error!(error = %e, "budget store failed");
+            GatewayError::BudgetStore
+        };
+        if chooses {
+            let mut soft_hit = None;
+            for line in &lines {
+                let (spent, reserved) = store.budget_used(line, now).await.map_err(db)?;
+                let used = spent.0 + reserved.0 + amount.0;
+                if (used as f64) > line.soft * line.limit.0 as f64 {
+                    soft_hit = Some((line.describe(), used as f64 / line.limit.0.max(1) as f64));
+                    break;
+                }
+            }
+            if let Some((what, frac)) = soft_hit {
+                if let Some(mut d) = step_down(state, req, decision.tier, available) {
+                    d.reason = format!(
+                        "{}; {what} at {:.0} % (soft limit): stepped down to tier {}",
+                        decision.reason,
+                        frac * 100.0,
+                        state.catalog.tiers()[d.tier]
+                    );
+                    decision = d;
+                    stepped = true;
+                    continue;
+                }
+            }
+        }
+        match store.reserve(&lines, amount, now).await.map_err(db)? {
+            Ok(r) => return Ok((decision, r, stepped)),
+            Err(over) => {
+                if chooses && over.line.tier.is_some() {
+                    if let Some(mut d) = step_down(state, req, decision.tier, available) {
+                        d.reason = format!(
+                            "{}; {} exhausted: stepped down to tier {}",
+                            decision.reason,
+                            over.line.describe(),
+                            state.catalog.tiers()[d.tier]
+                        );
+                        decision = d;
+                        stepped = true;
+                        continue;
+                    }
+                }
+                let wait = Some(Duration::from_millis(over.resets_in_ms));
+                return Err(GatewayError::BudgetExceeded {
+                    message: format!(
+                        "{} is exhausted (${} used; this request needs about ${amount}); it resets at {}",
+                        over.line.describe(),
+                        over.used,
+                        over.resets_at
+                    ),
+                    retry_after: wait,
+                });
+            }
+        }
+    }
+}
+
+/// Everything needed to account for one request once it ends.
+#[derive(Debug)]
+pub struct Accounting {
+    /// Shared state.
+    pub state: SharedState,
+    /// The request id.
+    pub request_id: String,
+    /// Arrival time.
+    pub started: Instant,
+    /// Arrival, ms since the epoch.
+    pub started_ms: u64,
+    /// The client's format.
+    pub format: Format,
+    /// The caller's key.
+    pub key: Option<KeyRecord>,
+    /// The `model` field as sent.
+    pub requested_model: String,
+    /// Streamed.
+    pub stream: bool,
+    /// The budget reservation to settle.
+    pub reservation: Reservation,
+    /// Prompt tokens as Triage estimated them (for requests whose upstream reports no usage).
+    pub prompt_estimate: u64,
+    /// The router's difficulty score, for `auto` requests.
+    pub score: Option<f64>,
+    /// Set once recorded; a request dropped before (a client that went away) records itself
+    /// as `cancelled` and releases its reservation.
+    pub done: bool,
+}
+
+impl Drop for Accounting {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record(None, "cancelled", None, 0, None);
+        }
+    }
+}
+
+impl Accounting {
+    /// A copy with nothing to settle, left behind where the original moved on (so that a
+    /// request is settled and recorded exactly once).
+    pub fn detached(&self) -> Accounting {
+        Accounting {
+            state: self.state.clone(),
+            request_id: self.request_id.clone(),
+            started: self.started,
+            started_ms: self.started_ms,
+            format: self.format,
+            key: None,
+            requested_model: String::new(),
+            stream: self.stream,
+            reservation: Reservation::none(),
+            prompt_estimate: 0,
+            score: None,
+            done: true,
+        }
+    }
+
+    /// Records the outcome: metrics, log, ledger row, budget settlement. `output_chars` is the
+    /// length of streamed output, used to estimate output tokens when the upstream reported no
+    /// usage (about 4 characters a token), so nothing is ever recorded as free by mistake.
+    pub fn finish(
+        mut self,
+        route: Option<&RouteInfo>,
+        status: &str,
+        usage: Option<TokenUsage>,
+        output_chars: u64,
+        ttft_ms: Option<f64>,
+    ) {
+        self.record(route, status, usage, output_chars, ttft_ms);
+    }
+
+    fn record(
+        &mut self,
+        route: Option<&RouteInfo>,
+        status: &str,
+        usage: Option<TokenUsage>,
+        output_chars: u64,
+        ttft_ms: Option<f64>,
+    ) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let st = &self.state;
+        let c = &st.catalog;
+        let answered = status == "200" || status == "stream_error" || status == "cancelled";
+        let (usage, estimated) = match usage {
+            Some(u) => (u, false),
+            None if answered && route.is_some() => (
+                TokenUsage {
+                    input: self.prompt_estimate,
+                    cached_input: 0,
+                    output: output_chars.div_ceil(4),
+                    reasoning: 0,
+                },
+                true,
+            ),
+            None => (TokenUsage::default(), false),
+        };
+        let (cost, baseline) = match route {
+            Some(r) if usage.total() > 0 => {
+                let cost = c.models()[r.model].price.cost(&usage);
+                let base = c.spend().baseline_model.map_or(cost, |b| c.models()[b].price.cost(&usage));
+                (cost, base)
+            }
+            _ => (NanoUsd(0), NanoUsd(0)),
+        };
+        record_request(st, self.format, route.map(|r| (r.model, r.tier)), status, self.started);
+        if route.is_some() && answered {
+            record_usage(st, route.map(|r| r.model), usage, estimated, cost, &self.request_id);
+        }
+        if !self.reservation.is_empty() {
+            if let Some(store) = st.store.clone() {
+                let r = self.reservation.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.settle(&r, cost).await {
+                        tracing::error!(error = %e, "budget settlement failed");
+                    }
+                });
+            }
+        }
+        let Some(ledger) = &st.ledger else { return };
+        let attempts = route.map(|r| r.attempts.as_slice()).unwrap_or_default();
+        let dep = attempts.last().map(|a| &c.deployments()[a.deployment]);
+        ledger.record(RequestRecord {
+            request_id: self.request_id.clone(),
+            ts_ms: self.started_ms,
+            key_id: self.key.as_ref().map(|k| k.id.clone()),
+            user: self.key.as_ref().map(|k| k.user.clone()),
+            team: self.key.as_ref().map(|k| k.team.clone()),
+            role: self.requested_model.strip_prefix("role:").map(str::to_owned),
+            endpoint: match self.format {
+                Format::OpenAi => "chat_completions".into(),
+                Format::Anthropic => "messages".into(),
+            },
+            requested_model: self.requested_model.clone(),
+            tier: route.map(|r| c.tiers()[r.tier].clone()),
+            model: route.map(|r| c.models()[r.model].id.clone()),
+            provider: dep.map(|d| c.providers()[d.provider].name.clone()),
+            route_reason: route.map(|r| r.reason.clone()),
+            score: self.score,
+            sensitivity: None,
+            usage,
+            cost,
+            baseline_cost: baseline,
+            usage_estimated: estimated,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            ttft_ms,
+            status: status.to_owned(),
+            stream: self.stream,
+            attempts: attempts.iter().map(|a| attempt_record(st, a)).collect(),
+        });
+    }
+}
+
+fn attempt_record(state: &AppState, a: &Attempt) -> AttemptRecord {
+    let d = &state.catalog.deployments()[a.deployment];
+    AttemptRecord {
+        model: state.catalog.models()[d.model].id.clone(),
+        provider: state.catalog.providers()[d.provider].name.clone(),
+        outcome: a.outcome.clone(),
+        latency_ms: a.latency.as_secs_f64() * 1000.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_x_api_key_are_both_read() {
+        let mut h = HeaderMap::new();
+        h.insert("authorization", "Bearer tr-abc".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("tr-abc"));
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "tr-def".parse().unwrap());
+        assert_eq!(presented_key(&h), Some("tr-def"));
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! Triage's database: the spend ledger, virtual keys and budget counters.
+//!
+//! One code path for SQLite (the embedded default, a file in WAL mode) and PostgreSQL (for
+//! several gateway instances sharing budgets), through sqlx's `Any` driver. The schema lives in
+//! `migrations/`, versioned and applied at start-up. Money is integer nano-dollars (see
+//! `triage_core::cost`); times are RFC 3339 UTC text, which sorts like time.
+//!
+//! Budget reservations are single conditional `UPDATE`s (`... WHERE spent + reserved + amount <=
+//! limit`), atomic in both databases, so concurrent requests, from one gateway or many, can
+//! never together pass a limit (shared case C29).
+#![deny(missing_docs)]
+
+mod budget;
+mod keys;
+mod ledger;
+mod report;
+mod time;
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::AnyPool;
+
+pub use budget::{BudgetLine, Exceeded, Period, Reservation};
+pub use keys::{KeyRecord, NewKey};
+pub use ledger::{AttemptRecord, GroupBy, Ledger, RequestRecord, SpendRow};
+pub use report::Report;
+pub use time::{now_ms, rfc3339, Utc};
+
+/// A database error.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or refused a statement.
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The URL names no supported database.
+    #[error("unsupported database URL \"{0}\" (use sqlite://PATH or postgres://...)")]
+    Url(String),
+}
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite: `?` placeholders.
+    Sqlite,
+    /// PostgreSQL: `$1` placeholders.
+    Postgres,
+}
+
+/// The migrations in `migrations/`, embedded in the binary.
+#[derive(Debug)]
+struct Embedded;
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>> + Send + 's>>
+    {
+        Box::pin(async {
+            Ok(vec![Migration::new(
+                1,
+                Cow::Borrowed("init"),
+                MigrationType::Simple,
+                Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
+                false,
+            )])
+        })
+    }
+}
+
+/// A connection pool to the database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH` — created if missing, WAL mode — or `postgres://...`)
+    /// and applies the migrations.
+    ///
+    /// Errors: [`StoreError`].
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if let Some(rest) = url.strip_prefix("sqlite://") {
+            let url = if rest.contains('?') { url.to_owned() } else { format!("sqlite://{rest}?mode=rwc") };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::Url(url.to_owned()));
+        };
+        let mut opts = AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 4 } else { 16 });
+        if backend == Backend::Sqlite {
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts.connect(&url).await?;
+        let migrator = Migrator::new(Embedded).await?;
+        if let Err(first) = migrator.run(&pool).await {
+            // Another process (a second gateway, or `triage keys` beside a running one) may be
+            // applying the same migration right now; once it has, this run finds it applied.
+            tracing::debug!(error = %first, "migration raced another process; retrying");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            migrator.run(&pool).await?;
+        }
+        Ok(Store { pool, backend })
+    }
+
+    /// The database kind.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `sql` with `?` placeholders rewritten to `$1, $2, ...` for PostgreSQL.
+    fn sql<'a>(&self, sql: &'a str) -> Cow<'a, str> {
+        match self.backend {
+            Backend::Sqlite => Cow::Borrowed(sql),
+            Backend::Postgres => {
+                let mut out = String::with_capacity(sql.len() + 8);
+                let mut n = 0;
+                for c in sql.chars() {
+                    if c == '?' {
+                        n += 1;
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    } else {
+                        out.push(c);
+                    }
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

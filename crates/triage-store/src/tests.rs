@@ -1,0 +1,194 @@
+//! Store tests, run against SQLite always and against PostgreSQL when
+//! `TRIAGE_TEST_POSTGRES_URL` is set (`.ci/run` starts a real server and sets it).
+
+use std::sync::Arc;
+
+use triage_core::cost::{NanoUsd, TokenUsage};
+
+use crate::*;
+
+async fn stores() -> Vec<Store> {
+    let path = std::env::temp_dir().join(format!("triage-store-test-{}.db", uuid::Uuid::new_v4().simple()));
+    let mut out = vec![Store::connect(&format!("sqlite://{}", path.display())).await.unwrap()];
+    if let Ok(url) = std::env::var("TRIAGE_TEST_POSTGRES_URL") {
+        out.push(Store::connect(&url).await.unwrap_or_else(|e| panic!("postgres at {url}: {e}")));
+    } else {
+        eprintln!("TRIAGE_TEST_POSTGRES_URL is not set: PostgreSQL variant skipped");
+    }
+    out
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+#[tokio::test]
+async fn keys_are_stored_hashed_and_can_be_revoked() {
+    for store in stores().await {
+        let user = unique("user");
+        let (rec, secret) = store
+            .create_key(&NewKey {
+                user: user.clone(),
+                team: "eng".into(),
+                tiers: vec!["local".into(), "mid".into()],
+                budget_month: Some(NanoUsd(5_000_000_000)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(secret.starts_with("tr-") && secret.len() == 67);
+        let found = store.find_key(&secret).await.unwrap().unwrap();
+        assert_eq!(found, rec);
+        assert_eq!(found.tiers, ["local", "mid"]);
+        assert!(store.find_key("tr-wrong").await.unwrap().is_none());
+        // Only the hash is stored.
+        let rows: Vec<(String,)> =
+            sqlx::query_as("SELECT key_hash FROM virtual_keys").fetch_all(&store.pool).await.unwrap();
+        assert!(rows.iter().all(|(h,)| !h.contains(&secret[3..]) && h.len() == 64));
+        assert!(store.revoke_key(&rec.id).await.unwrap());
+        assert!(store.find_key(&secret).await.unwrap().unwrap().revoked);
+        assert!(!store.revoke_key(&rec.id).await.unwrap());
+    }
+}
+
+/// 200 concurrent reservations against a budget that allows 50: exactly 50 pass, and after
+/// settling at the real cost the counters show no drift (shared case C29).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reservations_never_pass_the_limit() {
+    for store in stores().await {
+        let line = BudgetLine {
+            scope: "team".into(),
+            subject: unique("team"),
+            tier: None,
+            period: Period::Month,
+            limit: NanoUsd(50 * 400_000),
+            soft: 0.8,
+        };
+        let store = Arc::new(store);
+        let now = now_ms();
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let (store, line) = (store.clone(), line.clone());
+            tasks.push(tokio::spawn(async move { store.reserve(&[line], NanoUsd(400_000), now).await.unwrap() }));
+        }
+        let mut admitted = Vec::new();
+        let mut refused = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(r) => admitted.push(r),
+                Err(e) => {
+                    refused += 1;
+                    assert!(e.used.0 <= line.limit.0);
+                    assert!(e.resets_at.ends_with("-01T00:00:00.000Z"), "{}", e.resets_at);
+                    assert!(e.resets_in_ms > 0 && e.resets_in_ms <= 31 * 86_400_000);
+                }
+            }
+        }
+        assert_eq!((admitted.len(), refused), (50, 150), "{:?}", store.backend());
+        let (spent, reserved) = store.budget_used(&line, now).await.unwrap();
+        assert_eq!((spent, reserved), (NanoUsd(0), NanoUsd(50 * 400_000)));
+        // Half settle at a lower real cost, half are released (failed or cancelled).
+        for (i, r) in admitted.iter().enumerate() {
+            let actual = if i % 2 == 0 { NanoUsd(300_000) } else { NanoUsd(0) };
+            store.settle(r, actual).await.unwrap();
+        }
+        assert_eq!(store.budget_used(&line, now).await.unwrap(), (NanoUsd(25 * 300_000), NanoUsd(0)));
+    }
+}
+
+#[tokio::test]
+async fn reservation_over_two_lines_releases_the_first_when_the_second_is_full() {
+    for store in stores().await {
+        let now = now_ms();
+        let user = BudgetLine {
+            scope: "user".into(),
+            subject: unique("u"),
+            tier: None,
+            period: Period::Day,
+            limit: NanoUsd(1000),
+            soft: 0.8,
+        };
+        let tier = BudgetLine { tier: Some("frontier".into()), limit: NanoUsd(100), ..user.clone() };
+        let err = store.reserve(&[user.clone(), tier.clone()], NanoUsd(150), now).await.unwrap().unwrap_err();
+        assert_eq!(err.line, tier);
+        assert_eq!(store.budget_used(&user, now).await.unwrap(), (NanoUsd(0), NanoUsd(0)));
+        assert!(store.reserve(&[user.clone(), tier], NanoUsd(100), now).await.unwrap().is_ok());
+    }
+}
+
+#[tokio::test]
+async fn ledger_rows_are_written_in_batches_and_reported() {
+    for store in stores().await {
+        let ledger = Ledger::spawn(store.clone());
+        let team = unique("team");
+        let ts = now_ms();
+        for (i, (tier, cost)) in
+            [("local", 0u64), ("mid", 1000), ("mid", 2000), ("frontier", 9000)].into_iter().enumerate()
+        {
+            ledger.record(RequestRecord {
+                request_id: format!("{team}-{i}"),
+                ts_ms: ts,
+                team: Some(team.clone()),
+                endpoint: "chat_completions".into(),
+                requested_model: "auto".into(),
+                tier: Some(tier.into()),
+                usage: TokenUsage { input: 100, cached_input: 10, output: 20, reasoning: 5 },
+                cost: NanoUsd(cost),
+                baseline_cost: NanoUsd(9000),
+                ttft_ms: if i % 2 == 0 { Some(12.5) } else { None },
+                stream: i % 2 == 0,
+                score: if i == 1 { Some(0.25) } else { None },
+                latency_ms: 20.0,
+                status: "200".into(),
+                attempts: vec![AttemptRecord {
+                    model: "m".into(),
+                    provider: "p".into(),
+                    outcome: "200".into(),
+                    latency_ms: 1.5,
+                }],
+                ..Default::default()
+            });
+        }
+        // A duplicate row (a retry of the writer) is kept once.
+        ledger.record(RequestRecord {
+            request_id: format!("{team}-0"),
+            ts_ms: ts,
+            endpoint: "x".into(),
+            status: "200".into(),
+            ..Default::default()
+        });
+        ledger.shutdown().await;
+        let by_team = store.spend(GroupBy::Team, Some(&rfc3339(ts - 1000))).await.unwrap();
+        let row = by_team.iter().find(|r| r.key == team).unwrap();
+        assert_eq!((row.requests, row.input_tokens, row.cached_input_tokens, row.output_tokens), (4, 400, 40, 80));
+        assert_eq!((row.cost, row.baseline_cost), (NanoUsd(12_000), NanoUsd(36_000)));
+        let tiers = store.spend(GroupBy::Tier, None).await.unwrap();
+        assert!(tiers.iter().any(|r| r.key == "mid" && r.requests >= 2));
+        assert_eq!(
+            store.attempts_of(&format!("{team}-1")).await.unwrap(),
+            [("m".to_owned(), "p".to_owned(), "200".to_owned())]
+        );
+        let report = Report::build(&store, GroupBy::Team, Some(&rfc3339(ts - 1000))).await.unwrap();
+        let j = report.to_json();
+        let mine = j["rows"].as_array().unwrap().iter().find(|r| r["key"] == team.as_str()).unwrap().clone();
+        assert_eq!(mine["cost_usd"], 0.000012);
+        assert_eq!(mine["baseline_over_cost"], 3.0);
+        assert!(report.to_csv().contains(&format!("{team},4,400,40,80,0.000012,0.000036")));
+        assert!(report.to_table().contains("requests per tier:"));
+        let (status, _, cost, usage, estimated) = store.request_summary(&format!("{team}-3")).await.unwrap().unwrap();
+        assert_eq!((status.as_str(), cost, usage.reasoning, estimated), ("200", NanoUsd(9000), 5, false));
+    }
+}
+
+#[test]
+fn postgres_placeholders_are_numbered() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(async {
+        let path = std::env::temp_dir().join(format!("triage-store-ph-{}.db", uuid::Uuid::new_v4().simple()));
+        Store::connect(&format!("sqlite://{}", path.display())).await.unwrap()
+    });
+    let pg = Store { backend: Backend::Postgres, ..store.clone() };
+    assert_eq!(pg.sql("a = ? AND b = ?"), "a = $1 AND b = $2");
+    assert_eq!(store.sql("a = ?"), "a = ?");
+    assert!(matches!(rt.block_on(Store::connect("mysql://x")), Err(StoreError::Url(_))));
+}

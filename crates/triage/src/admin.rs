@@ -1,0 +1,166 @@
+//! `triage keys` and `triage spend`: administration on the ledger database.
+
+use clap::{Args, Subcommand};
+use triage_core::catalog::Catalog;
+use triage_core::cost::NanoUsd;
+use triage_store::{GroupBy, NewKey, Report, Store};
+
+/// `triage keys ...`.
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a virtual key and print it (once: only its hash is stored).
+    Create(CreateKey),
+    /// List keys (ids, owners, limits; never the secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke {
+        /// The key id (`key_...`), as `triage keys list` shows it.
+        id: String,
+    },
+}
+
+/// `triage keys create`.
+#[derive(Args)]
+pub struct CreateKey {
+    /// The user the key belongs to.
+    #[arg(long)]
+    user: String,
+    /// The user's team.
+    #[arg(long, default_value = "default")]
+    team: String,
+    /// Budget of this key: `USD/day` or `USD/month`, e.g. `5/day`; repeatable.
+    #[arg(long = "budget", value_name = "USD/PERIOD")]
+    budgets: Vec<String>,
+    /// Tiers the key may use, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    tiers: Vec<String>,
+    /// Models the key may use, comma-separated (default: all).
+    #[arg(long, value_delimiter = ',')]
+    models: Vec<String>,
+    /// May read the spend report (`GET /v1/spend`).
+    #[arg(long)]
+    admin: bool,
+}
+
+/// `triage spend`.
+#[derive(Args)]
+pub struct SpendArgs {
+    /// Group by day, user, team, tier or model.
+    #[arg(long, default_value = "day")]
+    by: String,
+    /// Only requests since this date (YYYY-MM-DD) or time (RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// table, csv or json.
+    #[arg(long, default_value = "table")]
+    format: String,
+}
+
+async fn open(catalog: &Catalog) -> Result<Store, String> {
+    let url = catalog.spend().database.as_deref().ok_or("no ledger database: set [spend] database in the config")?;
+    Store::connect(url).await.map_err(|e| format!("{url}: {e}"))
+}
+
+fn parse_budget(s: &str) -> Result<(NanoUsd, &str), String> {
+    let (usd, period) = s.split_once('/').ok_or_else(|| format!("budget \"{s}\" must be USD/day or USD/month"))?;
+    let usd: f64 =
+        usd.trim_start_matches('$').parse().map_err(|_| format!("budget \"{s}\": \"{usd}\" is not an amount"))?;
+    if !usd.is_finite() || usd < 0.0 {
+        return Err(format!("budget \"{s}\" must be a non-negative amount"));
+    }
+    Ok((NanoUsd((usd * 1e9).round() as u64), period))
+}
+
+/// Runs a `triage keys` command.
+///
+/// Errors: a message for the user.
+pub async fn keys(catalog: &Catalog, cmd: KeysCommand) -> Result<(), String> {
+    let store = open(catalog).await?;
+    match cmd {
+        KeysCommand::Create(c) => {
+            for t in &c.tiers {
+                if catalog.tier_by_name(t).is_none() {
+                    return Err(format!("unknown tier \"{t}\" (tiers: {})", catalog.tiers().join(", ")));
+                }
+            }
+            for m in &c.models {
+                if catalog.model_by_id(m).is_none() {
+                    return Err(format!("unknown model \"{m}\""));
+                }
+            }
+            let mut k = NewKey {
+                user: c.user,
+                team: c.team,
+                tiers: c.tiers,
+                models: c.models,
+                admin: c.admin,
+                ..Default::default()
+            };
+            for b in &c.budgets {
+                match parse_budget(b)? {
+                    (n, "day") => k.budget_day = Some(n),
+                    (n, "month") => k.budget_month = Some(n),
+                    (_, p) => return Err(format!("budget period \"{p}\" must be day or month")),
+                }
+            }
+            let (rec, secret) = store.create_key(&k).await.map_err(|e| e.to_string())?;
+            eprintln!("created {} for user {} (team {}); the key is shown once:", rec.id, rec.user, rec.team);
+            println!("{secret}");
+        }
+        KeysCommand::List => {
+            println!(
+                "{:<22}  {:<16}  {:<12}  {:<14}  {:<14}  {:<5}  STATE",
+                "ID", "USER", "TEAM", "DAY $", "MONTH $", "ADMIN"
+            );
+            for k in store.list_keys().await.map_err(|e| e.to_string())? {
+                let money = |n: Option<NanoUsd>| n.map_or("-".to_owned(), |n| n.to_string());
+                let state = if k.revoked { "revoked" } else { "active" };
+                println!(
+                    "{:<22}  {:<16}  {:<12}  {:<14}  {:<14}  {:<5}  {state}",
+                    k.id,
+                    k.user,
+                    k.team,
+                    money(k.budget_day),
+                    money(k.budget_month),
+                    k.admin
+                );
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke_key(&id).await.map_err(|e| e.to_string())? {
+                return Err(format!("no active key {id}"));
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `triage spend`.
+///
+/// Errors: a message for the user.
+pub async fn spend(catalog: &Catalog, a: SpendArgs) -> Result<(), String> {
+    let by = GroupBy::parse(&a.by).ok_or_else(|| format!("--by {}: use day, user, team, tier or model", a.by))?;
+    let store = open(catalog).await?;
+    let report = Report::build(&store, by, a.since.as_deref()).await.map_err(|e| e.to_string())?;
+    match a.format.as_str() {
+        "table" => print!("{}", report.to_table()),
+        "csv" => print!("{}", report.to_csv()),
+        "json" => println!("{}", report.to_json()),
+        f => return Err(format!("--format {f}: use table, csv or json")),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_parse() {
+        assert_eq!(parse_budget("5/day").unwrap(), (NanoUsd(5_000_000_000), "day"));
+        assert_eq!(parse_budget("$0.25/month").unwrap(), (NanoUsd(250_000_000), "month"));
+        assert!(parse_budget("5").is_err());
+        assert!(parse_budget("-1/day").is_err());
+    }
+}
