@@ -212,6 +212,54 @@ impl Default for BreakerPolicy {
     }
 }
 
+/// What the guard does with a kind of sensitive content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GuardAction {
+    /// Send it anywhere.
+    Allow,
+    /// Replace it with a placeholder before any non-local provider sees it; restore it in the answer.
+    Redact,
+    /// Serve the request only with a model whose provider is local (`local = true`).
+    LocalOnly,
+    /// Refuse the request (403).
+    Block,
+}
+
+impl GuardAction {
+    /// The config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardAction::Allow => "allow",
+            GuardAction::Redact => "redact",
+            GuardAction::LocalOnly => "local_only",
+            GuardAction::Block => "block",
+        }
+    }
+}
+
+/// The sensitive-content policy: a default action and per-kind overrides (kinds by their
+/// `triage_core::guard::Kind::as_str` names; `secrets` and `personal_data` name the two groups).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardPolicy {
+    /// For every kind without an override.
+    pub default: GuardAction,
+    /// Per kind.
+    pub kinds: BTreeMap<String, GuardAction>,
+}
+
+impl GuardPolicy {
+    /// The action for a kind named `kind`, which is a secret or not.
+    pub fn action(&self, kind: &str, is_secret: bool) -> GuardAction {
+        let group = if is_secret { "secrets" } else { "personal_data" };
+        self.kinds.get(kind).or_else(|| self.kinds.get(group)).copied().unwrap_or(self.default)
+    }
+
+    /// True when no kind is acted on (scanning can be skipped).
+    pub fn is_off(&self) -> bool {
+        self.default == GuardAction::Allow && self.kinds.values().all(|a| *a == GuardAction::Allow)
+    }
+}
+
 /// How `model: "auto"` picks a tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AutoRouting {
@@ -295,6 +343,7 @@ pub struct Catalog {
     pub(crate) breaker: BreakerPolicy,
     pub(crate) auth: AuthMode,
     pub(crate) auto_routing: AutoRouting,
+    pub(crate) guard: GuardPolicy,
     pub(crate) spend: SpendSettings,
     pub(crate) budgets: Vec<BudgetSpec>,
 }
@@ -343,6 +392,10 @@ impl Catalog {
     /// Circuit-breaker policy.
     pub fn breaker(&self) -> &BreakerPolicy {
         &self.breaker
+    }
+    /// The sensitive-content policy.
+    pub fn guard(&self) -> &GuardPolicy {
+        &self.guard
     }
     /// How `model: "auto"` picks a tier.
     pub fn auto_routing(&self) -> &AutoRouting {

@@ -15,7 +15,8 @@ use toml::Spanned;
 
 use crate::catalog::{
     AuthMode, AutoRouting, BreakerPolicy, BudgetPeriod, BudgetScope, BudgetSpec, Capabilities, Catalog, Deployment,
-    Model, ModelId, Provider, ProviderKind, RetryPolicy, ServerSettings, SpendSettings, Timeouts,
+    GuardAction, GuardPolicy, Model, ModelId, Provider, ProviderKind, RetryPolicy, ServerSettings, SpendSettings,
+    Timeouts,
 };
 use crate::cost::{PerMillion, Price};
 
@@ -92,9 +93,31 @@ struct RawConfig {
     #[serde(default)]
     router: RawRouter,
     #[serde(default)]
+    guard: RawGuard,
+    #[serde(default)]
     spend: RawSpend,
     #[serde(default)]
     budgets: Vec<Spanned<RawBudget>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGuard {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    kinds: BTreeMap<String, Spanned<String>>,
+}
+
+fn guard_action(ctx: &Ctx<'_>, v: &Spanned<String>, field: &str) -> Result<GuardAction, ConfigError> {
+    Ok(match v.get_ref().as_str() {
+        "allow" => GuardAction::Allow,
+        "redact" => GuardAction::Redact,
+        "local_only" => GuardAction::LocalOnly,
+        "block" => GuardAction::Block,
+        other => {
+            return Err(ctx.err(&v.span(), field, format!("\"{other}\" is not local_only, redact, block or allow")))
+        }
+    })
 }
 
 #[derive(Deserialize, Default)]
@@ -531,6 +554,27 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
             }
         },
     };
+    let guard = {
+        let default = match &raw.guard.default {
+            Some(v) => guard_action(&ctx, v, "guard.default")?,
+            None => GuardAction::LocalOnly,
+        };
+        let mut kinds = BTreeMap::new();
+        for (k, v) in &raw.guard.kinds {
+            let known =
+                k == "secrets" || k == "personal_data" || crate::guard::Kind::ALL.iter().any(|x| x.as_str() == k);
+            if !known {
+                let names: Vec<&str> = crate::guard::Kind::ALL.iter().map(|x| x.as_str()).collect();
+                return Err(ctx.err(
+                    &v.span(),
+                    format!("guard.kinds.{k}"),
+                    format!("unknown kind (secrets, personal_data, or one of: {})", names.join(", ")),
+                ));
+            }
+            kinds.insert(k.clone(), guard_action(&ctx, v, &format!("guard.kinds.{k}"))?);
+        }
+        GuardPolicy { default, kinds }
+    };
     let rs = raw.spend;
     let database = match rs.database {
         None => Some("sqlite://triage.db".to_owned()),
@@ -617,6 +661,7 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         breaker,
         auth,
         auto_routing,
+        guard,
         spend,
         budgets,
     })

@@ -271,6 +271,8 @@ pub struct Accounting {
     pub prompt_estimate: u64,
     /// The router's difficulty score, for `auto` requests.
     pub score: Option<f64>,
+    /// Kinds of sensitive content found, comma-separated.
+    pub sensitivity: Option<String>,
     /// Set once recorded; a request dropped before (a client that went away) records itself
     /// as `cancelled` and releases its reservation.
     pub done: bool,
@@ -300,6 +302,7 @@ impl Accounting {
             reservation: Reservation::none(),
             prompt_estimate: 0,
             score: None,
+            sensitivity: None,
             done: true,
         }
     }
@@ -388,7 +391,7 @@ impl Accounting {
             provider: dep.map(|d| c.providers()[d.provider].name.clone()),
             route_reason: route.map(|r| r.reason.clone()),
             score: self.score,
-            sensitivity: None,
+            sensitivity: self.sensitivity.clone(),
             usage,
             cost,
             baseline_cost: baseline,

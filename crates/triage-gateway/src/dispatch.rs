@@ -263,7 +263,8 @@ async fn call(state: &AppState, d: DeploymentId, inbound: &mut Inbound) -> Resul
     let dep = &state.catalog.deployments()[d];
     let provider = &state.catalog.providers()[dep.provider];
     let model = &state.catalog.models()[dep.model];
-    let body = inbound.body_for(provider.kind, &dep.upstream_model, model).map_err(AttemptError::Request)?;
+    let body =
+        inbound.body_for(provider.kind, &dep.upstream_model, model, provider.local).map_err(AttemptError::Request)?;
     match state.providers[dep.provider].call(body, inbound.stream).await.map_err(AttemptError::Call)? {
         Reply::Complete(c) => {
             if is_refused(&c) {

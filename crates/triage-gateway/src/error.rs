@@ -36,6 +36,14 @@ pub enum GatewayError {
         /// Time until the budget's period resets.
         retry_after: Option<std::time::Duration>,
     },
+    /// The request holds sensitive content whose policy is `block` (403); the kinds are named,
+    /// never the values.
+    #[error("the request contains sensitive content that the policy blocks: {0}")]
+    SensitiveBlocked(String),
+    /// The request holds sensitive content that must stay on this machine, and no local model
+    /// can serve it (403).
+    #[error("the request contains sensitive content ({0}) that may only go to a local model, and no local model can serve it; nothing was sent anywhere")]
+    SensitiveNeedsLocal(String),
     /// The gateway is shutting down and its grace period is over (503).
     #[error("the gateway is shutting down")]
     ShuttingDown,
@@ -94,7 +102,9 @@ impl GatewayError {
             GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::Forbidden(_) | GatewayError::SensitiveBlocked(_) | GatewayError::SensitiveNeedsLocal(_) => {
+                StatusCode::FORBIDDEN
+            }
             GatewayError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BudgetStore | GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Route(RouteError::ModelNotFound { .. }) => StatusCode::NOT_FOUND,
@@ -117,6 +127,10 @@ impl GatewayError {
             GatewayError::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key"), None),
             GatewayError::Forbidden(_) => {
                 ("invalid_request_error", Some("model_not_allowed"), Some("model".to_owned()))
+            }
+            GatewayError::SensitiveBlocked(_) => ("invalid_request_error", Some("sensitive_content_blocked"), None),
+            GatewayError::SensitiveNeedsLocal(_) => {
+                ("invalid_request_error", Some("sensitive_content_requires_local_model"), None)
             }
             GatewayError::BudgetExceeded { .. } => ("insufficient_quota", Some("budget_exceeded"), None),
             GatewayError::BudgetStore => ("api_error", Some("budget_store_unavailable"), None),

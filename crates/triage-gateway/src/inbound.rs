@@ -29,6 +29,19 @@ pub struct Inbound {
     pub stream: bool,
     /// An OpenAI client asked for the final usage chunk.
     pub wants_stream_usage: bool,
+    /// Copies with sensitive values replaced by placeholders, for non-local providers.
+    pub redacted: Option<Redacted>,
+}
+
+/// The request with the guard's `redact` kinds replaced by placeholders.
+#[derive(Debug)]
+pub struct Redacted {
+    /// The internal (OpenAI) shape, redacted.
+    pub openai: ChatRequest,
+    /// The client's Anthropic request, redacted.
+    pub anthropic: Option<MessagesRequest>,
+    /// Placeholder → original value, to restore the answer.
+    pub map: std::sync::Arc<triage_core::guard::Redaction>,
 }
 
 /// Parses `bytes` as `T`; errors name the field at fault (`messages[0].content`).
@@ -86,6 +99,7 @@ impl Inbound {
                     wants_stream_usage: openai.wants_stream_usage(),
                     openai,
                     anthropic: None,
+                    redacted: None,
                 })
             }
             Format::Anthropic => {
@@ -108,12 +122,22 @@ impl Inbound {
                     wants_stream_usage: false,
                     openai: translate::anthropic_to_openai(&native),
                     anthropic: Some(native),
+                    redacted: None,
                 })
             }
         }
     }
 
-    /// The upstream body for a deployment of `model` on a provider of `kind`.
+    /// The placeholder map when a non-`local` provider serves the request, else `None`.
+    pub fn redaction_for(&self, local: bool) -> Option<std::sync::Arc<triage_core::guard::Redaction>> {
+        if local {
+            return None;
+        }
+        self.redacted.as_ref().map(|r| r.map.clone())
+    }
+
+    /// The upstream body for a deployment of `model` on a provider of `kind`; a non-`local`
+    /// provider gets the redacted request when the guard redacted something.
     ///
     /// Errors: [`GatewayError::InvalidRequest`] when the request cannot be expressed for that
     /// provider (e.g. `n > 1` for Anthropic).
@@ -122,19 +146,25 @@ impl Inbound {
         kind: ProviderKind,
         upstream_model: &str,
         model: &Model,
+        local: bool,
     ) -> Result<Vec<u8>, GatewayError> {
+        let stream = self.stream;
+        let (openai, anthropic) = match (&mut self.redacted, local) {
+            (Some(r), false) => (&mut r.openai, &mut r.anthropic),
+            _ => (&mut self.openai, &mut self.anthropic),
+        };
         let json = match kind {
             ProviderKind::OpenAi => {
-                if self.stream {
+                if stream {
                     // Triage always needs usage for its own accounting (shared case C28).
-                    self.openai.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
+                    openai.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
                 }
-                let client_model = std::mem::replace(&mut self.openai.model, upstream_model.to_owned());
-                let json = serde_json::to_vec(&self.openai);
-                self.openai.model = client_model;
+                let client_model = std::mem::replace(&mut openai.model, upstream_model.to_owned());
+                let json = serde_json::to_vec(&*openai);
+                openai.model = client_model;
                 json
             }
-            ProviderKind::Anthropic => match &mut self.anthropic {
+            ProviderKind::Anthropic => match anthropic {
                 Some(native) => {
                     let client_model = std::mem::replace(&mut native.model, upstream_model.to_owned());
                     let json = serde_json::to_vec(&*native);
@@ -145,7 +175,7 @@ impl Inbound {
                     // Anthropic requires max_tokens: the model's maximum when the client set none
                     // (shared case C17), else a documented 8,192.
                     let default = model.max_output_tokens.unwrap_or(8192);
-                    let req = translate::openai_to_anthropic(&self.openai, upstream_model, default)
+                    let req = translate::openai_to_anthropic(openai, upstream_model, default)
                         .map_err(|e| GatewayError::invalid(e.to_string(), Some(e.param)))?;
                     serde_json::to_vec(&req)
                 }

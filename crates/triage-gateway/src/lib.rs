@@ -6,6 +6,7 @@
 pub mod accounting;
 pub mod dispatch;
 pub mod error;
+pub mod guarding;
 pub mod health;
 pub mod http;
 pub mod inbound;

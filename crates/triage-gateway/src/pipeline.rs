@@ -20,6 +20,7 @@ use triage_core::translate;
 use crate::accounting::{self, Accounting};
 use crate::dispatch::{attempts_header, dispatch, Answer, Attempt, Failed, PrimedStream};
 use crate::error::GatewayError;
+use crate::guarding;
 use crate::inbound::{Format, Inbound};
 use crate::providers::Completion;
 use crate::relay::{AnthropicEncoder, Finisher, OpenAiEncoder, Relay};
@@ -33,6 +34,8 @@ pub const HEADER_TIER: &str = "x-triage-tier";
 pub const HEADER_REASON: &str = "x-triage-route-reason";
 /// Request/response header: the request id (the client's, or a new UUID).
 pub const HEADER_REQUEST_ID: &str = "x-request-id";
+/// Response header: the kinds of sensitive content found (`email,aws_access_key`), never values.
+pub const HEADER_SENSITIVITY: &str = "x-triage-sensitivity";
 /// Response header: every upstream attempt, `model@provider:outcome`, comma-separated.
 pub const HEADER_ATTEMPTS: &str = "x-triage-attempts";
 
@@ -97,13 +100,15 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         reservation: triage_store::Reservation::none(),
         prompt_estimate: 0,
         score: None,
+        sensitivity: None,
         done: false,
     };
     let request_id = acct.request_id.clone();
     let mut route: Option<RouteInfo> = None;
     let in_flight = InFlight::new(state.clone());
+    let mut sensitivity: Option<String> = None;
     let result = tokio::select! {
-        r = serve(&state, &headers, body, &mut route, &mut acct, in_flight) => r,
+        r = serve(&state, &headers, body, &mut route, &mut acct, in_flight, &mut sensitivity) => r,
         _ = state.stopped() => Err(GatewayError::ShuttingDown),
     };
     let mut resp = match result {
@@ -116,6 +121,9 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         }
     };
     set_route_headers(resp.headers_mut(), &state, &request_id, route.as_ref());
+    if let Some(v) = sensitivity.and_then(|s| HeaderValue::from_str(&s).ok()) {
+        resp.headers_mut().insert(HEADER_SENSITIVITY, v);
+    }
     resp
 }
 
@@ -164,6 +172,7 @@ async fn serve(
     route_out: &mut Option<RouteInfo>,
     acct: &mut Accounting,
     in_flight: InFlight,
+    sensitivity_out: &mut Option<String>,
 ) -> Result<Served, GatewayError> {
     let key = accounting::authenticate(state, headers).await?;
     acct.key.clone_from(&key);
@@ -172,11 +181,25 @@ async fn serve(
     acct.requested_model.clone_from(&inbound.openai.model);
     acct.stream = inbound.stream;
     let catalog = &state.catalog;
+    let sensitivity = match &state.guard {
+        Some(g) => guarding::apply(state, g, &mut inbound)?,
+        None => Default::default(),
+    };
+    if !sensitivity.kinds.is_empty() {
+        acct.sensitivity = Some(sensitivity.names());
+        *sensitivity_out = Some(sensitivity.names());
+    }
+    let local_only = sensitivity.local_only;
     let key_ref = key.as_ref();
-    let allowed = |m: ModelId| accounting::allowed(state, key_ref, m);
+    let is_local = |m: ModelId| catalog.provider_of(m).local;
+    let allowed = |m: ModelId| accounting::allowed(state, key_ref, m) && (!local_only || is_local(m));
     let available = |m: ModelId| allowed(m) && state.model_available(m);
     let (decision, plan, needs, prompt_estimate, reservation, score) = {
-        let target = route::resolve(catalog, &inbound.openai.model)?;
+        let mut target = route::resolve(catalog, &inbound.openai.model)?;
+        if local_only {
+            // Sensitive content overrides the requested model or tier: any capable local model.
+            target = Target::Auto;
+        }
         let requirements = Requirements::of(&inbound.openai);
         if let Target::Model { model, .. } = &target {
             if !allowed(*model) {
@@ -188,10 +211,15 @@ async fn serve(
             }
         }
         let routed = match target {
+            Target::Auto if local_only => route::select(catalog, &target, &requirements, available).map(|mut d| {
+                d.reason = format!("sensitive content ({}): local models only; {}", sensitivity.names(), d.reason);
+                (d, None)
+            }),
             Target::Auto => route_auto(state, &inbound.openai, &requirements, &available),
             _ => route::select(catalog, &target, &requirements, available).map(|d| (d, None)),
         };
         let (decision, score) = routed.map_err(|e| match e {
+            _ if local_only => GatewayError::SensitiveNeedsLocal(sensitivity.names()),
             RouteError::Unavailable { .. } if key_ref.is_some_and(|k| !k.tiers.is_empty() || !k.models.is_empty()) => {
                 GatewayError::Forbidden(format!("no model this key may use can serve this request ({e})"))
             }
@@ -236,18 +264,30 @@ async fn serve(
     *route_out = Some(info.clone());
 
     let acct = std::mem::replace(acct, acct.detached());
+    let served_local = catalog.providers()[catalog.deployments()[served.deployment].provider].local;
+    let restore = inbound.redaction_for(served_local);
     match served.answer {
-        Answer::Complete(completion) => Ok(Served::Done(complete_response(completion, &info, acct))),
+        Answer::Complete(mut completion) => {
+            if let Some(r) = &restore {
+                match &mut completion {
+                    Completion::OpenAi(c) => guarding::restore_openai(c, r),
+                    Completion::Anthropic(a) => guarding::restore_anthropic(a, r),
+                }
+            }
+            Ok(Served::Done(complete_response(completion, &info, acct)))
+        }
         Answer::Stream(PrimedStream { stream, held, ended }) => {
             let format = acct.format;
             let ctx = Finisher::new(acct, info, served.deployment, in_flight);
+            let restore = restore.map(guarding::StreamRestore::new);
             let body = match format {
                 Format::OpenAi => {
-                    Relay::new(stream, held, ended, OpenAiEncoder::new(inbound.wants_stream_usage), ctx).into_body()
+                    Relay::new(stream, held, ended, OpenAiEncoder::new(inbound.wants_stream_usage), ctx, restore)
+                        .into_body()
                 }
                 Format::Anthropic => {
                     // `message_start` needs input tokens before an OpenAI upstream reports them.
-                    Relay::new(stream, held, ended, AnthropicEncoder::new(prompt_estimate), ctx).into_body()
+                    Relay::new(stream, held, ended, AnthropicEncoder::new(prompt_estimate), ctx, restore).into_body()
                 }
             };
             let mut resp = Response::new(body);

@@ -21,6 +21,7 @@ use triage_core::translate::{AnthropicToOpenAi, OpenAiToAnthropic};
 
 use crate::accounting::Accounting;
 use crate::error::GatewayError;
+use crate::guarding::StreamRestore;
 use crate::pipeline::RouteInfo;
 use crate::providers::{Batch, ChunkStream, StreamItem, UpstreamError};
 use crate::state::{InFlight, SharedState};
@@ -288,6 +289,8 @@ pub struct Relay<E> {
     first: Option<Batch>,
     ended: bool,
     ctx: Finisher,
+    /// Puts the guard's placeholders back, when the request was redacted.
+    restore: Option<StreamRestore>,
     /// The encoder's usage so far and output length, kept for a drop mid-stream.
     usage: Option<TokenUsage>,
     output_chars: u64,
@@ -305,7 +308,14 @@ impl<E> Drop for Relay<E> {
 
 impl<E: Encoder> Relay<E> {
     /// A relay that first sends `held` (and acts on `ended`, how priming's last read ended).
-    pub fn new(upstream: ChunkStream, held: Vec<StreamItem>, ended: Option<Batch>, encoder: E, ctx: Finisher) -> Self {
+    pub fn new(
+        upstream: ChunkStream,
+        held: Vec<StreamItem>,
+        ended: Option<Batch>,
+        encoder: E,
+        ctx: Finisher,
+        restore: Option<StreamRestore>,
+    ) -> Self {
         Relay {
             upstream,
             encoder,
@@ -313,6 +323,7 @@ impl<E: Encoder> Relay<E> {
             first: Some(ended.unwrap_or(Batch::More)),
             ended: false,
             ctx,
+            restore,
             usage: None,
             output_chars: 0,
         }
@@ -354,7 +365,18 @@ impl<E: Encoder> Relay<E> {
                 }
             };
             let mut buf = Vec::new();
-            for item in self.items.drain(..) {
+            for mut item in self.items.drain(..) {
+                if let Some(r) = &mut self.restore {
+                    match &mut item {
+                        StreamItem::Chunk(c) => r.chunk(c),
+                        StreamItem::Event(e) => {
+                            if let Some(extra) = r.event(e) {
+                                self.encoder.item(StreamItem::Event(extra), &mut buf);
+                            }
+                        }
+                        StreamItem::Done => {}
+                    }
+                }
                 self.encoder.item(item, &mut buf);
             }
             if !buf.is_empty() {

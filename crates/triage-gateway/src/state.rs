@@ -119,6 +119,8 @@ pub struct AppState {
     pub ledger: Option<triage_store::Ledger>,
     /// Recently looked-up virtual keys.
     pub keys: crate::accounting::KeyCache,
+    /// The sensitive-content guard (`None` when the policy allows everything).
+    pub guard: Option<triage_core::guard::Guard>,
     /// The difficulty router for `model: "auto"` (`None`: cheapest capable tier).
     pub router: Option<triage_core::router::Router>,
     /// Set when the shutdown grace period is over: in-flight requests end themselves.
@@ -185,6 +187,7 @@ impl AppState {
                 failures: AtomicU64::new(0),
             })
             .collect();
+        let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::new);
         Ok(AppState {
             catalog,
             providers,
@@ -194,6 +197,7 @@ impl AppState {
             ledger: None,
             keys: Default::default(),
             router,
+            guard,
             stop: tokio::sync::watch::Sender::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
         })

@@ -241,7 +241,16 @@ async fn connection_refused_mid_life_is_a_502() {
     let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
     let url = up.url();
     let gw = start(&one_model(&url, "")).await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // first probe: up
+    // Wait for the first probe to find the provider up, then take it away.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let h = json_body(client().get(gw.url("/v1/health/deployments")).send().await.unwrap()).await;
+        if h["deployments"][0]["probe"] == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first probe never ran: {h}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     drop(up);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let resp = post(&gw, r#"{"model":"openai-model","messages":[{"role":"user","content":"hi"}]}"#).await;

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
+mod scan;
 
 use clap::{Parser, Subcommand};
 use triage_core::catalog::Catalog;
@@ -43,6 +44,13 @@ enum Command {
     /// Print the catalog: id, tier, provider, prices, context window, capabilities, availability.
     Models {
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the sensitive content the guard finds in text or a JSON chat request on stdin, and
+    /// what the configured policy does with it (never the matched text).
+    Scan {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -275,6 +283,10 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
             println!("wrote {}", path.display());
             Ok(())
+        }
+        Command::Scan { json } => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            scan::run(&catalog, json)
         }
         Command::Keys(cmd) => {
             let catalog = load_catalog(cli.config.as_deref())?;

@@ -284,3 +284,22 @@ fn sigterm_loses_no_ledger_rows() {
         assert_eq!((status.as_str(), model.as_deref()), (expected.0, Some(expected.1)), "sig-{i}");
     }
 }
+
+#[test]
+fn scan_prints_kinds_and_actions_but_never_values() {
+    use std::io::Write;
+    let dir = tempdir("scan");
+    let mut child =
+        bin().current_dir(&dir).args(["scan", "--json"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let text = r#"{"model":"auto","messages":[{"role":"user","content":"key AKIAQ3ZJ7V2KXWHD4TBM, mail dana.quill@corp-mail.net"}]}"#;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains("AKIAQ3ZJ7V2KXWHD4TBM") && !stdout.contains("dana.quill"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let kinds: Vec<&str> = v.as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["aws_access_key", "email"]);
+    assert_eq!(v[0]["location"], "messages[0]");
+    assert_eq!(v[0]["action"], "local_only");
+}

@@ -193,3 +193,113 @@ fn walk_json_mut(v: &mut Value, ptr: &mut String, f: &mut dyn FnMut(&str, &mut S
         _ => {}
     }
 }
+
+/// Anthropic Messages: `system` (as message index `usize::MAX`), every text block and string
+/// content, `tool_result` texts (block `b`, inner text block `i` as part `b * 1000 + i`),
+/// `tool_use` inputs, and tool descriptions and input schemas. Thinking blocks are signed by
+/// Anthropic and are left as they are.
+impl TextVisit for crate::anthropic::MessagesRequest {
+    fn visit_texts(&self, f: &mut dyn FnMut(&Location, &str)) {
+        use crate::anthropic::{Block, Content as AContent, System};
+        const SYSTEM: usize = usize::MAX;
+        match &self.system {
+            Some(System::Text(t)) => f(&Location::Content { message: SYSTEM, part: None }, t),
+            Some(System::Blocks(bs)) => {
+                for (i, b) in bs.iter().enumerate() {
+                    if let Block::Text { text, .. } = b {
+                        f(&Location::Content { message: SYSTEM, part: Some(i) }, text);
+                    }
+                }
+            }
+            None => {}
+        }
+        for (mi, m) in self.messages.iter().enumerate() {
+            match &m.content {
+                AContent::Text(t) => f(&Location::Content { message: mi, part: None }, t),
+                AContent::Blocks(bs) => {
+                    for (bi, b) in bs.iter().enumerate() {
+                        match b {
+                            Block::Text { text, .. } => f(&Location::Content { message: mi, part: Some(bi) }, text),
+                            Block::ToolUse { input, .. } => walk_json(input, &mut String::new(), &mut |ptr, s| {
+                                f(&Location::ToolCallArguments { message: mi, call: bi, pointer: ptr.to_owned() }, s);
+                            }),
+                            Block::ToolResult { content: Some(AContent::Text(t)), .. } => {
+                                f(&Location::Content { message: mi, part: Some(bi * 1000) }, t)
+                            }
+                            Block::ToolResult { content: Some(AContent::Blocks(inner)), .. } => {
+                                for (ii, ib) in inner.iter().enumerate() {
+                                    if let Block::Text { text, .. } = ib {
+                                        f(&Location::Content { message: mi, part: Some(bi * 1000 + ii) }, text);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        for (ti, tool) in self.tools.iter().flatten().enumerate() {
+            if let Some(d) = &tool.description {
+                f(&Location::ToolDescription { tool: ti }, d);
+            }
+            if let Some(p) = &tool.input_schema {
+                walk_json(p, &mut String::new(), &mut |ptr, s| {
+                    f(&Location::ToolParameters { tool: ti, pointer: ptr.to_owned() }, s);
+                });
+            }
+        }
+    }
+
+    fn visit_texts_mut(&mut self, f: &mut dyn FnMut(&Location, &mut String)) {
+        use crate::anthropic::{Block, Content as AContent, System};
+        const SYSTEM: usize = usize::MAX;
+        match &mut self.system {
+            Some(System::Text(t)) => f(&Location::Content { message: SYSTEM, part: None }, t),
+            Some(System::Blocks(bs)) => {
+                for (i, b) in bs.iter_mut().enumerate() {
+                    if let Block::Text { text, .. } = b {
+                        f(&Location::Content { message: SYSTEM, part: Some(i) }, text);
+                    }
+                }
+            }
+            None => {}
+        }
+        for (mi, m) in self.messages.iter_mut().enumerate() {
+            match &mut m.content {
+                AContent::Text(t) => f(&Location::Content { message: mi, part: None }, t),
+                AContent::Blocks(bs) => {
+                    for (bi, b) in bs.iter_mut().enumerate() {
+                        match b {
+                            Block::Text { text, .. } => f(&Location::Content { message: mi, part: Some(bi) }, text),
+                            Block::ToolUse { input, .. } => walk_json_mut(input, &mut String::new(), &mut |ptr, s| {
+                                f(&Location::ToolCallArguments { message: mi, call: bi, pointer: ptr.to_owned() }, s);
+                            }),
+                            Block::ToolResult { content: Some(AContent::Text(t)), .. } => {
+                                f(&Location::Content { message: mi, part: Some(bi * 1000) }, t)
+                            }
+                            Block::ToolResult { content: Some(AContent::Blocks(inner)), .. } => {
+                                for (ii, ib) in inner.iter_mut().enumerate() {
+                                    if let Block::Text { text, .. } = ib {
+                                        f(&Location::Content { message: mi, part: Some(bi * 1000 + ii) }, text);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        for (ti, tool) in self.tools.iter_mut().flatten().enumerate() {
+            if let Some(d) = &mut tool.description {
+                f(&Location::ToolDescription { tool: ti }, d);
+            }
+            if let Some(p) = &mut tool.input_schema {
+                walk_json_mut(p, &mut String::new(), &mut |ptr, s| {
+                    f(&Location::ToolParameters { tool: ti, pointer: ptr.to_owned() }, s);
+                });
+            }
+        }
+    }
+}
