@@ -46,6 +46,10 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also show each deployment's live state (breaker, cooldown, recent latency, error
+        /// rate) from a running gateway, e.g. http://127.0.0.1:8787.
+        #[arg(long, value_name = "URL")]
+        gateway: Option<String>,
     },
     /// Print the sensitive content the guard finds in text or a JSON chat request on stdin, and
     /// what the configured policy does with it (never the matched text).
@@ -296,12 +300,16 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::spend(&catalog, args))
         }
-        Command::Models { json } => {
+        Command::Models { json, gateway } => {
             let catalog = load_catalog(cli.config.as_deref())?;
             let state = triage_gateway::AppState::new(catalog).map_err(|e| e.to_string())?;
-            runtime()?.block_on(triage_gateway::health::probe_all(&state));
+            let rt = runtime()?;
+            rt.block_on(triage_gateway::health::probe_all(&state));
             print_models(&state, json);
-            Ok(())
+            match gateway {
+                Some(url) => rt.block_on(print_deployments(&url, json)),
+                None => Ok(()),
+            }
         }
         Command::Route { prompt, model, json } => {
             let catalog = load_catalog(cli.config.as_deref())?;
@@ -421,6 +429,37 @@ fn route_cmd(catalog: &Catalog, prompt: Option<String>, model: Option<&Path>, js
         println!("score:      {:.4}", d.score);
         println!("thresholds: {:?}", d.thresholds);
         println!("reason:     {}", d.reason.summary());
+    }
+    Ok(())
+}
+
+/// Prints `GET {url}/v1/health/deployments` of a running gateway as a table (or JSON).
+async fn print_deployments(url: &str, json: bool) -> Result<(), String> {
+    let url = format!("{}/v1/health/deployments", url.trim_end_matches('/'));
+    let body = reqwest::get(&url).await.map_err(|e| format!("{url}: {e}"))?.text().await.map_err(|e| format!("{url}: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not a health report: {e}"))?;
+    if json {
+        println!("{v}");
+        return Ok(());
+    }
+    println!("\ndeployments ({url}):");
+    println!("{:<24}  {:<14}  {:<10}  {:<13}  {:>10}  {:>6}  {:>6}  {:>8}", "MODEL", "PROVIDER", "BREAKER", "AVAILABLE", "LATENCY MS", "ERRORS", "CALLS", "PROBE");
+    for d in v["deployments"].as_array().into_iter().flatten() {
+        let available = match d["reason"].as_str() {
+            None => "yes".to_owned(),
+            Some(r) => format!("no ({r})"),
+        };
+        println!(
+            "{:<24}  {:<14}  {:<10}  {:<13}  {:>10.1}  {:>5.0}%  {:>6}  {:>8}",
+            d["model"].as_str().unwrap_or_default(),
+            d["provider"].as_str().unwrap_or_default(),
+            d["breaker"].as_str().unwrap_or_default(),
+            available,
+            d["latency_ms"].as_f64().unwrap_or_default(),
+            d["error_rate"].as_f64().unwrap_or_default() * 100.0,
+            d["calls"].as_u64().unwrap_or_default(),
+            d["probe"].as_str().unwrap_or_default()
+        );
     }
     Ok(())
 }
