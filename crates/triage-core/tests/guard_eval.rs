@@ -787,7 +787,7 @@ fn guard_precision_and_recall() {
     if !r.secrets.is_empty() {
         let sec = total(&r.secrets, &[]);
         println!("labelled secrets: precision {:.3} recall {:.3}", sec.precision(), sec.recall());
-        assert!(sec.recall() >= 0.98, "secret recall {:.3}", sec.recall());
+        assert!(sec.recall() >= 0.99, "secret recall {:.3}", sec.recall());
         assert!(sec.precision() >= 0.97, "secret precision {:.3}", sec.precision());
         let cases = total(&r.pii_cases, &[]);
         assert!(cases.recall() >= 0.88, "presidio cases recall {:.3}", cases.recall());

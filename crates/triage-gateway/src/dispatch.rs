@@ -123,7 +123,7 @@ fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> C
         429 if quota => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
         429 => Class::Retryable { retry_after, provider_fault: false },
         408 | 500 | 502 | 503 | 504 | 529 => Class::Retryable { retry_after, provider_fault: true },
-        401 | 402 | 403 => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
+        401..=403 => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
         s if (400..500).contains(&s) => {
             if contains_any(
                 &text,

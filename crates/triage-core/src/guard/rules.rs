@@ -207,6 +207,11 @@ const KEY_WORDS: &[&str] = &[
     "accessid",
     "access-id",
     "access.id",
+    // Provider names whose bare `name: value` assignments hold an API token.
+    "login",
+    "cloudflare",
+    "sourcegraph",
+    "artifactory",
 ];
 const PASS_WORDS: &[&str] = &["pass", "pwd", "secret", "_pw", "pw_", "-pw"];
 
@@ -220,7 +225,7 @@ const VALUE: &str = r#"(?:@?"([^"\n]{6,300})"|'([^'\n]{6,300})'|`([^`\n]{6,300})
 
 pub(crate) fn specs() -> Vec<Spec> {
     let generic = format!(
-        r#"(?i)\b(?:[a-z0-9_.\-]{{0,40}}?(?:api[_.\-]?key|apikey|secret|token|key|auth|credential|creds|access[_.\-]?id)[a-z0-9_.\-]{{0,20}}){ASSIGN}{VALUE}"#
+        r#"(?i)\b(?:[a-z0-9_.\-]{{0,40}}?(?:api[_.\-]?key|apikey|secret|token|key|auth|credential|creds|access[_.\-]?id|login|cloudflare|sourcegraph|artifactory)[a-z0-9_.\-]{{0,20}}){ASSIGN}{VALUE}"#
     );
     let cli_flag = format!(
         r#"(?i)(?:^|\s)--?[a-z0-9\-]{{0,30}}(?:key|token|secret|password|passwd|auth)[a-z0-9\-]{{0,20}}(?:\s+|=){VALUE}"#
