@@ -436,14 +436,18 @@ fn route_cmd(catalog: &Catalog, prompt: Option<String>, model: Option<&Path>, js
 /// Prints `GET {url}/v1/health/deployments` of a running gateway as a table (or JSON).
 async fn print_deployments(url: &str, json: bool) -> Result<(), String> {
     let url = format!("{}/v1/health/deployments", url.trim_end_matches('/'));
-    let body = reqwest::get(&url).await.map_err(|e| format!("{url}: {e}"))?.text().await.map_err(|e| format!("{url}: {e}"))?;
+    let body =
+        reqwest::get(&url).await.map_err(|e| format!("{url}: {e}"))?.text().await.map_err(|e| format!("{url}: {e}"))?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not a health report: {e}"))?;
     if json {
         println!("{v}");
         return Ok(());
     }
     println!("\ndeployments ({url}):");
-    println!("{:<24}  {:<14}  {:<10}  {:<13}  {:>10}  {:>6}  {:>6}  {:>8}", "MODEL", "PROVIDER", "BREAKER", "AVAILABLE", "LATENCY MS", "ERRORS", "CALLS", "PROBE");
+    println!(
+        "{:<24}  {:<14}  {:<10}  {:<13}  {:>10}  {:>6}  {:>6}  {:>8}",
+        "MODEL", "PROVIDER", "BREAKER", "AVAILABLE", "LATENCY MS", "ERRORS", "CALLS", "PROBE"
+    );
     for d in v["deployments"].as_array().into_iter().flatten() {
         let available = match d["reason"].as_str() {
             None => "yes".to_owned(),

@@ -312,17 +312,27 @@ fn models_shows_live_deployment_state_from_a_running_gateway() {
         l.local_addr().unwrap().port()
     };
     let cfg = spend_config(&dir, "http://127.0.0.1:9/v1", "");
-    let mut child = bin().args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"]).arg(&cfg).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = bin()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (ok, out, err) = run(bin().args(["models", "--gateway", &format!("http://127.0.0.1:{port}"), "--config"]).arg(&cfg));
+    let (ok, out, err) =
+        run(bin().args(["models", "--gateway", &format!("http://127.0.0.1:{port}"), "--config"]).arg(&cfg));
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
     assert!(ok, "{err}");
-    let line = out.lines().skip_while(|l| !l.starts_with("deployments")).find(|l| l.starts_with("m ")).unwrap_or_else(|| panic!("{out}"));
+    let line = out
+        .lines()
+        .skip_while(|l| !l.starts_with("deployments"))
+        .find(|l| l.starts_with("m "))
+        .unwrap_or_else(|| panic!("{out}"));
     let cells: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&cells[..3], ["m", "up", "closed"], "{line}");
     assert!(out.contains("LATENCY MS") && out.contains("ERRORS"), "{out}");
