@@ -240,8 +240,10 @@ fn sigterm_loses_no_ledger_rows() {
             assert!(Instant::now() < deadline);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
         for i in 0..6 {
+            let started = started.clone();
             let (c, base) = (c.clone(), base.clone());
             let model = if i % 2 == 0 { "m" } else { "s" };
             tasks.push(tokio::spawn(async move {
@@ -255,10 +257,16 @@ fn sigterm_loses_no_ledger_rows() {
                     .send()
                     .await
                     .unwrap();
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 r.text().await.unwrap_or_default()
             }));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // SIGTERM once every stream has started (its response headers arrived).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while started.load(std::sync::atomic::Ordering::SeqCst) < 6 {
+            assert!(Instant::now() < deadline, "streams did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
         let mut out = Vec::new();
         for t in tasks {
