@@ -223,6 +223,7 @@ struct RawModel {
 struct RawPrice {
     input: f64,
     cached_input: Option<f64>,
+    cache_write: Option<f64>,
     output: f64,
 }
 
@@ -399,6 +400,10 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
             input,
             cached_input: match rp.cached_input {
                 Some(v) => money(v, "cached_input")?,
+                None => input,
+            },
+            cache_write: match rp.cache_write {
+                Some(v) => money(v, "cache_write")?,
                 None => input,
             },
             output: money(rp.output, "output")?,

@@ -70,6 +70,9 @@ pub struct Price {
     pub input: PerMillion,
     /// Input tokens read from the provider's prompt cache.
     pub cached_input: PerMillion,
+    /// Input tokens written to the provider's prompt cache (Anthropic bills them at 1.25× input
+    /// for the 5-minute cache; <https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching>).
+    pub cache_write: PerMillion,
     /// Output tokens (reasoning tokens included: providers bill them as output).
     pub output: PerMillion,
 }
@@ -85,6 +88,8 @@ pub struct TokenUsage {
     pub input: u64,
     /// The part of `input` read from the prompt cache.
     pub cached_input: u64,
+    /// The part of `input` written to the prompt cache.
+    pub cache_write: u64,
     /// All output tokens.
     pub output: u64,
     /// The part of `output` spent on hidden reasoning.
@@ -97,6 +102,7 @@ impl TokenUsage {
         TokenUsage {
             input: u.prompt_tokens,
             cached_input: u.cached_tokens().min(u.prompt_tokens),
+            cache_write: 0,
             output: u.completion_tokens,
             reasoning: u.reasoning_tokens().min(u.completion_tokens),
         }
@@ -108,7 +114,13 @@ impl TokenUsage {
     pub fn from_anthropic(u: &crate::anthropic::Usage) -> TokenUsage {
         let read = u.cache_read_input_tokens.unwrap_or(0);
         let write = u.cache_creation_input_tokens.unwrap_or(0);
-        TokenUsage { input: u.input_tokens + read + write, cached_input: read, output: u.output_tokens, reasoning: 0 }
+        TokenUsage {
+            input: u.input_tokens + read + write,
+            cached_input: read,
+            cache_write: write,
+            output: u.output_tokens,
+            reasoning: 0,
+        }
     }
 
     /// Input plus output tokens: what counts against token budgets.
@@ -120,12 +132,16 @@ impl TokenUsage {
 impl Price {
     /// Cost of `usage` at these prices, rounded to the nearest nano-dollar.
     ///
-    /// `(input − cached) × input + cached × cached_input + output × output`, per million tokens.
-    /// Reasoning tokens are already inside `output` and are not added again.
+    /// `(input − cached − written) × input + cached × cached_input + written × cache_write +
+    /// output × output`, per million tokens. Reasoning tokens are already inside `output` and
+    /// are not added again.
     pub fn cost(&self, usage: &TokenUsage) -> NanoUsd {
         let cached = usage.cached_input.min(usage.input);
-        let pico =
-            self.input.pico(usage.input - cached) + self.cached_input.pico(cached) + self.output.pico(usage.output);
+        let written = usage.cache_write.min(usage.input - cached);
+        let pico = self.input.pico(usage.input - cached - written)
+            + self.cached_input.pico(cached)
+            + self.cache_write.pico(written)
+            + self.output.pico(usage.output);
         let nanos = (pico + 500) / 1000;
         NanoUsd(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
@@ -144,6 +160,7 @@ mod tests {
         Price {
             input: PerMillion::from_usd(input).unwrap(),
             cached_input: PerMillion::from_usd(cached).unwrap(),
+            cache_write: PerMillion::from_usd(input * 1.25).unwrap(),
             output: PerMillion::from_usd(output).unwrap(),
         }
     }
@@ -152,7 +169,7 @@ mod tests {
     #[test]
     fn reasoning_tokens_are_not_billed_twice() {
         let p = price(1.10, 0.55, 4.40);
-        let u = TokenUsage { input: 2008, cached_input: 0, output: 266, reasoning: 261 };
+        let u = TokenUsage { input: 2008, cached_input: 0, output: 266, reasoning: 261, ..Default::default() };
         let c = p.cost(&u);
         assert_eq!(c, NanoUsd(3_379_200));
         assert_eq!(c.to_string(), "0.0033792");
@@ -163,7 +180,7 @@ mod tests {
     fn cached_tokens_use_their_own_price() {
         // 1,000 uncached at $3 + 1,800 cached at $0.30 + 12 output at $15, per million.
         let p = price(3.0, 0.30, 15.0);
-        let u = TokenUsage { input: 2800, cached_input: 1800, output: 12, reasoning: 0 };
+        let u = TokenUsage { input: 2800, cached_input: 1800, output: 12, reasoning: 0, ..Default::default() };
         assert_eq!(p.cost(&u), NanoUsd(3_000 * 1000 + 540 * 1000 + 180 * 1000));
         assert_eq!(p.cost(&u).to_string(), "0.00372");
     }
@@ -172,8 +189,18 @@ mod tests {
     fn budget_race_case_prices() {
         // Shared case C29: 100 in at $1 + 100 out at $3 per million = $0.0004.
         let p = price(1.0, 1.0, 3.0);
-        let u = TokenUsage { input: 100, cached_input: 0, output: 100, reasoning: 0 };
+        let u = TokenUsage { input: 100, cached_input: 0, output: 100, reasoning: 0, ..Default::default() };
         assert_eq!(p.cost(&u).to_string(), "0.0004");
+    }
+
+    /// Anthropic cache writes at 1.25× input: 1,000 written + 200 uncached at $3, 50 out at $15.
+    #[test]
+    fn cache_writes_use_their_own_price() {
+        let p = price(3.0, 0.30, 15.0);
+        let u = TokenUsage { input: 1200, cached_input: 0, cache_write: 1000, output: 50, reasoning: 0 };
+        assert_eq!(p.cost(&u), NanoUsd(200 * 3000 + 1000 * 3750 + 50 * 15000));
+        let from = TokenUsage::from_anthropic(&serde_json::from_str(r#"{"input_tokens":200,"cache_creation_input_tokens":1000,"cache_read_input_tokens":0,"output_tokens":50}"#).unwrap());
+        assert_eq!(from, u);
     }
 
     #[test]

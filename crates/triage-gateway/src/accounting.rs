@@ -152,7 +152,7 @@ pub fn estimate(state: &AppState, model: ModelId, req: &Requirements<'_>) -> Nan
     } else {
         m.max_output_tokens.map_or(default_out, |x| x.min(default_out))
     };
-    m.price.cost(&TokenUsage { input: req.prompt.estimate(), cached_input: 0, output: out, reasoning: 0 })
+    m.price.cost(&TokenUsage { input: req.prompt.estimate(), output: out, ..Default::default() })
 }
 
 /// The next cheaper tier with a capable, allowed, available model below `tier`.
@@ -335,16 +335,11 @@ impl Accounting {
         self.done = true;
         let st = &self.state;
         let c = &st.catalog;
-        let answered = status == "200" || status == "stream_error" || status == "cancelled";
+        let answered = matches!(status, "200" | "stream_error" | "cancelled" | "shutdown");
         let (usage, estimated) = match usage {
             Some(u) => (u, false),
             None if answered && route.is_some() => (
-                TokenUsage {
-                    input: self.prompt_estimate,
-                    cached_input: 0,
-                    output: output_chars.div_ceil(4),
-                    reasoning: 0,
-                },
+                TokenUsage { input: self.prompt_estimate, output: output_chars.div_ceil(4), ..Default::default() },
                 true,
             ),
             None => (TokenUsage::default(), false),

@@ -216,7 +216,7 @@ impl Store {
     /// Errors: [`StoreError`].
     pub async fn write_batch(&self, rows: &[RequestRecord]) -> Result<(), StoreError> {
         let insert_request = self.sql(
-            "INSERT INTO requests (request_id, ts, day, key_id, user_id, team, role, endpoint, requested_model, tier, model, provider, route_reason, score, sensitivity, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_nanos, baseline_cost_nanos, usage_estimated, latency_ms, ttft_ms, status, attempts, stream) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+            "INSERT INTO requests (request_id, ts, day, key_id, user_id, team, role, endpoint, requested_model, tier, model, provider, route_reason, score, sensitivity, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_nanos, baseline_cost_nanos, usage_estimated, latency_ms, ttft_ms, status, attempts, stream, cache_write_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
         );
         let insert_attempt = self.sql(
             "INSERT INTO attempts (request_id, n, model, provider, outcome, latency_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, n) DO NOTHING",
@@ -253,6 +253,7 @@ impl Store {
                 .bind(&r.status)
                 .bind(r.attempts.len() as i32)
                 .bind(i32::from(r.stream))
+                .bind(r.usage.cache_write as i64)
                 .execute(&mut *tx)
                 .await?;
             for (n, a) in r.attempts.iter().enumerate() {
@@ -318,7 +319,7 @@ impl Store {
         request_id: &str,
     ) -> Result<Option<(String, Option<String>, NanoUsd, TokenUsage, bool)>, StoreError> {
         let row = sqlx::query(&self.sql(
-            "SELECT status, model, cost_nanos, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, usage_estimated FROM requests WHERE request_id = ?",
+            "SELECT status, model, cost_nanos, input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens, usage_estimated FROM requests WHERE request_id = ?",
         ))
         .bind(request_id)
         .fetch_optional(&self.pool)
@@ -328,6 +329,7 @@ impl Store {
         let usage = TokenUsage {
             input: n("input_tokens")?,
             cached_input: n("cached_input_tokens")?,
+            cache_write: n("cache_write_tokens")?,
             output: n("output_tokens")?,
             reasoning: n("reasoning_tokens")?,
         };

@@ -63,13 +63,22 @@ impl<'s> MigrationSource<'s> for Embedded {
     ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>> + Send + 's>>
     {
         Box::pin(async {
-            Ok(vec![Migration::new(
-                1,
-                Cow::Borrowed("init"),
-                MigrationType::Simple,
-                Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
-                false,
-            )])
+            Ok(vec![
+                Migration::new(
+                    1,
+                    Cow::Borrowed("init"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
+                    false,
+                ),
+                Migration::new(
+                    2,
+                    Cow::Borrowed("cache write tokens"),
+                    MigrationType::Simple,
+                    Cow::Borrowed(include_str!("../migrations/0002_cache_write.sql")),
+                    false,
+                ),
+            ])
         })
     }
 }

@@ -132,7 +132,7 @@ async fn ledger_rows_are_written_in_batches_and_reported() {
                 endpoint: "chat_completions".into(),
                 requested_model: "auto".into(),
                 tier: Some(tier.into()),
-                usage: TokenUsage { input: 100, cached_input: 10, output: 20, reasoning: 5 },
+                usage: TokenUsage { input: 100, cached_input: 10, output: 20, reasoning: 5, ..Default::default() },
                 cost: NanoUsd(cost),
                 baseline_cost: NanoUsd(9000),
                 ttft_ms: if i % 2 == 0 { Some(12.5) } else { None },
