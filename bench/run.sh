@@ -28,6 +28,9 @@ trap cleanup EXIT
 
 cat > "$work/triage.toml" <<TOML
 tiers = ["local", "mid", "frontier"]
+# The ledger (on by default) goes to the temp dir, not ./triage.db.
+[spend]
+database = "sqlite://$work/triage.db"
 [providers.fake]
 kind = "openai"
 base_url = "http://127.0.0.1:$UP_PORT/v1"

@@ -19,6 +19,11 @@ struct Args {
     /// Milliseconds between streamed pieces.
     #[arg(long, default_value_t = 0)]
     chunk_delay_ms: u64,
+    /// Set TCP_NODELAY on accepted connections (off by default). Without it, the first small
+    /// streamed event after the headers can wait for a delayed ACK (about 40 ms on Linux
+    /// loopback), which puts a floor under the time to first token.
+    #[arg(long)]
+    tcp_nodelay: bool,
 }
 
 #[tokio::main]
@@ -30,5 +35,12 @@ async fn main() -> std::io::Result<()> {
     });
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     eprintln!("fake upstream listening on http://{}/v1", listener.local_addr()?);
+    if args.tcp_nodelay {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        return axum::serve(listener, app).await;
+    }
     axum::serve(listener, app).await
 }
