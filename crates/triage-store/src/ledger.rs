@@ -136,8 +136,13 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 _ => break,
             }
         }
-        while let Ok(m) = rx.try_recv() {
-            push(m, &mut batch, &mut flushes);
+        // At most 1,000 rows a transaction: a burst is written in steady batches instead of one
+        // ever-growing one (the rest stays queued for the next round).
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(m) => push(m, &mut batch, &mut flushes),
+                Err(_) => break,
+            }
         }
         if !batch.is_empty() {
             let mut tries = 0;
