@@ -112,8 +112,7 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         _ = state.stopped() => Err(GatewayError::ShuttingDown),
     };
     let mut resp = match result {
-        Ok(Served::Done(r)) => r,
-        Ok(Served::Streaming(r)) => r,
+        Ok(r) => r,
         Err(e) => {
             let status = e.status();
             acct.finish(route.as_ref(), status.as_str(), None, 0, None);
@@ -125,12 +124,6 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         resp.headers_mut().insert(HEADER_SENSITIVITY, v);
     }
     resp
-}
-
-/// A successful response; a streaming one accounts for itself when the stream ends.
-enum Served {
-    Done(Response),
-    Streaming(Response),
 }
 
 /// The client's `x-request-id` if it is a sane header value (≤ 128 visible ASCII), else a new UUID.
@@ -173,7 +166,7 @@ async fn serve(
     acct: &mut Accounting,
     in_flight: InFlight,
     sensitivity_out: &mut Option<String>,
-) -> Result<Served, GatewayError> {
+) -> Result<Response, GatewayError> {
     let key = accounting::authenticate(state, headers).await?;
     acct.key.clone_from(&key);
     let bytes = read_body(headers, body, state.catalog.server().max_body_bytes).await?;
@@ -233,7 +226,13 @@ async fn serve(
         let plan_target = if stepped { Target::Tier(decision.tier) } else { target };
         let mut plan = route::plan(catalog, &plan_target, &decision, &requirements);
         plan.retain(|c| allowed(catalog.deployments()[c.deployment].model));
-        let estimate = requirements.prompt.estimate();
+        // Tokenise only where the count is shown to the client (an Anthropic stream's
+        // `message_start`); elsewhere it only backs a flagged estimate when no usage comes.
+        let estimate = if acct.format == Format::Anthropic && inbound.stream {
+            requirements.prompt.estimate()
+        } else {
+            requirements.prompt.cheap_estimate()
+        };
         (decision, plan, requirements.needs(), estimate, reservation, score)
     };
     acct.reservation = reservation;
@@ -274,7 +273,7 @@ async fn serve(
                     Completion::Anthropic(a) => guarding::restore_anthropic(a, r),
                 }
             }
-            Ok(Served::Done(complete_response(completion, &info, acct)))
+            Ok(complete_response(completion, &info, acct))
         }
         Answer::Stream(PrimedStream { stream, held, ended }) => {
             let format = acct.format;
@@ -295,7 +294,7 @@ async fn serve(
             h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            Ok(Served::Streaming(resp))
+            Ok(resp)
         }
     }
 }
