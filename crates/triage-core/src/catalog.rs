@@ -263,11 +263,16 @@ impl GuardPolicy {
 /// How `model: "auto"` picks a tier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AutoRouting {
-    /// The difficulty scorer (`triage_core::router`): the shipped lexical model, or a model
-    /// file written by `triage train` / `triage calibrate`.
+    /// The difficulty scorer (`triage_core::router`) with its shipped model, or a model file
+    /// written by `triage train` / `triage calibrate`.
     Scorer {
+        /// Which scorer (`lexical`, `embedding`, `random`).
+        kind: crate::router::ScorerKind,
         /// A model file; `None` for the shipped one.
         model_file: Option<String>,
+        /// The `embedding` scorer's encoder directory; `None` for the default
+        /// (`$TRIAGE_EMBEDDING_DIR`, else `~/.cache/triage/all-MiniLM-L6-v2`).
+        encoder_dir: Option<String>,
     },
     /// The cheapest tier with a capable, available model (no scorer).
     Cheapest,

@@ -19,6 +19,7 @@ use crate::catalog::{
     Timeouts,
 };
 use crate::cost::{PerMillion, Price};
+use crate::router::ScorerKind;
 
 /// The built-in default configuration, also what `triage init` writes.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
@@ -125,6 +126,7 @@ fn guard_action(ctx: &Ctx<'_>, v: &Spanned<String>, field: &str) -> Result<Guard
 struct RawRouter {
     scorer: Option<Spanned<String>>,
     model_file: Option<String>,
+    encoder_dir: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -545,19 +547,26 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
             other => return Err(ctx.err(&a.span(), "auth", format!("\"{other}\" is not \"none\" or \"keys\""))),
         },
     };
-    let auto_routing = match raw.router.scorer {
-        None => AutoRouting::Scorer { model_file: raw.router.model_file },
-        Some(k) => match k.get_ref().as_str() {
-            "lexical" => AutoRouting::Scorer { model_file: raw.router.model_file },
-            "cheapest" => AutoRouting::Cheapest,
-            other => {
-                return Err(ctx.err(
-                    &k.span(),
-                    "router.scorer",
-                    format!("\"{other}\" is not \"lexical\" or \"cheapest\""),
-                ))
+    let auto_routing = {
+        let kind = match &raw.router.scorer {
+            None => Some(ScorerKind::Lexical),
+            Some(k) => match k.get_ref().as_str() {
+                "cheapest" => None,
+                other => Some(other.parse::<ScorerKind>().map_err(|_| {
+                    ctx.err(
+                        &k.span(),
+                        "router.scorer",
+                        format!("\"{other}\" is not \"lexical\", \"embedding\", \"random\" or \"cheapest\""),
+                    )
+                })?),
+            },
+        };
+        match kind {
+            Some(kind) => {
+                AutoRouting::Scorer { kind, model_file: raw.router.model_file, encoder_dir: raw.router.encoder_dir }
             }
-        },
+            None => AutoRouting::Cheapest,
+        }
     };
     let guard = {
         let default = match &raw.guard.default {
@@ -837,6 +846,28 @@ context_window = 1000
     fn bad_listen_address() {
         let e = err_of(&format!("{BASE}[server]\nlisten = \"localhost\"\n"));
         assert_eq!(e, "t.toml:15: server.listen: \"localhost\" is not an address like 127.0.0.1:8787");
+    }
+
+    #[test]
+    fn router_scorers_parse_and_an_unknown_one_is_named() {
+        use crate::catalog::AutoRouting;
+        assert_eq!(
+            *parse(BASE, "t.toml").unwrap().auto_routing(),
+            AutoRouting::Scorer { kind: ScorerKind::Lexical, model_file: None, encoder_dir: None }
+        );
+        let emb = format!("{BASE}\n[router]\nscorer = \"embedding\"\nencoder_dir = \"/opt/minilm\"\n");
+        assert_eq!(
+            *parse(&emb, "t.toml").unwrap().auto_routing(),
+            AutoRouting::Scorer {
+                kind: ScorerKind::Embedding,
+                model_file: None,
+                encoder_dir: Some("/opt/minilm".into())
+            }
+        );
+        let cheap = format!("{BASE}\n[router]\nscorer = \"cheapest\"\n");
+        assert_eq!(*parse(&cheap, "t.toml").unwrap().auto_routing(), AutoRouting::Cheapest);
+        let e = err_of(&format!("{BASE}\n[router]\nscorer = \"bert\"\n"));
+        assert!(e.contains("router.scorer") && e.contains("\"bert\" is not \"lexical\", \"embedding\""), "{e}");
     }
 
     #[test]

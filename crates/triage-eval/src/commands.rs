@@ -1,13 +1,16 @@
 //! The `triage train`, `triage eval` and `triage calibrate` subcommands as plain functions: the
 //! binary parses flags into these structs and prints what they return.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use triage_core::router::features::RequestText;
 use triage_core::router::{LexicalModel, ScorerKind, Thresholds};
+use triage_embed::EmbeddingHead;
 
 use crate::calibrate::{percentiles, shares_for_cost, thresholds_for_shares};
 use crate::data::{self, BENCHMARKS};
+use crate::embedding::{self, EmbeddingSetup, Embeddings};
 use crate::replay::{self, EvalConfig, Split};
 use crate::train::{self, TrainConfig, TrainSet};
 use crate::{plot, EvalError};
@@ -29,6 +32,11 @@ pub struct TrainArgs {
     pub calibrate_on: String,
     /// Hyper-parameters.
     pub cfg: TrainConfig,
+    /// Which scorer to train: [`ScorerKind::Lexical`] or [`ScorerKind::Embedding`] (with
+    /// `embedding` set).
+    pub scorer: ScorerKind,
+    /// The encoder for [`ScorerKind::Embedding`] (its head is ignored).
+    pub embedding: Option<EmbeddingSetup>,
     /// Output file.
     pub out: PathBuf,
 }
@@ -42,11 +50,58 @@ fn calibrated(scores: &[f32], sample: &str, shares: &[&[f64]]) -> Result<Thresho
     Ok(t)
 }
 
-/// Trains on every known benchmark found in `data` except `exclude`, sets default thresholds
-/// (from the `calibrate_on` sample's scores, [`DEFAULT_SHARES`]), evaluates the model on each
-/// excluded benchmark (held out), and writes the model file. Returns a human summary.
+/// A freshly trained model of either trainable scorer.
+enum Trained {
+    Lexical(LexicalModel),
+    Embedding(EmbeddingHead, HashMap<String, Embeddings>),
+}
+
+impl Trained {
+    fn score(&self, ds: &data::Dataset, i: usize) -> f32 {
+        match self {
+            Trained::Lexical(m) => m.score_text(&RequestText::of(&ds.items[i].request)),
+            Trained::Embedding(h, emb) => match emb.get(&ds.name) {
+                Some(e) => embedding::score_item(h, ds, e, i),
+                None => 0.5,
+            },
+        }
+    }
+    fn set_thresholds(&mut self, t: Thresholds) -> Result<(), EvalError> {
+        match self {
+            Trained::Lexical(m) => m.set_thresholds(t),
+            Trained::Embedding(h, _) => h.set_thresholds(t),
+        }
+        .map_err(|e| EvalError::Data(e.to_string()))
+    }
+    fn eval_config(&self, a: &TrainArgs, benchmark: &str, split: Split, train_sets: Vec<String>) -> EvalConfig {
+        let (model, embedding) = match self {
+            Trained::Lexical(m) => (Some(m.clone()), None),
+            Trained::Embedding(h, _) => {
+                (None, a.embedding.clone().map(|s| EmbeddingSetup { head: Some(h.clone()), ..s }))
+            }
+        };
+        EvalConfig {
+            data: a.data.clone(),
+            benchmark: benchmark.to_owned(),
+            router: a.scorer,
+            split,
+            model,
+            embedding,
+            train_sets,
+            train: a.cfg.clone(),
+            price_weak: ROUTELLM_PRICES.0,
+            price_strong: ROUTELLM_PRICES.1,
+            progress: false,
+        }
+    }
+}
+
+/// Trains a lexical or embedding model on every known benchmark found in `data` except
+/// `exclude`, sets default thresholds (from the `calibrate_on` sample's scores,
+/// [`DEFAULT_SHARES`]), evaluates the model on each excluded benchmark (held out) and the same
+/// recipe under leave-benchmark-out, and writes the model file. Returns a human summary.
 ///
-/// Errors: [`EvalError`] for missing data or an unwritable output.
+/// Errors: [`EvalError`] for missing data or encoder, or an unwritable output.
 pub fn train_cmd(a: &TrainArgs) -> Result<String, EvalError> {
     let mut sets = Vec::new();
     for b in BENCHMARKS {
@@ -60,34 +115,38 @@ pub fn train_cmd(a: &TrainArgs) -> Result<String, EvalError> {
     }
     let ts: Vec<TrainSet<'_>> =
         sets.iter().map(|d| TrainSet { data: d, items: (0..d.items.len()).collect() }).collect();
-    let (mut model, rep) = train::train(&ts, &a.cfg)?;
-    let sample: Vec<f32> = match sets.iter().find(|d| d.name == a.calibrate_on) {
-        Some(d) => d.items.iter().map(|it| model.score_text(&RequestText::of(&it.request))).collect(),
-        None => {
-            sets.iter().flat_map(|d| d.items.iter()).map(|it| model.score_text(&RequestText::of(&it.request))).collect()
+    let (mut model, rep, features, scorer) = match a.scorer {
+        ScorerKind::Lexical => {
+            let (m, rep) = train::train(&ts, &a.cfg)?;
+            (Trained::Lexical(m), rep, train::feature_meta(&a.cfg), "lexical")
         }
+        ScorerKind::Embedding => {
+            let setup = a
+                .embedding
+                .as_ref()
+                .ok_or_else(|| EvalError::Usage("the embedding scorer needs its encoder".into()))?;
+            let mut emb = HashMap::new();
+            for d in &sets {
+                emb.insert(d.name.clone(), embedding::embed_dataset(setup, d, &indicatif::ProgressBar::hidden())?);
+            }
+            let max_tokens = setup.encoder.max_tokens();
+            let (h, rep) = embedding::train_head(&ts, &emb, &a.cfg, max_tokens)?;
+            (Trained::Embedding(h, emb), rep, embedding::feature_meta(max_tokens), "embedding")
+        }
+        ScorerKind::Random => return Err(EvalError::Usage("the random scorer has nothing to train".into())),
+    };
+    let sample: Vec<f32> = match sets.iter().find(|d| d.name == a.calibrate_on) {
+        Some(d) => (0..d.items.len()).map(|i| model.score(d, i)).collect(),
+        None => sets.iter().flat_map(|d| (0..d.items.len()).map(|i| model.score(d, i))).collect(),
     };
     let sample_name =
         if sets.iter().any(|d| d.name == a.calibrate_on) { a.calibrate_on.clone() } else { "training prompts".into() };
-    model
-        .set_thresholds(calibrated(&sample, &sample_name, &DEFAULT_SHARES)?)
-        .map_err(|e| EvalError::Data(e.to_string()))?;
+    model.set_thresholds(calibrated(&sample, &sample_name, &DEFAULT_SHARES)?)?;
+    let summary = |r: &replay::EvalReport| serde_json::json!({"apgr_mean10": r.router_summary.apgr_mean10, "apgr_trapezoid": r.router_summary.apgr_trapezoid, "cpt50": r.router_summary.cpt50, "cpt80": r.router_summary.cpt80, "prompts": r.prompts, "split": r.split});
     let mut held_out = serde_json::Map::new();
     let mut out = String::new();
     for b in &a.exclude {
-        let cfg = EvalConfig {
-            data: a.data.clone(),
-            benchmark: b.clone(),
-            router: ScorerKind::Lexical,
-            split: Split::Shipped,
-            model: Some(model.clone()),
-            train_sets: Vec::new(),
-            train: a.cfg.clone(),
-            price_weak: ROUTELLM_PRICES.0,
-            price_strong: ROUTELLM_PRICES.1,
-            progress: false,
-        };
-        match replay::evaluate(&cfg) {
+        match replay::evaluate(&model.eval_config(a, b, Split::Shipped, Vec::new())) {
             Ok(r) => {
                 out.push_str(&format!(
                     "held out {b}: APGR {:.3} (paper mean) / {:.3} (trapezoid); random {:.3} / {:.3}\n",
@@ -96,10 +155,7 @@ pub fn train_cmd(a: &TrainArgs) -> Result<String, EvalError> {
                     r.random.apgr_mean10,
                     r.random.apgr_trapezoid
                 ));
-                held_out.insert(
-                    b.clone(),
-                    serde_json::json!({"apgr_mean10": r.router_summary.apgr_mean10, "apgr_trapezoid": r.router_summary.apgr_trapezoid, "cpt50": r.router_summary.cpt50, "cpt80": r.router_summary.cpt80, "prompts": r.prompts}),
-                );
+                held_out.insert(b.clone(), summary(&r));
             }
             Err(e) => eprintln!("note: cannot evaluate held-out {b}: {e}"),
         }
@@ -111,33 +167,19 @@ pub fn train_cmd(a: &TrainArgs) -> Result<String, EvalError> {
         if a.exclude.iter().any(|e| e == b) || !sets.iter().any(|d| d.name == b) {
             continue;
         }
-        let cfg = EvalConfig {
-            data: a.data.clone(),
-            benchmark: b.to_owned(),
-            router: ScorerKind::Lexical,
-            split: Split::LeaveBenchmarkOut,
-            model: None,
-            train_sets: sets.iter().map(|d| d.name.clone()).collect(),
-            train: a.cfg.clone(),
-            price_weak: ROUTELLM_PRICES.0,
-            price_strong: ROUTELLM_PRICES.1,
-            progress: false,
-        };
-        if let Ok(r) = replay::evaluate(&cfg) {
+        let names = sets.iter().map(|d| d.name.clone()).collect();
+        if let Ok(r) = replay::evaluate(&model.eval_config(a, b, Split::LeaveBenchmarkOut, names)) {
             out.push_str(&format!(
                 "leave-benchmark-out {b}: APGR {:.3} (paper mean) / {:.3} (trapezoid)\n",
                 r.router_summary.apgr_mean10, r.router_summary.apgr_trapezoid
             ));
-            lbo.insert(
-                b.to_owned(),
-                serde_json::json!({"apgr_mean10": r.router_summary.apgr_mean10, "apgr_trapezoid": r.router_summary.apgr_trapezoid, "cpt50": r.router_summary.cpt50, "cpt80": r.router_summary.cpt80, "split": r.split}),
-            );
+            lbo.insert(b.to_owned(), summary(&r));
         }
     }
-    model.set_meta(serde_json::json!({
-        "scorer": "lexical",
+    let meta = serde_json::json!({
+        "scorer": scorer,
         "date": crate::today_utc(),
-        "features": train::feature_meta(&a.cfg),
+        "features": features,
         "training_sets": rep.sets,
         "excluded": a.exclude,
         "split": if a.exclude.is_empty() { "all prompts of every training set (no held-out benchmark)".to_owned() } else { format!("leave out {}", a.exclude.join(", ")) },
@@ -145,12 +187,21 @@ pub fn train_cmd(a: &TrainArgs) -> Result<String, EvalError> {
         "strong": a.cfg.strong,
         "hyper_parameters": {"buckets": a.cfg.buckets, "epochs": a.cfg.epochs, "lr": a.cfg.lr, "l2": a.cfg.l2, "l2_hashed": a.cfg.l2_hashed, "label": a.cfg.label, "margin": a.cfg.margin, "balance": a.cfg.balance, "seed": a.cfg.seed},
         "metrics": {"train_log_loss": rep.train_log_loss, "positive_share": rep.positive_share, "held_out": held_out, "leave_benchmark_out": lbo},
-        "rebuild": "cargo run --release -p triage -- train --data ../shared/data/routellm --data ../shared/data/arena-bench --out models/lexical-v1.json",
-    }));
-    let json = model.to_json();
+        "rebuild": format!("cargo run --release -p triage -- train --scorer {scorer} --data ../shared/data/routellm --data ../shared/data/arena-bench --out models/{scorer}-v1.json"),
+    });
+    let json = match &mut model {
+        Trained::Lexical(m) => {
+            m.set_meta(meta);
+            m.to_json()
+        }
+        Trained::Embedding(h, _) => {
+            h.set_meta(meta);
+            h.to_json()
+        }
+    };
     std::fs::write(&a.out, &json).map_err(|e| EvalError::Usage(format!("cannot write {}: {e}", a.out.display())))?;
     Ok(format!(
-        "trained on {:?}; train log loss {:.4}, positive share {:.3}\n{out}wrote {} ({} bytes)",
+        "trained {scorer} on {:?}; train log loss {:.4}, positive share {:.3}\n{out}wrote {} ({} bytes)",
         rep.sets,
         rep.train_log_loss,
         rep.positive_share,
@@ -222,13 +273,28 @@ pub struct CalibrateArgs {
     pub mix: Option<Vec<f64>>,
 }
 
+/// A model whose thresholds `triage calibrate` sets.
+pub enum Calibrated<'a> {
+    /// A lexical model file.
+    Lexical(&'a mut LexicalModel),
+    /// An embedding head with the encoder to score the sample.
+    Embedding(&'a mut EmbeddingHead, &'a EmbeddingSetup),
+}
+
 /// Scores the sample with `model`, derives thresholds for the target, stores them in the
 /// model (beside any other tier counts) and returns a summary.
 ///
-/// Errors: [`EvalError::Usage`] for neither or both targets, or inconsistent lengths.
-pub fn calibrate_cmd(model: &mut LexicalModel, a: &CalibrateArgs) -> Result<String, EvalError> {
+/// Errors: [`EvalError::Usage`] for neither or both targets, or inconsistent lengths;
+/// [`EvalError::Data`] if the encoder fails.
+pub fn calibrate_cmd(model: Calibrated<'_>, a: &CalibrateArgs) -> Result<String, EvalError> {
     let ds = data::load(&a.data, &a.sample, true)?;
-    let scores: Vec<f32> = ds.items.iter().map(|it| model.score_text(&RequestText::of(&it.request))).collect();
+    let scores: Vec<f32> = match &model {
+        Calibrated::Lexical(m) => ds.items.iter().map(|it| m.score_text(&RequestText::of(&it.request))).collect(),
+        Calibrated::Embedding(h, setup) => {
+            let emb = embedding::embed_dataset(setup, &ds, &indicatif::ProgressBar::hidden())?;
+            (0..ds.items.len()).map(|i| embedding::score_item(h, &ds, &emb, i)).collect()
+        }
+    };
     let shares = match (&a.shares, a.cost_per_1000) {
         (Some(s), None) => {
             let total: f64 = s.iter().sum();
@@ -243,12 +309,19 @@ pub fn calibrate_cmd(model: &mut LexicalModel, a: &CalibrateArgs) -> Result<Stri
         _ => return Err(EvalError::Usage("give exactly one of --shares or --cost-per-1000".into())),
     };
     let t = thresholds_for_shares(&scores, &shares)?;
-    let mut th = model.file().thresholds.clone();
+    let mut th = match &model {
+        Calibrated::Lexical(m) => m.file().thresholds.clone(),
+        Calibrated::Embedding(h, _) => h.file().thresholds.clone(),
+    };
     th.by_tiers.insert(shares.len().to_string(), t.clone());
     th.shares.insert(shares.len().to_string(), shares.clone());
     th.quantiles = percentiles(&scores);
     th.sample = format!("{} ({} prompts)", ds.name, scores.len());
-    model.set_thresholds(th).map_err(|e| EvalError::Data(e.to_string()))?;
+    match model {
+        Calibrated::Lexical(m) => m.set_thresholds(th),
+        Calibrated::Embedding(h, _) => h.set_thresholds(th),
+    }
+    .map_err(|e| EvalError::Data(e.to_string()))?;
     let realised: Vec<usize> = (0..shares.len())
         .map(|k| scores.iter().filter(|&&s| triage_core::router::tier_for(s, &t) == k).count())
         .collect();

@@ -10,6 +10,7 @@
 pub mod calibrate;
 pub mod commands;
 pub mod data;
+pub mod embedding;
 pub mod metrics;
 pub mod multi;
 pub mod plot;

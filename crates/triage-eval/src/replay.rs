@@ -10,6 +10,7 @@ use triage_core::router::features::RequestText;
 use triage_core::router::{LexicalModel, RandomScorer, ScorerKind};
 
 use crate::data::{self, Dataset};
+use crate::embedding::{self, EmbeddingSetup};
 use crate::metrics::{self, Summary};
 use crate::train::{self, TrainConfig, TrainReport, TrainSet};
 use crate::EvalError;
@@ -53,6 +54,8 @@ pub struct EvalConfig {
     pub split: Split,
     /// The model for [`Split::Shipped`].
     pub model: Option<LexicalModel>,
+    /// The encoder (and, for [`Split::Shipped`], the head) of the `embedding` router.
+    pub embedding: Option<EmbeddingSetup>,
     /// Benchmarks to train on besides the evaluated one (for the two training splits).
     pub train_sets: Vec<String>,
     /// Training hyper-parameters (models names included).
@@ -159,79 +162,130 @@ pub fn scores_for(
     ds: &Dataset,
     idx: &[usize],
 ) -> Result<(Vec<f32>, String, String, Vec<TrainReport>), EvalError> {
-    let mut training = Vec::new();
-    let (scores, split_label, router_name): (Vec<f32>, String, String) = match cfg.router {
+    const SHIPPED: &str = "shipped model, untouched (it may have seen these prompts)";
+    match cfg.router {
         ScorerKind::Random => {
             let r = RandomScorer { seed: cfg.train.seed };
             let s = idx.iter().map(|&i| r.score_str(&RequestText::of(&ds.items[i].request).text)).collect();
-            (s, "none (untrained)".to_owned(), "random".to_owned())
+            Ok((s, "none (untrained)".to_owned(), "random".to_owned(), Vec::new()))
         }
         ScorerKind::Lexical => {
-            let scores = match cfg.split {
+            let (scores, label, reports) = match cfg.split {
                 Split::Shipped => {
                     let m = cfg.model.as_ref().ok_or_else(|| EvalError::Usage("no model given".into()))?;
                     let pb = bar(idx.len(), cfg.progress, "scoring");
                     let s = score_items(m, ds, idx, &pb).into_iter().map(|x| x.1).collect();
                     pb.finish_and_clear();
-                    (s, "shipped model, untouched (it may have seen these prompts)".to_owned())
+                    (s, SHIPPED.to_owned(), Vec::new())
+                }
+                Split::LeaveBenchmarkOut | Split::Grouped5Fold => out_of_fold(
+                    cfg,
+                    ds,
+                    idx,
+                    |sets, _| train::train(sets, &cfg.train),
+                    |m, i| m.score_text(&RequestText::of(&ds.items[i].request)),
+                )?,
+            };
+            Ok((scores, label, "lexical".to_owned(), reports))
+        }
+        ScorerKind::Embedding => {
+            let setup = cfg.embedding.as_ref().ok_or_else(|| {
+                EvalError::Usage("the embedding router needs its encoder (scripts/fetch-embedding-model.sh)".into())
+            })?;
+            let pb = bar(ds.items.len(), cfg.progress, &format!("embedding {}", ds.name));
+            let own = embedding::embed_dataset(setup, ds, &pb)?;
+            pb.finish_and_clear();
+            let (scores, label, reports) = match cfg.split {
+                Split::Shipped => {
+                    let head =
+                        setup.head.as_ref().ok_or_else(|| EvalError::Usage("no embedding model given".into()))?;
+                    let s = idx.iter().map(|&i| embedding::score_item(head, ds, &own, i)).collect();
+                    (s, SHIPPED.to_owned(), Vec::new())
                 }
                 Split::LeaveBenchmarkOut | Split::Grouped5Fold => {
-                    let others: Vec<Dataset> = cfg
-                        .train_sets
-                        .iter()
-                        .filter(|b| **b != ds.name && **b != cfg.benchmark)
-                        .map(|b| data::load(&cfg.data, b, false))
-                        .collect::<Result<_, _>>()?;
-                    let names: Vec<&str> = others.iter().map(|d| d.name.as_str()).collect();
-                    let k = if cfg.split == Split::Grouped5Fold { 5 } else { 1 };
-                    let folds = if k == 1 {
-                        vec![0; idx.len()]
-                    } else {
-                        let groups: Vec<&str> = idx.iter().map(|&i| ds.items[i].group.as_str()).collect();
-                        grouped_folds(&groups, k)
-                    };
-                    let mut s = vec![0f32; idx.len()];
-                    let pb = bar(idx.len(), cfg.progress, "training and scoring");
-                    for f in 0..k {
-                        let mut sets: Vec<TrainSet<'_>> =
-                            others.iter().map(|d| TrainSet { data: d, items: (0..d.items.len()).collect() }).collect();
-                        if k > 1 {
-                            let own: Vec<usize> =
-                                idx.iter().zip(&folds).filter(|(_, &g)| g != f).map(|(&i, _)| i).collect();
-                            sets.push(TrainSet { data: ds, items: own });
-                        }
-                        let (m, rep) = train::train(&sets, &cfg.train)?;
-                        training.push(rep);
-                        let test: Vec<usize> = (0..idx.len()).filter(|&j| folds[j] == f).collect();
-                        let items: Vec<usize> = test.iter().map(|&j| idx[j]).collect();
-                        for (j, (_, sc)) in test.iter().zip(score_items(&m, ds, &items, &pb)) {
-                            s[*j] = sc;
-                        }
-                    }
-                    pb.finish_and_clear();
-                    let label = if k == 1 {
-                        format!("leave-benchmark-out (trained on {})", names.join(", "))
-                    } else {
-                        format!(
-                            "grouped-5-fold on {} (groups: {}; each fold trained on the other folds + {})",
-                            ds.name,
-                            if ds.name == "mmlu" {
-                                "domain"
-                            } else if ds.name == "mt-bench" {
-                                "category"
-                            } else {
-                                "prompt"
-                            },
-                            names.join(", ")
-                        )
-                    };
-                    (s, label)
+                    let mut emb = std::collections::HashMap::new();
+                    emb.insert(ds.name.clone(), own.clone());
+                    out_of_fold(
+                        cfg,
+                        ds,
+                        idx,
+                        |sets, others| {
+                            for d in others {
+                                if !emb.contains_key(&d.name) {
+                                    let pb = bar(d.items.len(), cfg.progress, &format!("embedding {}", d.name));
+                                    emb.insert(d.name.clone(), embedding::embed_dataset(setup, d, &pb)?);
+                                    pb.finish_and_clear();
+                                }
+                            }
+                            embedding::train_head(sets, &emb, &cfg.train, setup.encoder.max_tokens())
+                        },
+                        |head, i| embedding::score_item(head, ds, &own, i),
+                    )?
                 }
             };
-            (scores.0, scores.1, "lexical".to_owned())
+            Ok((scores, label, "embedding".to_owned(), reports))
         }
+    }
+}
+
+/// The training splits: loads the other benchmarks, then per fold fits a model with `fit` on
+/// the other benchmarks (plus, for grouped folds, the evaluated benchmark's other folds) and
+/// scores the fold's items with `score(model, item index)`. Returns the scores (in `idx`
+/// order), the split's label and the training reports.
+fn out_of_fold<M>(
+    cfg: &EvalConfig,
+    ds: &Dataset,
+    idx: &[usize],
+    mut fit: impl FnMut(&[TrainSet<'_>], &[Dataset]) -> Result<(M, TrainReport), EvalError>,
+    score: impl Fn(&M, usize) -> f32,
+) -> Result<(Vec<f32>, String, Vec<TrainReport>), EvalError> {
+    let others: Vec<Dataset> = cfg
+        .train_sets
+        .iter()
+        .filter(|b| **b != ds.name && **b != cfg.benchmark)
+        .map(|b| data::load(&cfg.data, b, false))
+        .collect::<Result<_, _>>()?;
+    let names: Vec<&str> = others.iter().map(|d| d.name.as_str()).collect();
+    let k = if cfg.split == Split::Grouped5Fold { 5 } else { 1 };
+    let folds = if k == 1 {
+        vec![0; idx.len()]
+    } else {
+        let groups: Vec<&str> = idx.iter().map(|&i| ds.items[i].group.as_str()).collect();
+        grouped_folds(&groups, k)
     };
-    Ok((scores, split_label, router_name, training))
+    let mut s = vec![0f32; idx.len()];
+    let mut training = Vec::new();
+    let pb = bar(idx.len(), cfg.progress, "training and scoring");
+    for f in 0..k {
+        let mut sets: Vec<TrainSet<'_>> =
+            others.iter().map(|d| TrainSet { data: d, items: (0..d.items.len()).collect() }).collect();
+        if k > 1 {
+            let own: Vec<usize> = idx.iter().zip(&folds).filter(|(_, &g)| g != f).map(|(&i, _)| i).collect();
+            sets.push(TrainSet { data: ds, items: own });
+        }
+        let (m, rep) = fit(&sets, &others)?;
+        training.push(rep);
+        for j in (0..idx.len()).filter(|&j| folds[j] == f) {
+            s[j] = score(&m, idx[j]);
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    let label = if k == 1 {
+        format!("leave-benchmark-out (trained on {})", names.join(", "))
+    } else {
+        format!(
+            "grouped-5-fold on {} (groups: {}; each fold trained on the other folds + {})",
+            ds.name,
+            match ds.name.as_str() {
+                "mmlu" => "domain",
+                "mt-bench" => "category",
+                _ => "prompt",
+            },
+            names.join(", ")
+        )
+    };
+    Ok((s, label, training))
 }
 
 /// Runs one evaluation.

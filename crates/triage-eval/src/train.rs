@@ -128,7 +128,7 @@ struct Example {
     set: usize,
 }
 
-fn label(cfg: &TrainConfig, weak: f64, strong: f64, scale: f64) -> f32 {
+pub(crate) fn label(cfg: &TrainConfig, weak: f64, strong: f64, scale: f64) -> f32 {
     let (w, s) = (weak / scale, strong / scale);
     (match cfg.label {
         Label::StrongBetter => f64::from(u8::from(s - w > cfg.margin + 1e-9)),

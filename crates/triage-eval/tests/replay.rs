@@ -25,6 +25,7 @@ fn cfg(data: Vec<PathBuf>, benchmark: &str, router: ScorerKind, split: Split) ->
         router,
         split,
         model: LexicalModel::from_json(DEFAULT_MODEL_JSON).ok(),
+        embedding: None,
         train_sets: ["mmlu", "gsm8k", "mt-bench", "arena-bench"].iter().map(|s| (*s).to_owned()).collect(),
         train: TrainConfig::default(),
         price_weak: 0.24,

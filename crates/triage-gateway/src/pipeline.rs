@@ -208,7 +208,15 @@ async fn serve(
                 d.reason = format!("sensitive content ({}): local models only; {}", sensitivity.names(), d.reason);
                 (d, None)
             }),
-            Target::Auto => route_auto(state, &inbound.openai, &requirements, &available),
+            Target::Auto => {
+                let scored = match &state.router {
+                    Some(r) => {
+                        crate::scoring::decide(r, &state.scoring_slots, &inbound.openai, catalog.tiers().len()).await
+                    }
+                    None => None,
+                };
+                route_auto(state, scored, &requirements, &available)
+            }
             _ => route::select(catalog, &target, &requirements, available).map(|d| (d, None)),
         };
         let (decision, score) = routed.map_err(|e| match e {
@@ -299,21 +307,21 @@ async fn serve(
     }
 }
 
-/// `model: "auto"`: the difficulty router's tier, or the next dearer one when nothing in it can
-/// serve the request; without a router (or when no tier from the router's up can serve), the
-/// cheapest capable tier. Returns the decision and the router's score.
+/// `model: "auto"`: the difficulty router's tier (`scored`, from [`crate::scoring::decide`]), or
+/// the next dearer one when nothing in it can serve the request; without a decision (or when no
+/// tier from the router's up can serve), the cheapest capable tier. Returns the decision and the
+/// router's score.
 fn route_auto(
     state: &AppState,
-    req: &triage_core::openai::ChatRequest,
+    scored: Option<triage_core::router::Decision>,
     requirements: &Requirements<'_>,
     available: &impl Fn(ModelId) -> bool,
 ) -> Result<(RouteDecision, Option<f64>), RouteError> {
     let catalog = &state.catalog;
-    let Some(router) = &state.router else {
+    let Some(d) = scored else {
         return route::select(catalog, &Target::Auto, requirements, available).map(|d| (d, None));
     };
     let n = catalog.tiers().len();
-    let d = router.decide(req, n);
     let thresholds: Vec<String> = d.thresholds.iter().map(|t| format!("{t:.3}")).collect();
     for t in d.tier..n {
         if let Ok(mut dec) = route::select(catalog, &Target::Tier(t), requirements, available) {

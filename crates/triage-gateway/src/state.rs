@@ -122,7 +122,9 @@ pub struct AppState {
     /// The sensitive-content guard (`None` when the policy allows everything).
     pub guard: Option<triage_core::guard::Guard>,
     /// The difficulty router for `model: "auto"` (`None`: cheapest capable tier).
-    pub router: Option<triage_core::router::Router>,
+    pub router: Option<Arc<triage_core::router::Router>>,
+    /// Permits for concurrent blocking scorers (the embedding encoder): one per core.
+    pub scoring_slots: Arc<tokio::sync::Semaphore>,
     /// Set when the shutdown grace period is over: in-flight requests end themselves.
     stop: tokio::sync::watch::Sender<bool>,
     /// Requests being handled (streams until their last byte).
@@ -163,19 +165,7 @@ impl AppState {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("HTTP client: {e}"))?;
         let health = catalog.providers().iter().map(|_| ProviderHealth::default()).collect();
-        let router = match catalog.auto_routing() {
-            triage_core::catalog::AutoRouting::Cheapest => None,
-            triage_core::catalog::AutoRouting::Scorer { model_file: None } => {
-                Some(triage_core::router::Router::default_model().map_err(|e| e.to_string())?)
-            }
-            triage_core::catalog::AutoRouting::Scorer { model_file: Some(path) } => {
-                let json = std::fs::read_to_string(path).map_err(|e| format!("router model {path}: {e}"))?;
-                Some(
-                    triage_core::router::Router::from_lexical_json(&json)
-                        .map_err(|e| format!("router model {path}: {e}"))?,
-                )
-            }
-        };
+        let router = crate::scoring::build_router(catalog.auto_routing())?;
         let deployments = catalog
             .deployments()
             .iter()
@@ -197,6 +187,7 @@ impl AppState {
             ledger: None,
             keys: Default::default(),
             router,
+            scoring_slots: crate::scoring::scoring_slots(),
             guard,
             stop: tokio::sync::watch::Sender::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),

@@ -320,3 +320,65 @@ capabilities = ["tools"]
         assert_eq!(model, "middle");
     }
 }
+
+/// `auto` with the `embedding` scorer (all-MiniLM-L6-v2 in-process; scripts/test.sh fetches it):
+/// the reason names the scorer and its parts, a request that needs tools never lands on the
+/// tool-less local tier, and concurrent requests all get through the bounded encoder pool.
+#[tokio::test]
+async fn auto_uses_the_embedding_scorer() {
+    let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let toml = format!(
+        r#"
+tiers = ["local", "mid", "frontier"]
+[router]
+scorer = "embedding"
+[providers.p]
+kind = "openai"
+base_url = "{}"
+[[models]]
+id = "tiny"
+provider = "p"
+tier = "local"
+price = {{ input = 0.0, output = 0.0 }}
+context_window = 100000
+[[models]]
+id = "middle"
+provider = "p"
+tier = "mid"
+price = {{ input = 1.0, output = 3.0 }}
+context_window = 100000
+capabilities = ["tools"]
+[[models]]
+id = "big"
+provider = "p"
+tier = "frontier"
+price = {{ input = 10.0, output = 30.0 }}
+context_window = 100000
+capabilities = ["tools"]
+"#,
+        up.url()
+    );
+    let gw = start(&toml).await;
+    let score = |reason: &str| -> f64 {
+        reason.strip_prefix("auto: score ").unwrap().split(' ').next().unwrap().parse().unwrap()
+    };
+    let (s, _, easy) = route_of(&gw, json!({"model": "auto", "messages": msgs("hi there, thanks!")})).await;
+    assert_eq!(s, 200);
+    assert!(easy.contains("; embedding: ") && easy.contains("embedding "), "{easy}");
+    let hard = "Prove that for every integer n > 1 the sum of the reciprocals of the primes up to n diverges, then derive the asymptotic rate and write a Rust program that checks it numerically, explaining each step.";
+    let tools = json!([{"type": "function", "function": {"name": "f"}}]);
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs(hard), "tools": tools})).await;
+    assert_eq!(s, 200);
+    assert_ne!(model, "tiny", "tools need the mid tier or above: {reason}");
+    assert!(score(&reason) > score(&easy), "{reason} vs {easy}");
+    // The same request scores the same every time (the encoder is deterministic), also when
+    // eight arrive at once and queue for the encoder.
+    let runs = futures_util::future::join_all(
+        (0..8).map(|_| route_of(&gw, json!({"model": "auto", "messages": msgs("hi there, thanks!")}))),
+    )
+    .await;
+    for (s, _, r) in runs {
+        assert_eq!(s, 200);
+        assert_eq!(score(&r), score(&easy));
+    }
+}

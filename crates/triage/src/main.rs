@@ -67,25 +67,31 @@ enum Command {
     Route {
         /// The prompt, sent as one user message. Without it, a JSON chat request is read from stdin.
         prompt: Option<String>,
-        /// Lexical model file (default: the shipped models/lexical-v1.json).
+        /// lexical, embedding or random (default: the configuration's [router] scorer, else lexical).
+        #[arg(long)]
+        scorer: Option<String>,
+        /// Model file (default: the configuration's, else the scorer's shipped models/<scorer>-v1.json).
         #[arg(long)]
         model: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Train the lexical scorer and write a model file with its metadata.
+    /// Train a scorer (lexical or embedding) and write a model file with its metadata.
     Train {
         /// Data folder (RouteLLM layout and/or arena-bench); repeat for several.
         #[arg(long, required = true)]
         data: Vec<PathBuf>,
+        /// lexical or embedding.
+        #[arg(long, default_value = "lexical")]
+        scorer: String,
         /// Benchmark to leave out of training (mmlu, gsm8k, mt-bench, arena-bench); repeatable.
         /// Each one left out is evaluated with the new model (held out).
         #[arg(long)]
         exclude: Vec<String>,
-        /// Output model file.
-        #[arg(long, default_value = "models/lexical-v1.json")]
-        out: PathBuf,
+        /// Output model file (default: models/<scorer>-v1.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
         #[command(flatten)]
         hp: TrainFlags,
         /// Sample for the default thresholds (60/40 for 2 tiers, 50/30/20 for 3).
@@ -100,7 +106,7 @@ enum Command {
         /// mmlu, gsm8k, mt-bench, arena-bench, or a .jsonl file in the simple format.
         #[arg(long)]
         benchmark: String,
-        /// lexical or random.
+        /// lexical, embedding or random.
         #[arg(long, default_value = "lexical")]
         router: String,
         /// shipped (the model as is), leave-benchmark-out, or grouped-5-fold.
@@ -133,12 +139,18 @@ enum Command {
         /// The sample: a benchmark name or a .jsonl file (prompts only are needed).
         #[arg(long, default_value = "arena-bench")]
         sample: String,
-        /// Model file to read (default: the shipped model).
+        /// lexical or embedding.
+        #[arg(long, default_value = "lexical")]
+        scorer: String,
+        /// Model file to read (default: the scorer's shipped model).
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Where to write the calibrated model.
-        #[arg(long, default_value = "models/lexical-v1.json")]
-        out: PathBuf,
+        /// Where to write the calibrated model (default: models/<scorer>-v1.json).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Embedding scorer: the encoder's directory (default: as for `train`).
+        #[arg(long)]
+        encoder: Option<PathBuf>,
         /// Target share per tier, cheapest first (e.g. 50,30,20).
         #[arg(long, value_delimiter = ',', conflicts_with = "cost_per_1000")]
         shares: Option<Vec<f64>>,
@@ -193,9 +205,32 @@ struct TrainFlags {
     /// The strong model's name in the data.
     #[arg(long, default_value = triage_eval::data::STRONG)]
     strong: String,
+    /// Embedding scorer: the encoder's directory (default: $TRIAGE_EMBEDDING_DIR, else
+    /// ~/.cache/triage/all-MiniLM-L6-v2, where scripts/fetch-embedding-model.sh puts it).
+    #[arg(long)]
+    encoder: Option<PathBuf>,
+    /// Embedding scorer: tokens of each prompt the encoder reads when training (at most 256).
+    #[arg(long, default_value_t = triage_embed::DEFAULT_MAX_TOKENS)]
+    max_tokens: usize,
+    /// Embedding scorer: file caching computed embeddings between runs ("" for none).
+    #[arg(long, default_value = "target/eval/embedding-cache.bin")]
+    embedding_cache: PathBuf,
 }
 
 impl TrainFlags {
+    /// The embedding scorer's setup: the encoder read at `max_tokens` (the head's, when a head
+    /// is given, else `--max-tokens`), the head, the cache file.
+    fn embedding(
+        &self,
+        head: Option<triage_embed::EmbeddingHead>,
+    ) -> Result<triage_eval::embedding::EmbeddingSetup, String> {
+        let dir = self.encoder.clone().unwrap_or_else(triage_embed::default_dir);
+        let max_tokens = head.as_ref().map_or(self.max_tokens, |h| h.file().max_tokens);
+        let encoder = triage_embed::Encoder::load(&dir, max_tokens).map_err(|e| e.to_string())?;
+        let cache = (!self.embedding_cache.as_os_str().is_empty()).then(|| self.embedding_cache.clone());
+        Ok(triage_eval::embedding::EmbeddingSetup { encoder: std::sync::Arc::new(encoder), head, cache })
+    }
+
     fn config(&self) -> Result<triage_eval::train::TrainConfig, String> {
         Ok(triage_eval::train::TrainConfig {
             buckets: self.buckets,
@@ -210,6 +245,16 @@ impl TrainFlags {
             weak: self.weak.clone(),
             strong: self.strong.clone(),
         })
+    }
+}
+
+fn load_embedding_head(path: Option<&Path>) -> Result<triage_embed::EmbeddingHead, String> {
+    match path {
+        Some(p) => {
+            let s = std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            triage_embed::EmbeddingHead::from_json(&s).map_err(|e| format!("{}: {e}", p.display()))
+        }
+        None => triage_embed::EmbeddingHead::from_json(triage_embed::DEFAULT_HEAD_JSON).map_err(|e| e.to_string()),
     }
 }
 
@@ -311,12 +356,30 @@ fn run(cli: Cli) -> Result<(), String> {
                 None => Ok(()),
             }
         }
-        Command::Route { prompt, model, json } => {
+        Command::Route { prompt, scorer, model, json } => {
             let catalog = load_catalog(cli.config.as_deref())?;
-            route_cmd(&catalog, prompt, model.as_deref(), json)
+            route_cmd(&catalog, prompt, scorer.as_deref(), model.as_deref(), json)
         }
-        Command::Train { data, exclude, out, hp, calibrate_on } => {
-            let args = triage_eval::commands::TrainArgs { data, exclude, calibrate_on, cfg: hp.config()?, out };
+        Command::Train { data, scorer, exclude, out, hp, calibrate_on } => {
+            let scorer: triage_core::router::ScorerKind = scorer.parse().map_err(|e| format!("{e}"))?;
+            let embedding = match scorer {
+                triage_core::router::ScorerKind::Embedding => Some(hp.embedding(None)?),
+                _ => None,
+            };
+            let name = match scorer {
+                triage_core::router::ScorerKind::Embedding => "embedding",
+                _ => "lexical",
+            };
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("models/{name}-v1.json")));
+            let args = triage_eval::commands::TrainArgs {
+                data,
+                exclude,
+                calibrate_on,
+                cfg: hp.config()?,
+                scorer,
+                embedding,
+                out,
+            };
             println!("{}", triage_eval::commands::train_cmd(&args).map_err(|e| e.to_string())?);
             Ok(())
         }
@@ -324,11 +387,15 @@ fn run(cli: Cli) -> Result<(), String> {
             let split_kind: triage_eval::replay::Split =
                 split.parse().map_err(|e: triage_eval::EvalError| e.to_string())?;
             let router: triage_core::router::ScorerKind = router.parse().map_err(|e| format!("{e}"))?;
-            let model = match (router, split_kind) {
+            let (model, embedding) = match (router, split_kind) {
                 (triage_core::router::ScorerKind::Lexical, triage_eval::replay::Split::Shipped) => {
-                    Some(load_lexical(model.as_deref())?)
+                    (Some(load_lexical(model.as_deref())?), None)
                 }
-                _ => None,
+                (triage_core::router::ScorerKind::Embedding, triage_eval::replay::Split::Shipped) => {
+                    (None, Some(hp.embedding(Some(load_embedding_head(model.as_deref())?))?))
+                }
+                (triage_core::router::ScorerKind::Embedding, _) => (None, Some(hp.embedding(None)?)),
+                _ => (None, None),
             };
             let train_sets = if train_on.is_empty() {
                 triage_eval::data::BENCHMARKS.iter().map(|s| (*s).to_owned()).filter(|b| *b != benchmark).collect()
@@ -341,6 +408,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 router,
                 split: split_kind,
                 model,
+                embedding,
                 train_sets,
                 train: hp.config()?,
                 price_weak: prices.first().copied().unwrap_or(0.24),
@@ -358,15 +426,17 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Calibrate {
             data,
             sample,
+            scorer,
             model,
             out,
+            encoder,
             shares,
             cost_per_1000,
             tier_prices,
             tokens_per_request,
             mix,
         } => {
-            let mut m = load_lexical(model.as_deref())?;
+            let scorer: triage_core::router::ScorerKind = scorer.parse().map_err(|e| format!("{e}"))?;
             let args = triage_eval::commands::CalibrateArgs {
                 data,
                 sample,
@@ -376,8 +446,32 @@ fn run(cli: Cli) -> Result<(), String> {
                 tokens_per_request,
                 mix,
             };
-            print!("{}", triage_eval::commands::calibrate_cmd(&mut m, &args).map_err(|e| e.to_string())?);
-            std::fs::write(&out, m.to_json()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+            use triage_eval::commands::{calibrate_cmd, Calibrated};
+            let (text, json, name) = match scorer {
+                triage_core::router::ScorerKind::Lexical => {
+                    let mut m = load_lexical(model.as_deref())?;
+                    let t = calibrate_cmd(Calibrated::Lexical(&mut m), &args).map_err(|e| e.to_string())?;
+                    (t, m.to_json(), "lexical")
+                }
+                triage_core::router::ScorerKind::Embedding => {
+                    let mut h = load_embedding_head(model.as_deref())?;
+                    let dir = encoder.unwrap_or_else(triage_embed::default_dir);
+                    let enc = triage_embed::Encoder::load(&dir, h.file().max_tokens).map_err(|e| e.to_string())?;
+                    let setup = triage_eval::embedding::EmbeddingSetup {
+                        encoder: std::sync::Arc::new(enc),
+                        head: None,
+                        cache: Some(PathBuf::from("target/eval/embedding-cache.bin")),
+                    };
+                    let t = calibrate_cmd(Calibrated::Embedding(&mut h, &setup), &args).map_err(|e| e.to_string())?;
+                    (t, h.to_json(), "embedding")
+                }
+                triage_core::router::ScorerKind::Random => {
+                    return Err("the random scorer has no thresholds to calibrate".into())
+                }
+            };
+            print!("{text}");
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("models/{name}-v1.json")));
+            std::fs::write(&out, json).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
             println!("wrote {}", out.display());
             Ok(())
         }
@@ -386,10 +480,17 @@ fn run(cli: Cli) -> Result<(), String> {
 
 /// `triage route`: the decision for one request, with the model the catalog would pick in that
 /// tier (hard requirements applied, every provider assumed available).
-fn route_cmd(catalog: &Catalog, prompt: Option<String>, model: Option<&Path>, json: bool) -> Result<(), String> {
+fn route_cmd(
+    catalog: &Catalog,
+    prompt: Option<String>,
+    scorer: Option<&str>,
+    model: Option<&Path>,
+    json: bool,
+) -> Result<(), String> {
+    use triage_core::catalog::AutoRouting;
     use triage_core::openai::ChatRequest;
     use triage_core::route::{select, Requirements, Target};
-    use triage_core::router::Router;
+    use triage_core::router::ScorerKind;
     let req: ChatRequest = match prompt {
         Some(p) => triage_eval::data::user_request(&p),
         None => {
@@ -399,8 +500,22 @@ fn route_cmd(catalog: &Catalog, prompt: Option<String>, model: Option<&Path>, js
             serde_json::from_str(&s).map_err(|e| format!("stdin is not a JSON chat request: {e}"))?
         }
     };
-    let lexical = load_lexical(model)?;
-    let router = Router::new(Box::new(lexical), Default::default());
+    let (mut kind, mut model_file, encoder_dir) = match catalog.auto_routing() {
+        AutoRouting::Scorer { kind, model_file, encoder_dir } => (*kind, model_file.clone(), encoder_dir.clone()),
+        AutoRouting::Cheapest => (ScorerKind::Lexical, None, None),
+    };
+    if let Some(s) = scorer {
+        let k: ScorerKind = s.parse().map_err(|e| format!("{e}"))?;
+        if k != kind {
+            model_file = None;
+        }
+        kind = k;
+    }
+    if let Some(m) = model {
+        model_file = Some(m.display().to_string());
+    }
+    let router = triage_gateway::scoring::build_router(&AutoRouting::Scorer { kind, model_file, encoder_dir })?
+        .ok_or("no router")?;
     let tiers = catalog.tiers().len();
     let d = router.decide(&req, tiers);
     // The scored tier, or the next stronger one whose models meet the hard requirements.

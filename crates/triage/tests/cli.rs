@@ -345,3 +345,41 @@ fn models_shows_live_deployment_state_from_a_running_gateway() {
     assert_eq!(&cells[..3], ["m", "up", "closed"], "{line}");
     assert!(out.contains("LATENCY MS") && out.contains("ERRORS"), "{out}");
 }
+
+/// `triage route` with each scorer: the decision as JSON, the same score twice (deterministic),
+/// and a clear error naming the fetch script when the embedding encoder is missing.
+#[test]
+fn route_prints_the_decision_of_each_scorer() {
+    let dir = tempdir("route");
+    let prompt = "Prove that the square root of 2 is irrational, then compute 17*23.";
+    let decide = |scorer: &str| -> serde_json::Value {
+        let (ok, out, err) = run(bin().current_dir(&dir).args(["route", "--json", "--scorer", scorer, prompt]));
+        assert!(ok, "{err}");
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    for scorer in ["lexical", "embedding", "random"] {
+        let v = decide(scorer);
+        assert_eq!(v["reason"]["scorer"], scorer, "{v}");
+        assert_eq!(v["tiers"], 3);
+        let score = v["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{v}");
+        let t: Vec<f64> = v["thresholds"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert_eq!(t.len(), 2);
+        assert_eq!(v["tier_index"].as_u64().unwrap() as usize, t.iter().filter(|&&x| score >= x).count());
+        assert_eq!(decide(scorer)["score"], v["score"], "{scorer} is deterministic");
+    }
+    assert!(decide("embedding")["reason"]["top_features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["feature"] == "embedding"));
+    let missing = dir.join("no-encoder");
+    let (ok, _, err) = run(bin().current_dir(&dir).env("TRIAGE_EMBEDDING_DIR", &missing).args([
+        "route",
+        "--scorer",
+        "embedding",
+        prompt,
+    ]));
+    assert!(!ok);
+    assert!(err.contains("config.json") && err.contains("scripts/fetch-embedding-model.sh"), "{err}");
+}

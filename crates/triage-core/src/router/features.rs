@@ -326,6 +326,12 @@ pub fn extract_text(rt: &RequestText, buckets: u32) -> Features {
     Features { hashed, dense }
 }
 
+/// Only the dense features of `rt` (named by [`DENSE_NAMES`]); the hashed n-grams are walked but
+/// not kept. Used by scorers that take the request's shape from these features (`embedding`).
+pub fn dense(rt: &RequestText) -> [f32; DENSE_LEN] {
+    walk(rt, |_, _, _, _| {})
+}
+
 /// Calls `f(index, signed value)` for every hashed occurrence of `rt` without allocating the
 /// feature list, and returns the dense features (the inference fast path).
 pub(crate) fn for_each_hashed(rt: &RequestText, buckets: u32, mut f: impl FnMut(u32, f32)) -> [f32; DENSE_LEN] {

@@ -7,11 +7,10 @@
 //! score at or above threshold `i` goes at least to tier `i + 1` ([`tier_for`]). Nothing here
 //! assumes two models.
 //!
-//! Scorers: [`lexical`] (hashed n-grams and a few dense features into a logistic regression;
-//! the shipped default, see docs/ROUTING.md for the measurements that chose it) and [`random`]
-//! (the baseline). An `embedding` scorer (all-MiniLM-L6-v2 sentence embeddings into the same kind
-//! of linear head) is planned: it will be one more [`ScorerKind`] variant and one more
-//! implementation of [`Scorer`]; [`Router`] and the thresholds do not change.
+//! Scorers: [`lexical`] (hashed n-grams and a few dense features into a logistic regression),
+//! [`random`] (the baseline), and `embedding` (all-MiniLM-L6-v2 sentence embeddings plus the
+//! dense features into a logistic head; in the crate `triage-embed`, which keeps candle out of
+//! this one). docs/ROUTING.md holds the measurements that chose the default.
 //!
 //! Pure logic: the only input besides requests is a model file parsed from a string.
 
@@ -39,7 +38,7 @@ pub enum RouterError {
     #[error("invalid router model: {0}")]
     Model(String),
     /// A scorer name that does not exist.
-    #[error("unknown scorer \"{0}\"; valid: lexical, random")]
+    #[error("unknown scorer \"{0}\"; valid: lexical, embedding, random")]
     UnknownScorer(String),
 }
 
@@ -62,6 +61,19 @@ pub trait Scorer: Send + Sync {
     fn explain(&self, _req: &ChatRequest, _top: usize) -> Reason {
         Reason { scorer: self.name().to_owned(), top_features: Vec::new() }
     }
+
+    /// The score and the reason together. Scorers whose score is expensive override this to
+    /// compute it once.
+    fn score_explained(&self, req: &ChatRequest, top: usize) -> (f32, Reason) {
+        (self.score(req), self.explain(req, top))
+    }
+
+    /// True when one score takes milliseconds of CPU (a neural encoder), so that an async
+    /// caller should run it off its event loop (the gateway uses a bounded blocking pool);
+    /// false for scorers that take microseconds.
+    fn is_blocking(&self) -> bool {
+        false
+    }
 }
 
 /// Which scorer to build.
@@ -71,7 +83,9 @@ pub enum ScorerKind {
     Lexical,
     /// [`RandomScorer`].
     Random,
-    // Embedding: all-MiniLM-L6-v2 (candle) + linear head; not built yet.
+    /// all-MiniLM-L6-v2 sentence embeddings into a logistic head (crate `triage-embed`, which
+    /// keeps candle out of this pure-logic crate).
+    Embedding,
 }
 
 impl std::str::FromStr for ScorerKind {
@@ -80,6 +94,7 @@ impl std::str::FromStr for ScorerKind {
         match s {
             "lexical" => Ok(ScorerKind::Lexical),
             "random" => Ok(ScorerKind::Random),
+            "embedding" => Ok(ScorerKind::Embedding),
             _ => Err(RouterError::UnknownScorer(s.to_owned())),
         }
     }
@@ -276,14 +291,9 @@ impl Router {
 
     /// The full decision for a catalog of `num_tiers` tiers, with the 5 features that weighed most.
     pub fn decide(&self, req: &ChatRequest, num_tiers: usize) -> Decision {
-        let score = self.scorer.score(req);
+        let (score, reason) = self.scorer.score_explained(req, 5);
         let thresholds = self.thresholds.for_tiers(num_tiers);
-        Decision {
-            tier: tier_for(score, &thresholds).min(num_tiers.saturating_sub(1)),
-            score,
-            thresholds,
-            reason: self.scorer.explain(req, 5),
-        }
+        Decision { tier: tier_for(score, &thresholds).min(num_tiers.saturating_sub(1)), score, thresholds, reason }
     }
 }
 

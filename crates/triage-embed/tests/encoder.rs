@@ -1,0 +1,87 @@
+//! The real all-MiniLM-L6-v2 encoder (fetched by scripts/fetch-embedding-model.sh, which
+//! scripts/test.sh runs first).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, OnceLock};
+
+use triage_core::openai::ChatRequest;
+use triage_core::router::Scorer;
+use triage_embed::{default_dir, EmbeddingHead, EmbeddingScorer, Encoder, DEFAULT_HEAD_JSON, DIM};
+
+fn encoder() -> &'static Encoder {
+    static E: OnceLock<Encoder> = OnceLock::new();
+    E.get_or_init(|| {
+        Encoder::load(&default_dir(), 128)
+            .unwrap_or_else(|e| panic!("{e}\n(run scripts/fetch-embedding-model.sh, as scripts/test.sh does)"))
+    })
+}
+
+fn cos(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn embeddings_are_unit_vectors_that_place_paraphrases_together() {
+    let e = encoder();
+    let a = e.embed("How do I reverse a linked list in Rust?").unwrap();
+    let b = e.embed("Reverse a singly linked list, in Rust.").unwrap();
+    let c = e.embed("What will the weather be like in Paris tomorrow?").unwrap();
+    assert_eq!(a.len(), DIM);
+    for v in [&a, &b, &c] {
+        assert!((cos(v, v) - 1.0).abs() < 1e-4);
+    }
+    assert!(cos(&a, &b) > 0.6, "paraphrases: {}", cos(&a, &b));
+    assert!(cos(&a, &c) < 0.3, "unrelated: {}", cos(&a, &c));
+    assert!(cos(&a, &b) > cos(&a, &c) + 0.4);
+}
+
+#[test]
+fn a_batch_gives_each_text_the_embedding_it_gets_alone() {
+    let e = encoder();
+    let short = "Summarise this note in one line.";
+    let long = "Write a detailed plan for migrating a PostgreSQL database of forty tables to a new schema without downtime, covering dual writes, backfills, verification and the cut-over.";
+    let batch = e.embed_batch(&[short, long]).unwrap();
+    for (text, got) in [short, long].iter().zip(&batch) {
+        let alone = e.embed(text).unwrap();
+        let diff = alone.iter().zip(got).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff < 1e-4, "padding changed the embedding of {text:?} by {diff}");
+    }
+    assert!(e.embed_batch(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn text_past_the_token_limit_is_cut_off() {
+    let e = encoder();
+    let long = "alpha beta gamma delta ".repeat(100);
+    assert_eq!(e.token_count(&long).unwrap(), 128);
+    assert_eq!(e.token_count("hello world").unwrap(), 4, "[CLS] hello world [SEP]");
+    let a = e.embed(&long).unwrap();
+    let b = e.embed(&format!("{long} and a tail that the encoder never reads")).unwrap();
+    assert_eq!(a, b);
+    // Empty text still embeds ([CLS] [SEP]) instead of failing.
+    assert_eq!(e.embed("").unwrap().len(), DIM);
+}
+
+#[test]
+fn the_shipped_head_scores_requests_with_the_real_encoder() {
+    let head = EmbeddingHead::from_json(DEFAULT_HEAD_JSON).unwrap();
+    let enc = Encoder::load(&default_dir(), head.file().max_tokens).unwrap();
+    let scorer = EmbeddingScorer::new(Arc::new(enc), head.clone()).unwrap();
+    let req = |text: &str| -> ChatRequest {
+        serde_json::from_value(serde_json::json!({"model": "auto", "messages": [{"role": "user", "content": text}]}))
+            .unwrap()
+    };
+    let easy = scorer.score(&req("hi, thanks!"));
+    let hard = scorer.score(&req(
+        "Prove that every bounded monotone sequence of real numbers converges, then use it to show that the sequence a(n+1) = sqrt(2 + a(n)) with a(1) = sqrt(2) converges and find its limit.",
+    ));
+    assert!((0.0..=1.0).contains(&easy) && (0.0..=1.0).contains(&hard));
+    assert!(hard > easy, "hard {hard} vs easy {easy}");
+    let (s, reason) = scorer.score_explained(&req("hi, thanks!"), 5);
+    assert_eq!(s, easy);
+    assert_eq!(reason.scorer, "embedding");
+    assert!(reason.top_features.iter().any(|c| c.feature == "embedding"));
+    // A head trained at another input length does not pair with this encoder.
+    let other = Encoder::load(&default_dir(), 64).unwrap();
+    assert!(EmbeddingScorer::new(Arc::new(other), head).is_err());
+}
