@@ -7,7 +7,7 @@
 //! ([`crate::train`]): AdaGrad on the logistic loss with L2, seeded shuffles, one intercept per
 //! training set during the fit (its base rate), the shipped intercept their weighted mean.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use triage_core::router::Thresholds;
 use triage_embed::{embedding_text, EmbeddingHead, Encoder, DIM};
 
 use crate::data::Dataset;
-use crate::train::{label, Balance, Rng, TrainConfig, TrainReport, TrainSet};
+use crate::train::{labelled, standardise, Rng, TrainConfig, TrainReport, TrainSet};
 use crate::EvalError;
 
 /// Prompts per forward pass when filling the cache (sorted by length so padding stays small).
@@ -139,67 +139,25 @@ pub fn train_head(
     cfg: &TrainConfig,
     max_tokens: usize,
 ) -> Result<(EmbeddingHead, TrainReport), EvalError> {
-    let mut examples = Vec::new();
-    let mut counts = BTreeMap::new();
-    for set in sets {
-        let e =
-            emb.get(&set.data.name).ok_or_else(|| EvalError::Data(format!("no embeddings of {}", set.data.name)))?;
-        let (wi, si) = (set.data.model_index(&cfg.weak)?, set.data.model_index(&cfg.strong)?);
-        let usable: Vec<usize> = set
-            .items
-            .iter()
-            .copied()
-            .filter(|&i| set.data.items[i].quality[wi].is_finite() && set.data.items[i].quality[si].is_finite())
-            .collect();
-        if usable.is_empty() {
-            continue;
-        }
-        let n = usable.len() as f32;
-        let w = match cfg.balance {
-            Balance::None => 1.0,
-            Balance::Sqrt => 1.0 / n.sqrt(),
-            Balance::Equal => 1.0 / n,
-        };
-        counts.insert(set.data.name.clone(), usable.len());
-        for i in usable {
-            let it = &set.data.items[i];
-            examples.push(Example {
-                x: e.get(i)
-                    .cloned()
-                    .ok_or_else(|| EvalError::Data(format!("no embedding of {} item {i}", set.data.name)))?,
-                dense: features::dense(&RequestText::of(&it.request)),
-                y: label(cfg, it.quality[wi], it.quality[si], set.data.scale),
-                w,
-                set: counts.len() - 1,
-            });
-        }
-    }
-    if examples.is_empty() {
-        return Err(EvalError::Data("no training examples".into()));
-    }
-    let mean_w = examples.iter().map(|e| f64::from(e.w)).sum::<f64>() / examples.len() as f64;
-    for e in &mut examples {
-        e.w = (f64::from(e.w) / mean_w) as f32;
+    let (labelled, counts) = labelled(sets, cfg)?;
+    let mut examples = Vec::with_capacity(labelled.len());
+    for l in &labelled {
+        let e = emb.get(&l.data.name).ok_or_else(|| EvalError::Data(format!("no embeddings of {}", l.data.name)))?;
+        examples.push(Example {
+            x: e.get(l.item)
+                .cloned()
+                .ok_or_else(|| EvalError::Data(format!("no embedding of {} item {}", l.data.name, l.item)))?,
+            dense: features::dense(&RequestText::of(&l.data.items[l.item].request)),
+            y: l.y,
+            w: l.w,
+            set: l.set,
+        });
     }
     let wsum: f32 = examples.iter().map(|e| e.w).sum();
-    let mut mu = [0f32; DENSE_LEN];
-    let mut sd = [0f32; DENSE_LEN];
-    for e in &examples {
-        for (m, x) in mu.iter_mut().zip(&e.dense) {
-            *m += e.w * x / wsum;
-        }
-    }
-    for e in &examples {
-        for j in 0..DENSE_LEN {
-            sd[j] += e.w * (e.dense[j] - mu[j]).powi(2) / wsum;
-        }
-    }
-    for v in &mut sd {
-        *v = v.sqrt().max(0.05);
-    }
+    let (mu, sd) = standardise(examples.iter_mut().map(|e| (e.w, &mut e.dense)));
     // Inputs of the fit: the embedding, then the standardised dense features.
     for e in &mut examples {
-        e.x.extend((0..DENSE_LEN).map(|j| (e.dense[j] - mu[j]) / sd[j]));
+        e.x.extend_from_slice(&e.dense);
     }
     let dim = DIM + DENSE_LEN;
     let nsets = counts.len().max(1);

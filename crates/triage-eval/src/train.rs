@@ -170,14 +170,30 @@ pub struct TrainReport {
     pub train_log_loss: f64,
 }
 
-/// Trains a lexical model on `sets`. Thresholds are left empty (see `calibrate`).
+/// One training prompt: where it is, its label and its weight (normalised to mean 1).
+pub(crate) struct Labelled<'a> {
+    /// Its dataset.
+    pub data: &'a Dataset,
+    /// Item index in `data.items`.
+    pub item: usize,
+    /// Label ("strong model needed"), see [`Label`].
+    pub y: f32,
+    /// Example weight from [`Balance`], normalised so that the mean over all examples is 1
+    /// (the learning rate then means the same for every balance).
+    pub w: f32,
+    /// Index of its training set (for the per-set intercepts).
+    pub set: usize,
+}
+
+/// The usable prompts of `sets` (both models' quality known), labelled and weighted, with the
+/// count per set name.
 ///
-/// Errors: [`EvalError::Data`] if a set lacks the weak or strong model, or nothing is left to train on.
-pub fn train(sets: &[TrainSet<'_>], cfg: &TrainConfig) -> Result<(LexicalModel, TrainReport), EvalError> {
-    if !cfg.buckets.is_power_of_two() {
-        return Err(EvalError::Usage(format!("buckets = {} is not a power of two", cfg.buckets)));
-    }
-    let mut examples = Vec::new();
+/// Errors: [`EvalError::Data`] if a set lacks the weak or strong model, or nothing is usable.
+pub(crate) fn labelled<'a>(
+    sets: &[TrainSet<'a>],
+    cfg: &TrainConfig,
+) -> Result<(Vec<Labelled<'a>>, BTreeMap<String, usize>), EvalError> {
+    let mut out = Vec::new();
     let mut counts = BTreeMap::new();
     for set in sets {
         let (wi, si) = (set.data.model_index(&cfg.weak)?, set.data.model_index(&cfg.strong)?);
@@ -200,42 +216,65 @@ pub fn train(sets: &[TrainSet<'_>], cfg: &TrainConfig) -> Result<(LexicalModel, 
         for i in usable {
             let it = &set.data.items[i];
             let y = label(cfg, it.quality[wi], it.quality[si], set.data.scale);
-            examples.push(example(&RequestText::of(&it.request), cfg.buckets, y, w, counts.len() - 1));
+            out.push(Labelled { data: set.data, item: i, y, w, set: counts.len() - 1 });
         }
     }
-    if examples.is_empty() {
+    if out.is_empty() {
         return Err(EvalError::Data("no training examples".into()));
     }
-    // Normalise weights to mean 1 so the learning rate means the same for every balance.
-    let mean_w = examples.iter().map(|e| f64::from(e.w)).sum::<f64>() / examples.len() as f64;
-    for e in &mut examples {
+    let mean_w = out.iter().map(|e| f64::from(e.w)).sum::<f64>() / out.len() as f64;
+    for e in &mut out {
         e.w = (f64::from(e.w) / mean_w) as f32;
     }
-    // Standardise the dense features (weighted mean 0, variance 1) for a well-conditioned fit,
-    // then fold the transform back into the weights and intercepts so inference needs none.
-    let wsum_all: f32 = examples.iter().map(|e| e.w).sum();
+    Ok((out, counts))
+}
+
+/// Standardises dense feature rows in place to weighted mean 0 and variance 1, and returns the
+/// means and standard deviations used (each deviation floored at 0.05: a nearly constant
+/// feature gets a small weight, not a huge one that the intercept must cancel).
+pub(crate) fn standardise<'r>(
+    rows: impl Iterator<Item = (f32, &'r mut [f32; DENSE_LEN])>,
+) -> ([f32; DENSE_LEN], [f32; DENSE_LEN]) {
+    let rows: Vec<(f32, &mut [f32; DENSE_LEN])> = rows.collect();
+    let wsum: f32 = rows.iter().map(|r| r.0).sum::<f32>().max(f32::MIN_POSITIVE);
     let mut mu = [0f32; DENSE_LEN];
     let mut sd = [0f32; DENSE_LEN];
-    for e in &examples {
-        for (m, x) in mu.iter_mut().zip(&e.dense) {
-            *m += e.w * x / wsum_all;
+    for (w, x) in &rows {
+        for (m, v) in mu.iter_mut().zip(x.iter()) {
+            *m += w * v / wsum;
         }
     }
-    for e in &examples {
-        for j in 0..DENSE_LEN {
-            sd[j] += e.w * (e.dense[j] - mu[j]).powi(2) / wsum_all;
+    for (w, x) in &rows {
+        for ((s, v), m) in sd.iter_mut().zip(x.iter()).zip(&mu) {
+            *s += w * (v - m).powi(2) / wsum;
         }
     }
     for v in &mut sd {
-        // Floor: a (nearly) constant feature gets a small weight, not a huge one that the
-        // intercept must cancel.
         *v = v.sqrt().max(0.05);
     }
-    for e in &mut examples {
-        for j in 0..DENSE_LEN {
-            e.dense[j] = (e.dense[j] - mu[j]) / sd[j];
+    for (_, x) in rows {
+        for ((v, m), s) in x.iter_mut().zip(&mu).zip(&sd) {
+            *v = (*v - m) / s;
         }
     }
+    (mu, sd)
+}
+
+/// Trains a lexical model on `sets`. Thresholds are left empty (see `calibrate`).
+///
+/// Errors: [`EvalError::Data`] if a set lacks the weak or strong model, or nothing is left to train on.
+pub fn train(sets: &[TrainSet<'_>], cfg: &TrainConfig) -> Result<(LexicalModel, TrainReport), EvalError> {
+    if !cfg.buckets.is_power_of_two() {
+        return Err(EvalError::Usage(format!("buckets = {} is not a power of two", cfg.buckets)));
+    }
+    let (labelled, counts) = labelled(sets, cfg)?;
+    let mut examples: Vec<Example> = labelled
+        .iter()
+        .map(|l| example(&RequestText::of(&l.data.items[l.item].request), cfg.buckets, l.y, l.w, l.set))
+        .collect();
+    // Standardise the dense features (weighted mean 0, variance 1) for a well-conditioned fit,
+    // then fold the transform back into the weights and intercepts so inference needs none.
+    let (mu, sd) = standardise(examples.iter_mut().map(|e| (e.w, &mut e.dense)));
     let (mut set_bias, zdense, weights) = fit(&examples, cfg, counts.len());
     let mut dense = [0f32; DENSE_LEN];
     let mut shift = 0f32;

@@ -259,17 +259,13 @@ async fn shutdown_lets_in_flight_streams_finish() {
     assert!(client().get(gw.url("/healthz")).send().await.is_err());
 }
 
-/// `auto` with the shipped difficulty scorer: the reason carries the score, the thresholds and
-/// the features that weighed most; a tier that cannot serve the request gives way to the next
-/// dearer one.
-#[tokio::test]
-async fn auto_uses_the_difficulty_scorer() {
-    let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
-    let toml = format!(
+/// Three tiers on one upstream (`tiny` local without tools, `middle`, `big`) routed by `scorer`.
+fn scored_tiers(up: &FakeUpstream, scorer: &str) -> String {
+    format!(
         r#"
 tiers = ["local", "mid", "frontier"]
 [router]
-scorer = "lexical"
+scorer = "{scorer}"
 [providers.p]
 kind = "openai"
 base_url = "{}"
@@ -295,8 +291,16 @@ context_window = 100000
 capabilities = ["tools"]
 "#,
         up.url()
-    );
-    let gw = start(&toml).await;
+    )
+}
+
+/// `auto` with the shipped difficulty scorer: the reason carries the score, the thresholds and
+/// the features that weighed most; a tier that cannot serve the request gives way to the next
+/// dearer one.
+#[tokio::test]
+async fn auto_uses_the_difficulty_scorer() {
+    let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let gw = start(&scored_tiers(&up, "lexical")).await;
     let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs("hi")})).await;
     assert_eq!(s, 200);
     assert!(
@@ -327,38 +331,7 @@ capabilities = ["tools"]
 #[tokio::test]
 async fn auto_uses_the_embedding_scorer() {
     let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
-    let toml = format!(
-        r#"
-tiers = ["local", "mid", "frontier"]
-[router]
-scorer = "embedding"
-[providers.p]
-kind = "openai"
-base_url = "{}"
-[[models]]
-id = "tiny"
-provider = "p"
-tier = "local"
-price = {{ input = 0.0, output = 0.0 }}
-context_window = 100000
-[[models]]
-id = "middle"
-provider = "p"
-tier = "mid"
-price = {{ input = 1.0, output = 3.0 }}
-context_window = 100000
-capabilities = ["tools"]
-[[models]]
-id = "big"
-provider = "p"
-tier = "frontier"
-price = {{ input = 10.0, output = 30.0 }}
-context_window = 100000
-capabilities = ["tools"]
-"#,
-        up.url()
-    );
-    let gw = start(&toml).await;
+    let gw = start(&scored_tiers(&up, "embedding")).await;
     let score = |reason: &str| -> f64 {
         reason.strip_prefix("auto: score ").unwrap().split(' ').next().unwrap().parse().unwrap()
     };
