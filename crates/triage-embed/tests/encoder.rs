@@ -35,6 +35,32 @@ fn embeddings_are_unit_vectors_that_place_paraphrases_together() {
     assert!(cos(&a, &b) > cos(&a, &c) + 0.4);
 }
 
+/// Against an independent float64 numpy forward pass of the same weights
+/// (tests/reference/minilm_numpy.py): the first 8 components and the sum of all 384.
+#[test]
+fn embeddings_match_an_independent_reference_implementation() {
+    let cases: [(&str, [f32; 8], f32); 2] = [
+        (
+            "How do I reverse a linked list in Rust?",
+            [-0.062503, 0.040017, 0.034548, 0.089576, 0.034267, 0.016544, 0.023841, 0.01795],
+            0.065606,
+        ),
+        (
+            "Summarise this note in one line.",
+            [-0.06983, 0.169397, 0.02735, 0.028141, -0.006947, 0.025574, 0.079415, 0.001041],
+            0.152462,
+        ),
+    ];
+    for (text, head, sum) in cases {
+        let e = encoder().embed(text).unwrap();
+        for (i, (got, want)) in e.iter().zip(head).enumerate() {
+            assert!((got - want).abs() < 2e-5, "{text:?}[{i}]: {got} vs {want}");
+        }
+        let s: f32 = e.iter().sum();
+        assert!((s - sum).abs() < 2e-4, "{text:?}: sum {s} vs {sum}");
+    }
+}
+
 #[test]
 fn a_batch_gives_each_text_the_embedding_it_gets_alone() {
     let e = encoder();
