@@ -1,10 +1,11 @@
 //! Decision latency of the shipped lexical scorer on a 500-token prompt (issue 9 asks for
-//! < 50 µs p50). Run: `cargo bench -p triage-eval --bench decide`.
+//! < 50 µs p50), and of the random baseline. Run: `cargo bench -p triage-eval --bench decide`.
+//! (The embedding scorer's is `cargo bench -p triage-embed --bench embed`.)
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use triage_core::openai::ChatRequest;
-use triage_core::router::Router;
+use triage_core::router::{RandomScorer, Router};
 
 fn prompt_500_tokens() -> ChatRequest {
     // About 2,000 characters of mixed prose, code and math: ~500 o200k tokens.
@@ -31,6 +32,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("lexical decide with reason, 500-token prompt", |b| {
         b.iter(|| router.decide(std::hint::black_box(&req), 3))
     });
+    let random = Router::new(Box::new(RandomScorer { seed: 1 }), Default::default());
+    c.bench_function("random score+tier, 500-token prompt", |b| b.iter(|| random.tier(std::hint::black_box(&req), 3)));
 }
 
 criterion_group!(benches, bench);
