@@ -311,20 +311,29 @@ impl TinyLlama {
         f.sync_all()
     }
 
-    /// Writes the model to a fresh file in the temporary directory and returns its path.
+    /// Writes the model into the temporary directory, under a name made from its content's
+    /// hash, and returns the path. A file already there with that name and size is the same
+    /// model and is reused, so test runs leave no copies behind; concurrent writers each write
+    /// their own file and rename it into place.
     ///
     /// Errors: the file cannot be written.
     pub fn write_temp(&self) -> io::Result<std::path::PathBuf> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "triage-tiny-llama-{}-{}-{}.gguf",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            self.seed
-        );
-        let path = std::env::temp_dir().join(name);
-        self.write(&path)?;
+        let bytes = self.to_bytes();
+        // FNV-1a, 64 bits: enough to tell fixture versions apart.
+        let hash =
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("triage-tiny-llama-{hash:016x}.gguf"));
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+            return Ok(path);
+        }
+        static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let partial = dir.join(format!("triage-tiny-llama-{hash:016x}.{}-{n}.partial", std::process::id()));
+        let mut f = std::fs::File::create(&partial)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&partial, &path)?;
         Ok(path)
     }
 }
