@@ -51,6 +51,11 @@ const QUESTION: &str = "What is the capital of France?";
 
 /// What the engine itself answers to QUESTION, greedily, in `max_tokens` tokens.
 async fn direct(max_tokens: u32) -> Output {
+    direct_with(Sampling { temperature: 0.0, top_p: 1.0, seed: None }, max_tokens).await
+}
+
+/// What the engine itself answers to QUESTION with `sampling`.
+async fn direct_with(sampling: Sampling, max_tokens: u32) -> Output {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     let e = ENGINE.get_or_init(|| {
         Engine::load(EngineConfig { model_path: model_file(), parallel: 1, queue: 4, context: 512, threads: 1 })
@@ -60,7 +65,7 @@ async fn direct(max_tokens: u32) -> Output {
         messages: vec![Message::new("user", QUESTION)],
         max_tokens: Some(max_tokens),
         stop: vec![],
-        sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+        sampling,
     };
     e.generate(req).unwrap().collect().await.unwrap()
 }
@@ -96,6 +101,45 @@ async fn a_chat_completion_is_served_by_the_local_engine() {
     // Greedy: the same request, the same answer.
     let again = json_body(post(&gw, &request(false, 12)).await).await;
     assert_eq!(again["choices"], body["choices"]);
+}
+
+#[tokio::test]
+async fn sampling_fields_and_stop_reach_the_engine() {
+    let gw = start(&config(0, "")).await;
+    let ask = |extra: serde_json::Value| {
+        let mut req =
+            json!({"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_completion_tokens": 24});
+        req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let gw = &gw;
+        async move {
+            let resp = post(gw, &req.to_string()).await;
+            assert_eq!(resp.status(), 200);
+            json_body(resp).await
+        }
+    };
+    // temperature, top_p and seed: the engine's own answer with the same sampling, every time.
+    let sampled = direct_with(Sampling { temperature: 0.8, top_p: 0.9, seed: Some(7) }, 24).await;
+    let a = ask(json!({"temperature": 0.8, "top_p": 0.9, "seed": 7})).await;
+    assert_eq!(a["choices"][0]["message"]["content"], sampled.text.as_str());
+    let b = ask(json!({"temperature": 0.8, "top_p": 0.9, "seed": 7})).await;
+    assert_eq!(a["choices"], b["choices"]);
+    // stop, as a string: the text ends right before its first occurrence.
+    let full = direct(24).await.text;
+    let chars: Vec<usize> = full.char_indices().map(|(i, _)| i).collect();
+    let stop = &full[chars[chars.len() / 2]..chars[chars.len() / 2 + 2]];
+    let v = ask(json!({"temperature": 0, "stop": stop})).await;
+    assert_eq!(v["choices"][0]["message"]["content"], &full[..full.find(stop).unwrap()]);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn what_the_engine_cannot_do_yet_is_a_400_saying_so() {
+    let gw = start(&config(0, "")).await;
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2});
+    let resp = post(&gw, &req.to_string()).await;
+    assert_eq!(resp.status(), 400);
+    let v = json_body(resp).await;
+    assert_eq!(v["error"]["message"], "the local engine generates one choice (n = 1)");
 }
 
 #[tokio::test]
