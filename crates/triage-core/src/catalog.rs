@@ -29,6 +29,8 @@ pub enum ProviderKind {
     OpenAi,
     /// Anthropic's Messages API (`x-api-key`, `anthropic-version`).
     Anthropic,
+    /// A GGUF model run in-process by llama.cpp (no network; always `local`).
+    Local,
 }
 
 impl ProviderKind {
@@ -37,6 +39,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Local => "local",
         }
     }
 }
@@ -66,6 +69,22 @@ impl Default for Timeouts {
     }
 }
 
+/// How a `kind = "local"` provider runs its model (the in-process llama.cpp engine).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalEngine {
+    /// The GGUF file.
+    pub model_path: String,
+    /// Sequences decoded together (slots); default 2.
+    pub parallel: u32,
+    /// Requests that may wait for a slot beyond `parallel` before the provider reports itself
+    /// busy; default 8.
+    pub queue: u32,
+    /// Tokens of one sequence, prompt and output together; default 4,096.
+    pub context: u32,
+    /// CPU threads per decode step; 0 (the default) = every core.
+    pub threads: u32,
+}
+
 /// An upstream API endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Provider {
@@ -73,8 +92,11 @@ pub struct Provider {
     pub name: String,
     /// Wire protocol.
     pub kind: ProviderKind,
-    /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`.
+    /// Base URL without a trailing slash, e.g. `https://api.openai.com/v1`; for a `local`
+    /// provider, `local://` and its model path (nothing is fetched from it).
     pub base_url: String,
+    /// The in-process engine's settings; `Some` exactly when `kind` is `local`.
+    pub engine: Option<LocalEngine>,
     /// Environment variable holding the API key; `None` when the provider needs none.
     pub api_key_env: Option<String>,
     /// True when the provider runs on this machine (sensitive content may go there).

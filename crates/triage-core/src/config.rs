@@ -15,8 +15,8 @@ use toml::Spanned;
 
 use crate::catalog::{
     AuthMode, AutoRouting, BreakerPolicy, BudgetPeriod, BudgetScope, BudgetSpec, Capabilities, Catalog, Deployment,
-    GuardAction, GuardPolicy, Model, ModelId, Provider, ProviderKind, RetryPolicy, ServerSettings, SpendSettings,
-    Timeouts,
+    GuardAction, GuardPolicy, LocalEngine, Model, ModelId, Provider, ProviderKind, RetryPolicy, ServerSettings,
+    SpendSettings, Timeouts,
 };
 use crate::cost::{PerMillion, Price};
 use crate::router::ScorerKind;
@@ -186,11 +186,16 @@ struct RawServer {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
-    kind: ProviderKind,
-    base_url: Spanned<String>,
+    kind: Spanned<ProviderKind>,
+    base_url: Option<Spanned<String>>,
     api_key_env: Option<Spanned<String>>,
     #[serde(default)]
     local: bool,
+    model_path: Option<Spanned<String>>,
+    parallel: Option<Spanned<u32>>,
+    queue: Option<Spanned<u32>>,
+    context: Option<Spanned<u32>>,
+    threads: Option<Spanned<u32>>,
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -323,14 +328,40 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
     for (name, p) in raw.providers {
         let field = format!("providers.{}", name.get_ref());
         check_name(&ctx, &name, &field)?;
-        let url = p.base_url.get_ref().trim_end_matches('/');
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
-            return Err(ctx.err(
-                &p.base_url.span(),
-                format!("{field}.base_url"),
-                format!("\"{}\" is not an http:// or https:// URL", p.base_url.get_ref()),
-            ));
-        }
+        let kind = *p.kind.get_ref();
+        let (url, engine) = if kind == ProviderKind::Local {
+            let engine = local_engine(&ctx, &p, &field)?;
+            (format!("local://{}", engine.model_path), Some(engine))
+        } else {
+            let engine_field = [
+                ("model_path", p.model_path.as_ref().map(Spanned::span)),
+                ("parallel", p.parallel.as_ref().map(Spanned::span)),
+                ("queue", p.queue.as_ref().map(Spanned::span)),
+                ("context", p.context.as_ref().map(Spanned::span)),
+                ("threads", p.threads.as_ref().map(Spanned::span)),
+            ]
+            .into_iter()
+            .find_map(|(n, s)| s.map(|s| (n, s)));
+            if let Some((name, span)) = engine_field {
+                return Err(ctx.err(
+                    &span,
+                    format!("{field}.{name}"),
+                    "only a kind = \"local\" provider runs a model file",
+                ));
+            }
+            let Some(base_url) = &p.base_url else {
+                return Err(ctx.err(&p.kind.span(), format!("{field}.base_url"), "is required for this kind"));
+            };
+            let url = base_url.get_ref().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len() {
+                return Err(ctx.err(
+                    &base_url.span(),
+                    format!("{field}.base_url"),
+                    format!("\"{}\" is not an http:// or https:// URL", base_url.get_ref()),
+                ));
+            }
+            (url.to_owned(), None)
+        };
         let api_key_env = match p.api_key_env {
             Some(v) => {
                 let ok = !v.get_ref().is_empty() && v.get_ref().chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -348,10 +379,11 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         let d = Timeouts::default();
         providers.push(Provider {
             name: name.into_inner(),
-            kind: p.kind,
-            base_url: url.to_owned(),
+            kind,
+            base_url: url,
+            engine,
             api_key_env,
-            local: p.local,
+            local: p.local || kind == ProviderKind::Local,
             timeouts: Timeouts {
                 connect: ms(p.connect_timeout_ms, d.connect),
                 first_byte: ms(p.first_byte_timeout_ms, d.first_byte),
@@ -443,6 +475,22 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
             }
             ids.push(deployments.len());
             deployments.push(Deployment { model: i, provider: p, upstream_model: up });
+        }
+        for &d in &ids {
+            if let Some(e) = &providers[deployments[d].provider].engine {
+                if *m.context_window.get_ref() > u64::from(e.context) {
+                    return Err(ctx.err(
+                        &m.context_window.span(),
+                        f("context_window"),
+                        format!(
+                            "{} tokens is more than the local provider \"{}\" holds (context = {})",
+                            m.context_window.get_ref(),
+                            providers[deployments[d].provider].name,
+                            e.context
+                        ),
+                    ));
+                }
+            }
         }
         fallback_refs.push([m.fallback, m.context_window_fallback, m.content_policy_fallback]);
         models.push(Model {
@@ -681,6 +729,34 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
     })
 }
 
+/// The engine settings of a `kind = "local"` provider.
+fn local_engine(ctx: &Ctx<'_>, p: &RawProvider, field: &str) -> Result<LocalEngine, ConfigError> {
+    if let Some(u) = &p.base_url {
+        return Err(ctx.err(&u.span(), format!("{field}.base_url"), "a local provider has no URL; it runs model_path"));
+    }
+    if let Some(k) = &p.api_key_env {
+        return Err(ctx.err(&k.span(), format!("{field}.api_key_env"), "a local provider needs no API key"));
+    }
+    let Some(path) = &p.model_path else {
+        return Err(ctx.err(&p.kind.span(), format!("{field}.model_path"), "is required: the GGUF file to run"));
+    };
+    if path.get_ref().trim().is_empty() {
+        return Err(ctx.err(&path.span(), format!("{field}.model_path"), "must name a GGUF file"));
+    }
+    let positive = |v: &Option<Spanned<u32>>, name: &str, default: u32| match v {
+        Some(v) if *v.get_ref() == 0 => Err(ctx.err(&v.span(), format!("{field}.{name}"), "must be at least 1")),
+        Some(v) => Ok(*v.get_ref()),
+        None => Ok(default),
+    };
+    Ok(LocalEngine {
+        model_path: path.get_ref().clone(),
+        parallel: positive(&p.parallel, "parallel", 2)?,
+        queue: p.queue.as_ref().map_or(8, |q| *q.get_ref()),
+        context: positive(&p.context, "context", 4096)?,
+        threads: p.threads.as_ref().map_or(0, |t| *t.get_ref()),
+    })
+}
+
 fn validate_server(ctx: &Ctx<'_>, raw: RawServer) -> Result<ServerSettings, ConfigError> {
     let mut s = ServerSettings::default();
     if let Some(l) = raw.listen {
@@ -868,6 +944,62 @@ context_window = 1000
         assert_eq!(*parse(&cheap, "t.toml").unwrap().auto_routing(), AutoRouting::Cheapest);
         let e = err_of(&format!("{BASE}\n[router]\nscorer = \"bert\"\n"));
         assert!(e.contains("router.scorer") && e.contains("\"bert\" is not \"lexical\", \"embedding\""), "{e}");
+    }
+
+    const LOCAL: &str = r#"
+tiers = ["local", "frontier"]
+
+[providers.engine]
+kind = "local"
+model_path = "/models/tiny.gguf"
+parallel = 3
+context = 2048
+
+[[models]]
+id = "tiny"
+provider = "engine"
+tier = "local"
+price = { input = 0, output = 0 }
+context_window = 2048
+"#;
+
+    #[test]
+    fn a_local_provider_runs_its_model_file_and_is_local() {
+        let c = parse(LOCAL, "t.toml").unwrap();
+        let p = &c.providers()[0];
+        assert_eq!(p.kind, ProviderKind::Local);
+        assert!(p.local, "marked local without saying so");
+        assert_eq!(p.base_url, "local:///models/tiny.gguf");
+        assert_eq!(
+            p.engine,
+            Some(LocalEngine {
+                model_path: "/models/tiny.gguf".into(),
+                parallel: 3,
+                queue: 8,
+                context: 2048,
+                threads: 0
+            })
+        );
+        assert_eq!(parse(BASE, "t.toml").unwrap().providers()[0].engine, None);
+    }
+
+    #[test]
+    fn local_provider_fields_are_checked() {
+        let e = err_of(&LOCAL.replace("model_path = \"/models/tiny.gguf\"\n", ""));
+        assert_eq!(e, "t.toml:5: providers.engine.model_path: is required: the GGUF file to run");
+        let e = err_of(&LOCAL.replace("parallel = 3", "parallel = 0"));
+        assert_eq!(e, "t.toml:7: providers.engine.parallel: must be at least 1");
+        let e = err_of(&LOCAL.replace("parallel = 3", "base_url = \"http://127.0.0.1:1/v1\""));
+        assert!(e.starts_with("t.toml:7: providers.engine.base_url: a local provider has no URL"), "{e}");
+        let e = err_of(&LOCAL.replace("context_window = 2048", "context_window = 4096"));
+        assert_eq!(
+            e,
+            "t.toml:15: models[0].context_window: 4096 tokens is more than the local provider \"engine\" holds (context = 2048)"
+        );
+        let e = err_of(&BASE.replace("kind = \"openai\"", "kind = \"openai\"\nmodel_path = \"x.gguf\""));
+        assert!(e.starts_with("t.toml:6: providers.up.model_path: only a kind = \"local\" provider"), "{e}");
+        let e = err_of(&BASE.replace("base_url = \"http://127.0.0.1:9/v1/\"\n", ""));
+        assert_eq!(e, "t.toml:5: providers.up.base_url: is required for this kind");
     }
 
     #[test]

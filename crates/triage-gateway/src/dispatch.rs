@@ -39,7 +39,7 @@ pub struct Attempt {
     /// The deployment.
     pub deployment: DeploymentId,
     /// `200`, an upstream status, or a failure / skip name (`timeout`, `connect`, `reset`,
-    /// `in_band_error`, `truncated`, `breaker_open`, `cooling_down`, `no_api_key`, ...).
+    /// `in_band_error`, `truncated`, `busy`, `breaker_open`, `cooling_down`, `no_api_key`, ...).
     pub outcome: String,
     /// Time to the response headers (zero for a skip).
     pub latency: Duration,
@@ -163,6 +163,8 @@ fn classify(e: &AttemptError) -> Class {
         AttemptError::Call(CallError::Status { status, body, retry_after, retry_after_ms }) => {
             classify_status(status.as_u16(), body, retry_after_of(retry_after.as_ref(), retry_after_ms.as_ref()))
         }
+        // A full local engine is no fault of the provider: go to the next deployment at once.
+        AttemptError::Call(CallError::Failed(UpstreamError::Busy(_))) => Class::NextDeployment { cooldown: None },
         AttemptError::Call(CallError::Failed(_)) => Class::Retryable { retry_after: None, provider_fault: true },
     }
 }
@@ -179,6 +181,7 @@ fn outcome_of(e: &AttemptError) -> String {
             UpstreamError::Protocol(_) => "protocol_error",
             UpstreamError::InBand(_) => "in_band_error",
             UpstreamError::Truncated => "truncated",
+            UpstreamError::Busy(_) => "busy",
         }
         .to_owned(),
     }

@@ -154,7 +154,7 @@ impl Inbound {
             _ => (&mut self.openai, &mut self.anthropic),
         };
         let json = match kind {
-            ProviderKind::OpenAi => {
+            ProviderKind::OpenAi | ProviderKind::Local => {
                 if stream {
                     // Triage always needs usage for its own accounting (shared case C28).
                     openai.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);

@@ -186,7 +186,8 @@ async fn serve(
     let key_ref = key.as_ref();
     let is_local = |m: ModelId| catalog.provider_of(m).local;
     let allowed = |m: ModelId| accounting::allowed(state, key_ref, m) && (!local_only || is_local(m));
-    let available = |m: ModelId| allowed(m) && state.model_available(m);
+    let available =
+        |m: ModelId| allowed(m) && if local_only { state.model_available_or_busy(m) } else { state.model_available(m) };
     let (decision, plan, needs, prompt_estimate, reservation, score) = {
         let mut target = route::resolve(catalog, &inbound.openai.model)?;
         if local_only {

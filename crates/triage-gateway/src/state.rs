@@ -88,6 +88,8 @@ pub enum Unavailable {
     BreakerOpen(Duration),
     /// The upstream asked to wait (`Retry-After`, quota) this long still.
     CoolingDown(Duration),
+    /// A local engine's parallel slots and queue are all taken.
+    Busy,
 }
 
 impl Unavailable {
@@ -98,6 +100,7 @@ impl Unavailable {
             Unavailable::Unreachable => "unreachable",
             Unavailable::BreakerOpen(_) => "breaker_open",
             Unavailable::CoolingDown(_) => "cooling_down",
+            Unavailable::Busy => "busy",
         }
     }
 }
@@ -226,8 +229,11 @@ impl AppState {
         if !self.providers[p].has_key() {
             return Some(Unavailable::NoKey);
         }
-        if self.health[p].reachability() == Reachability::Down {
+        if self.health[p].reachability() == Reachability::Down || !self.providers[p].loaded() {
             return Some(Unavailable::Unreachable);
+        }
+        if self.providers[p].busy() {
+            return Some(Unavailable::Busy);
         }
         let h = &self.deployments[d];
         if let Some(until) = h.cooldown_until.lock().ok().and_then(|c| *c) {
@@ -347,6 +353,9 @@ impl AppState {
         if !self.providers[p].has_key() {
             return Some("no API key");
         }
+        if !self.providers[p].loaded() {
+            return Some("model not loaded");
+        }
         match self.health[p].reachability() {
             Reachability::Down => Some("unreachable"),
             _ => None,
@@ -357,5 +366,16 @@ impl AppState {
     pub fn model_available(&self, model: ModelId) -> bool {
         let now = Instant::now();
         self.catalog.models()[model].deployments.iter().any(|&d| self.deployment_unavailable(d, now).is_none())
+    }
+
+    /// True when some deployment of `model` can take a call now or is only busy (a full local
+    /// engine): what sensitive work, which may not leave the machine, routes on, so that it is
+    /// answered 503 while the engine is full rather than sent elsewhere.
+    pub fn model_available_or_busy(&self, model: ModelId) -> bool {
+        let now = Instant::now();
+        self.catalog.models()[model]
+            .deployments
+            .iter()
+            .any(|&d| matches!(self.deployment_unavailable(d, now), None | Some(Unavailable::Busy)))
     }
 }

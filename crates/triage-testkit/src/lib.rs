@@ -4,6 +4,7 @@
 #![allow(clippy::panic)]
 
 pub mod fixed;
+pub mod gguf;
 pub mod scripted;
 
 pub use scripted::{FakeUpstream, Recorded, Reply, Step};

@@ -281,9 +281,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// `TRIAGE_LOG`, else `info`, with llama.cpp's own log (target `llama-cpp-2`: a line per model
+/// metadata key at load) at `warn`, and the binding's notes about that log at `error`.
+const DEFAULT_LOG: &str = "info,llama-cpp-2=warn,llama_cpp_2=error";
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIAGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 

@@ -7,6 +7,7 @@
 //! transport failure.
 
 pub mod anthropic;
+pub mod local;
 pub mod openai;
 mod stream;
 
@@ -34,7 +35,7 @@ impl WireFormat {
     /// The format a provider kind speaks.
     pub fn of(kind: ProviderKind) -> WireFormat {
         match kind {
-            ProviderKind::OpenAi => WireFormat::OpenAi,
+            ProviderKind::OpenAi | ProviderKind::Local => WireFormat::OpenAi,
             ProviderKind::Anthropic => WireFormat::Anthropic,
         }
     }
@@ -82,6 +83,9 @@ pub enum UpstreamError {
     /// The stream ended before the answer finished.
     #[error("the stream closed before the answer finished")]
     Truncated,
+    /// A local engine's slots and queue are all taken: go elsewhere now.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Why a call did not produce an answer.
@@ -309,18 +313,89 @@ impl HttpProvider {
     }
 }
 
-/// The client of one provider.
-pub type ProviderClient = HttpProvider;
+/// The client of one provider: over HTTP, or the in-process engine.
+#[derive(Debug)]
+pub enum ProviderClient {
+    /// An OpenAI-compatible or Anthropic API.
+    Http(HttpProvider),
+    /// A `kind = "local"` model.
+    Local(local::LocalProvider),
+}
 
-/// Builds the client for `p`, reading its key from the environment.
+impl ProviderClient {
+    /// Sends `body` (already in this provider's format); `stream` says whether it asks for a
+    /// stream.
+    ///
+    /// Errors: [`CallError`].
+    pub async fn call(&self, body: Vec<u8>, stream: bool) -> Result<Reply, CallError> {
+        match self {
+            ProviderClient::Http(h) => h.call(body, stream).await,
+            ProviderClient::Local(l) => l.call(&body, stream).await,
+        }
+    }
+
+    /// A cheap reachability probe; for a local provider, whether its model is loaded.
+    ///
+    /// Errors: [`UpstreamError`] when the provider cannot be reached (or its model not loaded).
+    pub async fn probe(&self) -> Result<StatusCode, UpstreamError> {
+        match self {
+            ProviderClient::Http(h) => h.probe().await,
+            ProviderClient::Local(l) => l.probe(),
+        }
+    }
+
+    /// True when the provider needs no key or has one.
+    pub fn has_key(&self) -> bool {
+        match self {
+            ProviderClient::Http(h) => h.has_key(),
+            ProviderClient::Local(_) => true,
+        }
+    }
+
+    /// False for a `local` provider whose model did not load (always true over HTTP).
+    pub fn loaded(&self) -> bool {
+        match self {
+            ProviderClient::Http(_) => true,
+            ProviderClient::Local(l) => l.engine().is_some(),
+        }
+    }
+
+    /// True when a local engine's slots and queue are all taken (never for HTTP providers).
+    pub fn busy(&self) -> bool {
+        match self {
+            ProviderClient::Http(_) => false,
+            ProviderClient::Local(l) => l.busy(),
+        }
+    }
+
+    /// The local engine, for a `local` provider whose model loaded.
+    pub fn local_engine(&self) -> Option<&std::sync::Arc<triage_local::Engine>> {
+        match self {
+            ProviderClient::Http(_) => None,
+            ProviderClient::Local(l) => l.engine(),
+        }
+    }
+
+    /// The wire format this provider speaks.
+    pub fn format(&self) -> WireFormat {
+        match self {
+            ProviderClient::Http(h) => h.format(),
+            ProviderClient::Local(_) => WireFormat::OpenAi,
+        }
+    }
+}
+
+/// Builds the client for `p`, reading its key from the environment; a `local` provider loads
+/// its model here (blocking).
 ///
 /// Errors: the HTTP client cannot be built (TLS backend failure).
 pub fn client_for(p: &Provider) -> Result<ProviderClient, reqwest::Error> {
     let key = p.api_key_env.as_deref().and_then(ApiKey::from_env);
-    match p.kind {
-        ProviderKind::OpenAi => openai::provider(p, key),
-        ProviderKind::Anthropic => anthropic::provider(p, key),
-    }
+    Ok(match p.kind {
+        ProviderKind::OpenAi => ProviderClient::Http(openai::provider(p, key)?),
+        ProviderKind::Anthropic => ProviderClient::Http(anthropic::provider(p, key)?),
+        ProviderKind::Local => ProviderClient::Local(local::LocalProvider::new(p)),
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use triage_core::anthropic::Event;
 use triage_core::openai::ChatChunk;
 use triage_core::sse::{SseDecoder, SseEvent};
 
+use super::local::LocalChunks;
 use super::{in_band_error, root_cause, TimeoutKind, UpstreamError, WireFormat};
 
 /// One decoded item of an upstream stream.
@@ -36,19 +37,32 @@ pub enum Batch {
 
 type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
-/// An upstream SSE body being decoded.
+/// Where the items come from.
+enum Source {
+    /// An upstream SSE body.
+    Sse { body: ByteStream, decoder: SseDecoder, events: Vec<SseEvent> },
+    /// The in-process engine (already chunks; no bytes in between).
+    Local(Box<LocalChunks>),
+}
+
+/// An upstream SSE body being decoded, or a local generation.
 pub struct ChunkStream {
-    body: ByteStream,
+    source: Source,
     format: WireFormat,
-    decoder: SseDecoder,
-    events: Vec<SseEvent>,
     idle: Duration,
     done: bool,
 }
 
 impl ChunkStream {
     pub(super) fn new(body: ByteStream, format: WireFormat, idle: Duration) -> Self {
-        ChunkStream { body, format, decoder: SseDecoder::new(), events: Vec::new(), idle, done: false }
+        let source = Source::Sse { body, decoder: SseDecoder::new(), events: Vec::new() };
+        ChunkStream { source, format, idle, done: false }
+    }
+
+    /// The chunks of a local generation (OpenAI format), with `idle` as the longest wait for
+    /// the next one.
+    pub(super) fn local(chunks: LocalChunks, idle: Duration) -> Self {
+        ChunkStream { source: Source::Local(Box::new(chunks)), format: WireFormat::OpenAi, idle, done: false }
     }
 
     /// The wire format of the items.
@@ -61,20 +75,44 @@ impl ChunkStream {
     /// followed by the next read before returning. After `[DONE]` / `message_stop`, nothing more
     /// is read.
     pub async fn next_batch(&mut self, out: &mut Vec<StreamItem>) -> Batch {
+        let (body, decoder, events) = match &mut self.source {
+            Source::Sse { body, decoder, events } => (body, decoder, events),
+            Source::Local(chunks) => {
+                if self.done {
+                    return Batch::End;
+                }
+                let start = out.len();
+                loop {
+                    match tokio::time::timeout(self.idle, chunks.next_into(out)).await {
+                        Err(_) => return Batch::Failed(UpstreamError::Timeout(TimeoutKind::Idle(self.idle))),
+                        Ok(Ok(true)) if out.len() == start => continue,
+                        Ok(Ok(true)) => {
+                            self.done = out[start..].iter().any(|i| matches!(i, StreamItem::Done));
+                            return Batch::More;
+                        }
+                        Ok(Ok(false)) => return Batch::End,
+                        Ok(Err(e)) => {
+                            self.done = true;
+                            return Batch::Failed(e);
+                        }
+                    }
+                }
+            }
+        };
         loop {
             if self.done {
                 return Batch::End;
             }
-            let read = match tokio::time::timeout(self.idle, self.body.next()).await {
+            let read = match tokio::time::timeout(self.idle, body.next()).await {
                 Err(_) => return Batch::Failed(UpstreamError::Timeout(TimeoutKind::Idle(self.idle))),
                 Ok(None) => return Batch::End,
                 Ok(Some(Err(e))) => return Batch::Failed(UpstreamError::Io(root_cause(&e))),
                 Ok(Some(Ok(bytes))) => bytes,
             };
-            if self.decoder.push(&read, &mut self.events).is_err() {
+            if decoder.push(&read, events).is_err() {
                 return Batch::Failed(UpstreamError::Protocol("the event stream is not valid UTF-8".into()));
             }
-            for ev in self.events.drain(..) {
+            for ev in events.drain(..) {
                 let data = ev.data.trim();
                 if data == "[DONE]" {
                     // OpenAI's terminator; some Anthropic-compatible proxies send it too.

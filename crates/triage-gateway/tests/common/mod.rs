@@ -18,6 +18,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway whose server task the test started itself (no shutdown signal).
+    pub fn running(addr: SocketAddr, task: tokio::task::JoinHandle<std::io::Result<()>>) -> Gateway {
+        Gateway { addr, stop: None, task: Some(task) }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

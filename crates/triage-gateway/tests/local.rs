@@ -1,0 +1,275 @@
+//! Provider `kind = "local"` end to end: the real server in front of the real llama.cpp engine
+//! running a tiny random-weight GGUF that the test writes (no download, no network). Answers are
+//! checked against the engine run directly on the same file: same text, same token counts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use common::*;
+use serde_json::json;
+use triage_local::{Engine, EngineConfig, GenerateRequest, Message, Output, Sampling};
+use triage_testkit::gguf::TinyLlama;
+
+fn model_file() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| TinyLlama::default().write_temp().expect("write the tiny GGUF")).clone()
+}
+
+/// A local provider (1 slot, no queue unless `queue`) serving `tiny`, with `extra` appended.
+fn config(queue: u32, extra: &str) -> String {
+    format!(
+        r#"
+tiers = ["local", "mid", "frontier"]
+
+[server]
+shutdown_grace_secs = 5
+
+[providers.engine]
+kind = "local"
+model_path = "{}"
+parallel = 1
+queue = {queue}
+context = 512
+threads = 1
+
+[[models]]
+id = "tiny"
+provider = "engine"
+tier = "local"
+price = {{ input = 0.0, output = 0.0 }}
+context_window = 512
+{extra}
+"#,
+        model_file().display()
+    )
+}
+
+const QUESTION: &str = "What is the capital of France?";
+
+/// What the engine itself answers to QUESTION, greedily, in `max_tokens` tokens.
+async fn direct(max_tokens: u32) -> Output {
+    direct_with(Sampling { temperature: 0.0, top_p: 1.0, seed: None }, max_tokens).await
+}
+
+/// What the engine itself answers to QUESTION with `sampling`.
+async fn direct_with(sampling: Sampling, max_tokens: u32) -> Output {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    let e = ENGINE.get_or_init(|| {
+        Engine::load(EngineConfig { model_path: model_file(), parallel: 1, queue: 4, context: 512, threads: 1 })
+            .unwrap()
+    });
+    let req = GenerateRequest {
+        messages: vec![Message::new("user", QUESTION)],
+        max_tokens: Some(max_tokens),
+        stop: vec![],
+        sampling,
+    };
+    e.generate(req).unwrap().collect().await.unwrap()
+}
+
+fn request(stream: bool, max_tokens: u32) -> String {
+    json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": QUESTION}],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_chat_completion_is_served_by_the_local_engine() {
+    let expected = direct(12).await;
+    let gw = start(&config(0, "")).await;
+    let resp = post(&gw, &request(false, 12)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-triage-model"], "tiny");
+    assert_eq!(resp.headers()["x-triage-attempts"], "tiny@engine:200");
+    let body = json_body(resp).await;
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "tiny");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["choices"][0]["message"]["content"], expected.text.as_str());
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    let p = expected.usage.prompt_tokens;
+    assert_eq!(body["usage"], json!({"prompt_tokens": p, "completion_tokens": 12, "total_tokens": p + 12}));
+    // Greedy: the same request, the same answer.
+    let again = json_body(post(&gw, &request(false, 12)).await).await;
+    assert_eq!(again["choices"], body["choices"]);
+}
+
+#[tokio::test]
+async fn sampling_fields_and_stop_reach_the_engine() {
+    let gw = start(&config(0, "")).await;
+    let ask = |extra: serde_json::Value| {
+        let mut req =
+            json!({"model": "tiny", "messages": [{"role": "user", "content": QUESTION}], "max_completion_tokens": 24});
+        req.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let gw = &gw;
+        async move {
+            let resp = post(gw, &req.to_string()).await;
+            assert_eq!(resp.status(), 200);
+            json_body(resp).await
+        }
+    };
+    // temperature, top_p and seed: the engine's own answer with the same sampling, every time.
+    let sampled = direct_with(Sampling { temperature: 0.8, top_p: 0.9, seed: Some(7) }, 24).await;
+    let a = ask(json!({"temperature": 0.8, "top_p": 0.9, "seed": 7})).await;
+    assert_eq!(a["choices"][0]["message"]["content"], sampled.text.as_str());
+    let b = ask(json!({"temperature": 0.8, "top_p": 0.9, "seed": 7})).await;
+    assert_eq!(a["choices"], b["choices"]);
+    // stop, as a string: the text ends right before its first occurrence.
+    let full = direct(24).await.text;
+    let chars: Vec<usize> = full.char_indices().map(|(i, _)| i).collect();
+    let stop = &full[chars[chars.len() / 2]..chars[chars.len() / 2 + 2]];
+    let v = ask(json!({"temperature": 0, "stop": stop})).await;
+    assert_eq!(v["choices"][0]["message"]["content"], &full[..full.find(stop).unwrap()]);
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn what_the_engine_cannot_do_yet_is_a_400_saying_so() {
+    let gw = start(&config(0, "")).await;
+    let req = json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2});
+    let resp = post(&gw, &req.to_string()).await;
+    assert_eq!(resp.status(), 400);
+    let v = json_body(resp).await;
+    assert_eq!(v["error"]["message"], "the local engine generates one choice (n = 1)");
+}
+
+#[tokio::test]
+async fn a_streamed_completion_follows_the_chunk_grammar() {
+    let expected = direct(10).await;
+    let gw = start(&config(0, "")).await;
+    let resp = post(&gw, &request(true, 10)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let data = sse_data(&resp.text().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks = chunks(&data);
+    assert!(chunks.len() >= 4, "{chunks:?}");
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(id.starts_with("chatcmpl-"), "{id}");
+    for c in &chunks {
+        assert_eq!(c["id"], id);
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert_eq!(c["model"], "tiny");
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert_eq!(content(&chunks), expected.text);
+    // The finish chunk, then the usage-only chunk the client asked for.
+    let n = chunks.len();
+    assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], "length");
+    assert_eq!(chunks[n - 1]["choices"], json!([]));
+    let p = expected.usage.prompt_tokens;
+    assert_eq!(chunks[n - 1]["usage"], json!({"prompt_tokens": p, "completion_tokens": 10, "total_tokens": p + 10}));
+}
+
+#[tokio::test]
+async fn an_anthropic_client_is_served_by_the_local_engine() {
+    let expected = direct(8).await;
+    let gw = start(&config(0, "")).await;
+    let body = json!({"model": "tiny", "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]});
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v = json_body(resp).await;
+    assert_eq!(v["type"], "message");
+    assert_eq!(v["content"][0]["text"], expected.text.as_str());
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["usage"]["input_tokens"], expected.usage.prompt_tokens);
+    assert_eq!(v["usage"]["output_tokens"], 8);
+}
+
+#[tokio::test]
+async fn a_missing_model_file_leaves_the_provider_down_not_the_gateway() {
+    let text = config(0, "").replace(&model_file().display().to_string(), "/nonexistent/tiny.gguf");
+    let gw = start(&text).await;
+    let resp = post(&gw, &request(false, 4)).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-triage-attempts"], "tiny@engine:unreachable");
+    assert_eq!(json_body(resp).await["error"]["code"], "provider_unavailable");
+}
+
+/// The server on a state the test keeps a handle on (to fill the engine's slot itself).
+async fn start_with_state(toml: &str) -> (Gateway, Arc<triage_gateway::AppState>) {
+    let catalog = triage_core::config::parse(toml, "test.toml").unwrap();
+    let state = Arc::new(triage_gateway::AppState::new(catalog).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = triage_gateway::http::app(state.clone());
+    let task = tokio::spawn(async move { axum::serve(listener, app).await });
+    (Gateway::running(addr, task), state)
+}
+
+#[tokio::test]
+async fn a_busy_engine_sends_plain_work_to_the_fallback_and_sensitive_work_gets_503() {
+    let cloud = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let extra = format!(
+        "fallback = [\"cloud-model\"]\n\n[providers.cloud]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[[models]]\nid = \"cloud-model\"\nprovider = \"cloud\"\ntier = \"mid\"\nprice = {{ input = 1.0, output = 2.0 }}\ncontext_window = 100000\n\n[spend]\ndatabase = \"\"\n\n[router]\nscorer = \"cheapest\"\n",
+        cloud.url()
+    );
+    let (gw, state) = start_with_state(&config(0, &extra)).await;
+    let engine = state.providers.iter().find_map(|p| p.local_engine()).expect("loaded").clone();
+
+    // Hold the only slot: a long generation nobody reads.
+    let held = engine
+        .generate(GenerateRequest {
+            messages: vec![Message::new("user", "Hold the slot.")],
+            max_tokens: Some(400),
+            stop: vec![],
+            sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+        })
+        .unwrap();
+    assert!(engine.is_busy());
+
+    let resp = post(&gw, &request(false, 4)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-triage-model"], "cloud-model");
+    assert_eq!(resp.headers()["x-triage-attempts"], "tiny@engine:busy, cloud-model@cloud:200");
+
+    let health = json_body(client().get(gw.url("/v1/health/deployments")).send().await.unwrap()).await;
+    let tiny = health["deployments"].as_array().unwrap().iter().find(|d| d["model"] == "tiny");
+    assert_eq!(tiny.unwrap()["reason"], "busy");
+
+    // Sensitive content may not leave the machine: with the engine full it gets 503.
+    let secret = json!({"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "Mail dana.quill@corp-mail.net the summary."}]}).to_string();
+    let resp = post(&gw, &secret).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(cloud.calls(), 1, "the sensitive request never reached the cloud");
+
+    // Once the slot is free, the same sensitive request is served locally.
+    drop(held);
+    engine.until_idle().await;
+    let resp = post(&gw, &secret).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-triage-model"], "tiny");
+    assert_eq!(cloud.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_frees_the_slot() {
+    let (gw, state) = start_with_state(&config(0, "\n[spend]\ndatabase = \"\"\n")).await;
+    let engine = state.providers.iter().find_map(|p| p.local_engine()).expect("loaded").clone();
+    let mut resp = post(&gw, &request(true, 400)).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.chunk().await.unwrap().is_some());
+    drop(resp);
+    engine.until_idle().await;
+    let s = engine.stats();
+    assert_eq!((s.in_flight, s.finished + s.cancelled), (0, 1));
+    // The slot serves the next request.
+    let resp = post(&gw, &request(false, 4)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-triage-model"], "tiny");
+}

@@ -1,0 +1,178 @@
+//! The real engine (llama.cpp) on a tiny random-weight GGUF written by the test fixture.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use triage_local::{
+    Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Message, Output, Sampling, Usage,
+};
+use triage_testkit::gguf::TinyLlama;
+
+fn model_file() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| TinyLlama::default().write_temp().expect("write the tiny GGUF")).clone()
+}
+
+fn engine(parallel: u32, queue: u32, context: u32) -> Engine {
+    Engine::load(EngineConfig { model_path: model_file(), parallel, queue, context, threads: 1 }).expect("load")
+}
+
+fn messages() -> Vec<Message> {
+    vec![Message::new("system", "You are terse."), Message::new("user", "Hello there, what is the answer?")]
+}
+
+fn greedy(max_tokens: u32) -> GenerateRequest {
+    GenerateRequest {
+        messages: messages(),
+        max_tokens: Some(max_tokens),
+        stop: vec![],
+        sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+    }
+}
+
+async fn run(e: &Engine, r: GenerateRequest) -> Output {
+    e.generate(r).expect("admitted").collect().await.expect("generated")
+}
+
+#[tokio::test]
+async fn the_chat_template_comes_from_the_gguf_and_usage_counts_its_tokens() {
+    let e = engine(1, 0, 512);
+    let prompt = e.render(&messages()).unwrap();
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHello there, what is the answer?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let out = run(&e, greedy(16)).await;
+    assert_eq!(out.usage, Usage { prompt_tokens: e.count_tokens(&prompt) as u32, completion_tokens: 16 });
+    // BOS, 3 × <|im_start|>, 3 × <|im_end|> and at least one token per word.
+    assert!(out.usage.prompt_tokens > 7 + 10, "{:?}", out.usage);
+}
+
+#[tokio::test]
+async fn greedy_output_is_the_same_every_time_and_max_tokens_is_exact() {
+    let e = engine(1, 0, 512);
+    let a = run(&e, greedy(24)).await;
+    let b = run(&e, greedy(24)).await;
+    assert_eq!(a, b);
+    assert_eq!(a.finish, FinishReason::Length);
+    assert_eq!(a.usage.completion_tokens, 24);
+    assert!(!a.text.is_empty());
+    // A shorter limit gives a prefix of the same answer.
+    let short = run(&e, greedy(8)).await;
+    assert_eq!(short.usage.completion_tokens, 8);
+    assert!(a.text.starts_with(&short.text), "{:?} / {:?}", a.text, short.text);
+}
+
+#[tokio::test]
+async fn a_seed_makes_sampling_repeatable() {
+    let e = engine(1, 0, 512);
+    let sampled =
+        |seed| GenerateRequest { sampling: Sampling { temperature: 1.0, top_p: 0.9, seed: Some(seed) }, ..greedy(24) };
+    let a = run(&e, sampled(7)).await;
+    assert_eq!(a, run(&e, sampled(7)).await);
+    assert_eq!(a.usage.completion_tokens, 24);
+}
+
+#[tokio::test]
+async fn a_stop_sequence_ends_the_text_right_before_it() {
+    let e = engine(1, 0, 512);
+    let full = run(&e, greedy(48)).await.text;
+    let chars: Vec<(usize, char)> = full.char_indices().collect();
+    assert!(chars.len() > 8, "{full:?}");
+    let (from, to) = (chars[chars.len() / 2].0, chars[chars.len() / 2 + 3].0);
+    let stop = full[from..to].to_owned();
+    let first = full.find(&stop).unwrap();
+    let out = run(&e, GenerateRequest { stop: vec![stop.clone(), "never-there".into()], ..greedy(48) }).await;
+    assert_eq!(out.text, full[..first], "stop {stop:?}");
+    assert_eq!(out.finish, FinishReason::Stop);
+    assert!(out.usage.completion_tokens < 48);
+}
+
+#[tokio::test]
+async fn streaming_events_come_in_order_and_add_up_to_the_answer() {
+    let e = engine(1, 0, 512);
+    let whole = run(&e, greedy(20)).await;
+    let mut g = e.generate(greedy(20)).unwrap();
+    let mut events = Vec::new();
+    while let Some(ev) = g.next().await {
+        events.push(ev);
+    }
+    assert_eq!(events.first(), Some(&Event::Started { prompt_tokens: whole.usage.prompt_tokens }));
+    assert_eq!(events.last(), Some(&Event::Finished { reason: FinishReason::Length, usage: whole.usage }));
+    let text: String = events[1..events.len() - 1]
+        .iter()
+        .map(|ev| match ev {
+            Event::Text(t) => t.as_str(),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(text, whole.text);
+    assert!(events.len() > 3);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_busy_and_places_come_back() {
+    let e = engine(1, 1, 512);
+    let running = e.generate(greedy(400)).unwrap();
+    let waiting = e.generate(greedy(400)).unwrap();
+    assert!(e.is_busy());
+    assert_eq!(e.generate(greedy(4)).unwrap_err(), EngineError::Busy { capacity: 2 });
+    drop(running);
+    drop(waiting);
+    e.until_idle().await;
+    assert!(!e.is_busy());
+    let s = e.stats();
+    assert_eq!((s.in_flight, s.cancelled), (0, 2));
+    assert_eq!(run(&e, greedy(4)).await.usage.completion_tokens, 4);
+}
+
+#[tokio::test]
+async fn a_dropped_generation_stops_and_frees_its_slot() {
+    let e = engine(1, 0, 512);
+    let expected = run(&e, greedy(12)).await;
+    let mut g = e.generate(greedy(400)).unwrap();
+    assert!(matches!(g.next().await, Some(Event::Started { .. })));
+    assert!(matches!(g.next().await, Some(Event::Text(_))));
+    assert!(e.is_busy());
+    drop(g);
+    e.until_idle().await;
+    assert_eq!(e.stats().cancelled, 1);
+    // The freed sequence starts clean: the same prompt gives the same answer.
+    assert_eq!(run(&e, greedy(12)).await, expected);
+}
+
+#[tokio::test]
+async fn parallel_sequences_each_get_their_own_answer() {
+    let e = engine(2, 0, 512);
+    let alone = run(&e, greedy(16)).await;
+    let other = GenerateRequest { messages: vec![Message::new("user", "Something else entirely.")], ..greedy(16) };
+    let other_alone = run(&e, other.clone()).await;
+    let (a, b) = tokio::join!(run(&e, greedy(16)), run(&e, other));
+    assert_eq!(a, alone);
+    assert_eq!(b, other_alone);
+}
+
+#[tokio::test]
+async fn a_prompt_longer_than_the_context_fails_with_its_size() {
+    let e = engine(1, 0, 64);
+    let long = GenerateRequest { messages: vec![Message::new("user", "word ".repeat(200))], ..greedy(4) };
+    let err = e.generate(long).unwrap().collect().await.unwrap_err();
+    assert!(matches!(err, EngineError::ContextExceeded { context: 64, prompt } if prompt > 64), "{err:?}");
+    // The slot is free again.
+    e.until_idle().await;
+    assert_eq!(run(&e, greedy(2)).await.usage.completion_tokens, 2);
+}
+
+#[test]
+fn a_missing_file_is_a_load_error_naming_it() {
+    let err = Engine::load(EngineConfig {
+        model_path: "/nonexistent/model.gguf".into(),
+        parallel: 1,
+        queue: 0,
+        context: 64,
+        threads: 1,
+    })
+    .unwrap_err();
+    assert_eq!(err.to_string(), "cannot load /nonexistent/model.gguf: no such file");
+}
