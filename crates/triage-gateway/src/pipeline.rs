@@ -80,6 +80,7 @@ pub async fn count_tokens(State(state): State<SharedState>, headers: HeaderMap, 
         }
         let bytes = serde_json::to_vec(&v).unwrap_or_default();
         let inbound = Inbound::parse(Format::Anthropic, &bytes)?;
+        load_tokenizer().await;
         let tokens = PromptSize::new(&inbound.openai).estimate();
         Ok::<_, GatewayError>(axum::Json(serde_json::json!({"input_tokens": tokens})).into_response())
     }
@@ -194,6 +195,15 @@ async fn serve(
             target = Target::Auto;
         }
         let requirements = Requirements::of(&inbound.openai);
+        // An Anthropic stream shows the exact count in `message_start`; a prompt whose byte
+        // bound does not fit the smallest window is counted by routing. Load the tokenizer's
+        // tables off the async workers first (once per process; most requests never need it).
+        let smallest_window = catalog.models().iter().map(|m| m.context_window).min().unwrap_or(u64::MAX);
+        if (acct.format == Format::Anthropic && inbound.stream)
+            || requirements.prompt.fit_needs_count(requirements.output_tokens, smallest_window)
+        {
+            load_tokenizer().await;
+        }
         if let Target::Model { model, .. } = &target {
             if !allowed(*model) {
                 return Err(GatewayError::Forbidden(format!(
@@ -296,6 +306,19 @@ async fn serve(
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             Ok(resp)
         }
+    }
+}
+
+/// Makes sure the o200k tokenizer is loaded before a request counts tokens exactly, building its
+/// tables (about 100 ms, once per process) on a blocking thread rather than on an async worker.
+/// Returns at once when they are already loaded. If the blocking task fails, the count loads
+/// them itself later, on the caller's thread.
+pub async fn load_tokenizer() {
+    if triage_core::tokens::is_loaded() {
+        return;
+    }
+    if let Err(e) = tokio::task::spawn_blocking(triage_core::tokens::warm_up).await {
+        tracing::warn!(error = %e, "loading the tokenizer on a blocking thread failed");
     }
 }
 
