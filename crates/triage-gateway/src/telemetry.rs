@@ -12,6 +12,8 @@
 //!   `triage_breaker_opened_total{model, provider}`;
 //! - `triage_tokens_total{model, kind}`: input / output tokens from upstream usage;
 //! - `triage_provider_up{provider}`: 1 when the last probe reached the provider.
+//! - `triage_ledger_rows_dropped_total`: ledger rows dropped because the writer's bounded queue
+//!   was full (the database is not keeping up; see `triage_store::Ledger`).
 
 use std::sync::OnceLock;
 
