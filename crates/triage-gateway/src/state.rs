@@ -123,6 +123,8 @@ pub struct AppState {
     pub guard: Option<triage_core::guard::Guard>,
     /// The difficulty router for `model: "auto"` (`None`: cheapest capable tier).
     pub router: Option<triage_core::router::Router>,
+    /// Metric handles of the series every answered request touches.
+    pub instruments: crate::telemetry::Instruments,
     /// Set when the shutdown grace period is over: in-flight requests end themselves.
     stop: tokio::sync::watch::Sender<bool>,
     /// Requests being handled (streams until their last byte).
@@ -188,8 +190,10 @@ impl AppState {
             })
             .collect();
         let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::new);
+        let instruments = crate::telemetry::Instruments::new(&catalog);
         Ok(AppState {
             catalog,
+            instruments,
             providers,
             health,
             deployments,
