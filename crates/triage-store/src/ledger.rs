@@ -2,7 +2,8 @@
 //!
 //! [`Ledger::record`] only queues the row (no I/O on the request path, never waits); a writer
 //! task commits queued rows in batches (one transaction per batch of at most 1,000 rows, at most
-//! every 50 ms, with multi-row `INSERT`s). [`Ledger::shutdown`] writes everything queued before
+//! every 50 ms, with multi-row `INSERT`s, on one pooled connection that the writer keeps).
+//! [`Ledger::shutdown`] writes everything queued before
 //! it returns, so a clean shutdown loses nothing. Rows never hold prompt or completion text.
 //!
 //! The queue is bounded: it holds at most [`QUEUE_CAPACITY`] rows, so a database that cannot
@@ -17,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Row};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use triage_core::cost::{NanoUsd, TokenUsage};
@@ -179,6 +181,8 @@ impl Ledger {
 
 async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
     let mut batch: Vec<RequestRecord> = Vec::with_capacity(BATCH_ROWS);
+    // One connection for every batch (see `Store::write_batch_kept`).
+    let mut conn = None;
     while let Some(first) = rx.recv().await {
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         fn push(m: Msg, batch: &mut Vec<RequestRecord>, flushes: &mut Vec<oneshot::Sender<()>>) {
@@ -207,7 +211,7 @@ async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
         if !batch.is_empty() {
             let mut tries = 0;
             loop {
-                match store.write_batch(&batch).await {
+                match store.write_batch_kept(&mut conn, &batch).await {
                     Ok(()) => break,
                     Err(e) if tries < 3 => {
                         tries += 1;
@@ -323,6 +327,41 @@ impl Store {
     /// Errors: [`StoreError`]; nothing of the batch is written then.
     pub async fn write_batch(&self, rows: &[RequestRecord]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        self.insert_rows(&mut tx, rows).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::write_batch`] on a connection kept across calls: `conn` is acquired from the pool
+    /// when `None`, and dropped (back to the pool, or closed) after an error. The ledger writer
+    /// keeps one connection so that only its SQLite page cache fills as the file grows, instead
+    /// of every pooled connection's in turn.
+    ///
+    /// Errors: [`StoreError`]; nothing of the batch is written then.
+    pub(crate) async fn write_batch_kept(
+        &self,
+        conn: &mut Option<PoolConnection<Any>>,
+        rows: &[RequestRecord],
+    ) -> Result<(), StoreError> {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(self.pool.acquire().await?),
+        };
+        let result = async {
+            let mut tx = sqlx::Connection::begin(&mut **c).await?;
+            self.insert_rows(&mut tx, rows).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            *conn = None;
+        }
+        result
+    }
+
+    /// The multi-row `INSERT`s of `rows` and their attempts, inside the caller's transaction.
+    async fn insert_rows(&self, tx: &mut AnyConnection, rows: &[RequestRecord]) -> Result<(), StoreError> {
         let mut rest = rows;
         for size in statement_sizes(rows.len()) {
             let (piece, after) = rest.split_at(size);
@@ -383,7 +422,6 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
