@@ -8,6 +8,11 @@
 //! Tokenising costs tens of microseconds per thousand tokens, so [`PromptSize`] first offers a
 //! free upper bound: a BPE token always covers at least one byte, so the text's byte length bounds
 //! its token count, and a request whose byte bound fits every window is never tokenised.
+//!
+//! The tokenizer's tables (about 30 MiB of heap, about 100 ms to build) are loaded on first use,
+//! not at start-up: a gateway whose requests never need an exact count never holds them. An
+//! async caller that is about to need one should load them off its executor first
+//! ([`is_loaded`], then [`warm_up`] on a blocking thread).
 
 use std::sync::OnceLock;
 
@@ -19,14 +24,23 @@ const TOKENS_PER_MESSAGE: u64 = 3;
 const REPLY_PRIMING: u64 = 3;
 const TOKENS_PER_IMAGE: u64 = 85;
 
+/// The o200k_base tokenizer, `None` if it failed to load; built on first use.
+static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+
 fn bpe() -> Option<&'static CoreBPE> {
-    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
     BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
 }
 
-/// Loads the tokenizer now rather than on the first request that needs it (≈100 ms).
+/// Loads the tokenizer now rather than on the first request that needs it. Blocks the calling
+/// thread for about 100 ms the first time (and allocates about 30 MiB); returns at once after.
 pub fn warm_up() {
     let _ = bpe();
+}
+
+/// True once the tokenizer has been loaded (or has failed to load): counting no longer blocks
+/// on building its tables.
+pub fn is_loaded() -> bool {
+    BPE.get().is_some()
 }
 
 /// Token count of `text` (o200k_base), or its byte length if the tokenizer failed to load.
@@ -75,6 +89,12 @@ impl<'a> PromptSize<'a> {
             Some(&n) => n,
             None => self.upper_bound.div_ceil(4),
         }
+    }
+
+    /// True when deciding whether the prompt plus `output` tokens fit in `window` tokens needs
+    /// the exact count ([`PromptSize::fits`] would tokenise): the byte bound alone does not fit.
+    pub fn fit_needs_count(&self, output: u64, window: u64) -> bool {
+        self.upper_bound.saturating_add(output) > window && self.exact.get().is_none()
     }
 
     /// True when the prompt plus `output` tokens fit in `window` tokens.
@@ -146,6 +166,18 @@ mod tests {
         assert_eq!(s.cheap_estimate(), 17u64.div_ceil(4));
         assert_eq!(s.estimate(), 8);
         assert_eq!(s.cheap_estimate(), 8);
+    }
+
+    #[test]
+    fn fit_needs_count_only_when_the_byte_bound_does_not_fit() {
+        let r = req(r#"{"model":"m","messages":[{"role":"user","content":"Hello world"}]}"#);
+        let s = PromptSize::new(&r);
+        // Bound 17: fits 17 + 0 in 17, not 17 + 1.
+        assert!(!s.fit_needs_count(0, 17));
+        assert!(s.fit_needs_count(1, 17));
+        assert!(s.fits(1, 17));
+        // Counted once, never needed again.
+        assert!(!s.fit_needs_count(1, 17));
     }
 
     #[test]

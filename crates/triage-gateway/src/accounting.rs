@@ -185,6 +185,8 @@ pub async fn admit(
         if lines.is_empty() {
             return Ok((decision, Reservation::none(), stepped));
         }
+        // The reservation uses the exact prompt count.
+        crate::pipeline::load_tokenizer().await;
         let amount = estimate(state, decision.model, req);
         let now = triage_store::now_ms();
         let db = |e: triage_store::StoreError| {

@@ -361,12 +361,18 @@ pub async fn dispatch(
             let result = call(state, d, inbound).await;
             let latency = t.elapsed();
             guard.armed = false;
-            metrics::histogram!("triage_upstream_duration_seconds", "provider" => provider_name.clone(), "model" => model_id.clone())
-                .record(latency.as_secs_f64());
+            match state.instruments.upstream(&state.catalog, d) {
+                Some(h) => h.record(latency.as_secs_f64()),
+                None => metrics::histogram!("triage_upstream_duration_seconds", "provider" => provider_name.clone(), "model" => model_id.clone())
+                    .record(latency.as_secs_f64()),
+            }
             let err = match result {
                 Ok(answer) => {
                     state.record_success(d, latency);
-                    metrics::counter!("triage_attempts_total", "model" => model_id.clone(), "provider" => provider_name.clone(), "outcome" => "200").increment(1);
+                    match state.instruments.succeeded(&state.catalog, d) {
+                        Some(k) => k.increment(1),
+                        None => metrics::counter!("triage_attempts_total", "model" => model_id.clone(), "provider" => provider_name.clone(), "outcome" => "200").increment(1),
+                    }
                     attempts.push(Attempt { deployment: d, outcome: "200".into(), latency });
                     return Ok(Served { answer, deployment: d, attempts });
                 }
@@ -464,19 +470,22 @@ pub async fn dispatch(
 
 /// The `x-triage-attempts` header value: `model@provider:outcome` per attempt, comma-separated.
 pub fn attempts_header(state: &AppState, attempts: &[Attempt]) -> String {
-    attempts
-        .iter()
-        .map(|a| {
-            let dep = &state.catalog.deployments()[a.deployment];
-            format!(
-                "{}@{}:{}",
-                state.catalog.models()[dep.model].id,
-                state.catalog.providers()[dep.provider].name,
-                a.outcome
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    let c = &state.catalog;
+    let mut out = String::new();
+    for (i, a) in attempts.iter().enumerate() {
+        let dep = &c.deployments()[a.deployment];
+        let (model, provider) = (&c.models()[dep.model].id, &c.providers()[dep.provider].name);
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.reserve(model.len() + provider.len() + a.outcome.len() + 2);
+        out.push_str(model);
+        out.push('@');
+        out.push_str(provider);
+        out.push(':');
+        out.push_str(&a.outcome);
+    }
+    out
 }
 
 #[cfg(test)]

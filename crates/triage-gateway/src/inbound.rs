@@ -31,6 +31,8 @@ pub struct Inbound {
     pub wants_stream_usage: bool,
     /// Copies with sensitive values replaced by placeholders, for non-local providers.
     pub redacted: Option<Redacted>,
+    /// Size of the client's body in bytes: the starting capacity of the upstream bodies.
+    pub body_len: usize,
 }
 
 /// The request with the guard's `redact` kinds replaced by placeholders.
@@ -45,7 +47,19 @@ pub struct Redacted {
 }
 
 /// Parses `bytes` as `T`; errors name the field at fault (`messages[0].content`).
+///
+/// Errors: [`GatewayError::InvalidRequest`] for a body that is not JSON or not a `T`.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
+    // Valid bodies (nearly all) parse without tracking the path, which costs an allocation per
+    // object key; only a failed parse is repeated with tracking, to name the field at fault.
+    match serde_json::from_slice(bytes) {
+        Ok(value) => Ok(value),
+        Err(_) => parse_json_tracked(bytes),
+    }
+}
+
+/// [`parse_json`] with the path to the failing field tracked.
+fn parse_json_tracked<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, GatewayError> {
     use serde_json::error::Category;
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let value: T = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
@@ -100,6 +114,7 @@ impl Inbound {
                     openai,
                     anthropic: None,
                     redacted: None,
+                    body_len: bytes.len(),
                 })
             }
             Format::Anthropic => {
@@ -123,6 +138,7 @@ impl Inbound {
                     openai: translate::anthropic_to_openai(&native),
                     anthropic: Some(native),
                     redacted: None,
+                    body_len: bytes.len(),
                 })
             }
         }
@@ -149,6 +165,8 @@ impl Inbound {
         local: bool,
     ) -> Result<Vec<u8>, GatewayError> {
         let stream = self.stream;
+        // The upstream body is about the client's size (only `model` and a few fields change).
+        let mut out = Vec::with_capacity(self.body_len + 64);
         let (openai, anthropic) = match (&mut self.redacted, local) {
             (Some(r), false) => (&mut r.openai, &mut r.anthropic),
             _ => (&mut self.openai, &mut self.anthropic),
@@ -160,14 +178,14 @@ impl Inbound {
                     openai.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
                 }
                 let client_model = std::mem::replace(&mut openai.model, upstream_model.to_owned());
-                let json = serde_json::to_vec(&*openai);
+                let json = serde_json::to_writer(&mut out, &*openai);
                 openai.model = client_model;
                 json
             }
             ProviderKind::Anthropic => match anthropic {
                 Some(native) => {
                     let client_model = std::mem::replace(&mut native.model, upstream_model.to_owned());
-                    let json = serde_json::to_vec(&*native);
+                    let json = serde_json::to_writer(&mut out, &*native);
                     native.model = client_model;
                     json
                 }
@@ -177,10 +195,10 @@ impl Inbound {
                     let default = model.max_output_tokens.unwrap_or(8192);
                     let req = translate::openai_to_anthropic(openai, upstream_model, default)
                         .map_err(|e| GatewayError::invalid(e.to_string(), Some(e.param)))?;
-                    serde_json::to_vec(&req)
+                    serde_json::to_writer(&mut out, &req)
                 }
             },
         };
-        json.map_err(|e| GatewayError::invalid(format!("the request cannot be serialized: {e}"), None))
+        json.map(|()| out).map_err(|e| GatewayError::invalid(format!("the request cannot be serialized: {e}"), None))
     }
 }

@@ -37,7 +37,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     telemetry::handle();
-    tokio::task::spawn_blocking(triage_core::tokens::warm_up);
+    // The o200k tokenizer is not loaded here: its tables (about 30 MiB) are built the first time
+    // a request needs an exact count (`pipeline::load_tokenizer`), which most never do.
     let grace = catalog.server().shutdown_grace;
     let store = match &catalog.spend().database {
         Some(url) => {

@@ -4,11 +4,12 @@
 //! the body is parsed and how the answer and errors are written back; routing, fallback and
 //! accounting are the same code, so every feature works whichever wire format came in.
 
+use std::fmt::Write as _;
 use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use triage_core::catalog::{DeploymentId, ModelId, TierId};
@@ -80,6 +81,7 @@ pub async fn count_tokens(State(state): State<SharedState>, headers: HeaderMap, 
         }
         let bytes = serde_json::to_vec(&v).unwrap_or_default();
         let inbound = Inbound::parse(Format::Anthropic, &bytes)?;
+        load_tokenizer().await;
         let tokens = PromptSize::new(&inbound.openai).estimate();
         Ok::<_, GatewayError>(axum::Json(serde_json::json!({"input_tokens": tokens})).into_response())
     }
@@ -121,7 +123,7 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
     };
     set_route_headers(resp.headers_mut(), &state, &request_id, route.as_ref());
     if let Some(v) = sensitivity.and_then(|s| HeaderValue::from_str(&s).ok()) {
-        resp.headers_mut().insert(HEADER_SENSITIVITY, v);
+        resp.headers_mut().insert(NAME_SENSITIVITY, v);
     }
     resp
 }
@@ -136,17 +138,25 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+// The header names as `HeaderName`s: inserting a `&str` name copies it into a new buffer.
+const NAME_MODEL: HeaderName = HeaderName::from_static(HEADER_MODEL);
+const NAME_TIER: HeaderName = HeaderName::from_static(HEADER_TIER);
+const NAME_REASON: HeaderName = HeaderName::from_static(HEADER_REASON);
+const NAME_REQUEST_ID: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
+const NAME_SENSITIVITY: HeaderName = HeaderName::from_static(HEADER_SENSITIVITY);
+const NAME_ATTEMPTS: HeaderName = HeaderName::from_static(HEADER_ATTEMPTS);
+
 fn set_route_headers(h: &mut HeaderMap, state: &SharedState, request_id: &str, d: Option<&RouteInfo>) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert(HEADER_REQUEST_ID, v);
+        h.insert(NAME_REQUEST_ID, v);
     }
     if let Some(d) = d {
         let c = &state.catalog;
         for (name, value) in [
-            (HEADER_MODEL, c.models()[d.model].id.as_str()),
-            (HEADER_TIER, c.tiers()[d.tier].as_str()),
-            (HEADER_REASON, d.reason.as_str()),
-            (HEADER_ATTEMPTS, attempts_header(state, &d.attempts).as_str()),
+            (NAME_MODEL, c.models()[d.model].id.as_str()),
+            (NAME_TIER, c.tiers()[d.tier].as_str()),
+            (NAME_REASON, d.reason.as_str()),
+            (NAME_ATTEMPTS, attempts_header(state, &d.attempts).as_str()),
         ] {
             if value.is_empty() {
                 continue;
@@ -195,6 +205,15 @@ async fn serve(
             target = Target::Auto;
         }
         let requirements = Requirements::of(&inbound.openai);
+        // An Anthropic stream shows the exact count in `message_start`; a prompt whose byte
+        // bound does not fit the smallest window is counted by routing. Load the tokenizer's
+        // tables off the async workers first (once per process; most requests never need it).
+        let smallest_window = catalog.models().iter().map(|m| m.context_window).min().unwrap_or(u64::MAX);
+        if (acct.format == Format::Anthropic && inbound.stream)
+            || requirements.prompt.fit_needs_count(requirements.output_tokens, smallest_window)
+        {
+            load_tokenizer().await;
+        }
         if let Target::Model { model, .. } = &target {
             if !allowed(*model) {
                 return Err(GatewayError::Forbidden(format!(
@@ -230,7 +249,9 @@ async fn serve(
         *route_out = Some(RouteInfo::routed(&decision));
         let (decision, reservation, stepped) =
             accounting::admit(state, key_ref, &target, decision, &requirements, &available).await?;
-        *route_out = Some(RouteInfo::routed(&decision));
+        if stepped {
+            *route_out = Some(RouteInfo::routed(&decision));
+        }
         // A request stepped down for budget reasons never falls back to a dearer tier.
         let plan_target = if stepped { Target::Tier(decision.tier) } else { target };
         let mut plan = route::plan(catalog, &plan_target, &decision, &requirements);
@@ -263,10 +284,10 @@ async fn serve(
         }
     };
     let model = catalog.deployments()[served.deployment].model;
-    let mut reason = decision.reason.clone();
+    let mut reason = decision.reason;
     let failed = served.attempts.len() - 1;
     if failed > 0 {
-        reason.push_str(&format!("; served by {} after {failed} failed attempt(s)", catalog.models()[model].id));
+        let _ = write!(reason, "; served by {} after {failed} failed attempt(s)", catalog.models()[model].id);
     }
     let info = RouteInfo { model, tier: catalog.models()[model].tier, reason, attempts: served.attempts };
     *route_out = Some(info.clone());
@@ -308,6 +329,19 @@ async fn serve(
     }
 }
 
+/// Makes sure the o200k tokenizer is loaded before a request counts tokens exactly, building its
+/// tables (about 100 ms, once per process) on a blocking thread rather than on an async worker.
+/// Returns at once when they are already loaded. If the blocking task fails, the count loads
+/// them itself later, on the caller's thread.
+pub async fn load_tokenizer() {
+    if triage_core::tokens::is_loaded() {
+        return;
+    }
+    if let Err(e) = tokio::task::spawn_blocking(triage_core::tokens::warm_up).await {
+        tracing::warn!(error = %e, "loading the tokenizer on a blocking thread failed");
+    }
+}
+
 /// `model: "auto"`: the difficulty router's tier (`scored`, from [`crate::scoring::decide`]), or
 /// the next dearer one when nothing in it can serve the request; without a decision (or when no
 /// tier from the router's up can serve), the cheapest capable tier. Returns the decision and the
@@ -323,22 +357,22 @@ fn route_auto(
         return route::select(catalog, &Target::Auto, requirements, available).map(|d| (d, None));
     };
     let n = catalog.tiers().len();
-    let thresholds: Vec<String> = d.thresholds.iter().map(|t| format!("{t:.3}")).collect();
     for t in d.tier..n {
         if let Ok(mut dec) = route::select(catalog, &Target::Tier(t), requirements, available) {
-            let moved = if t == d.tier {
-                String::new()
-            } else {
-                format!(" (nothing in tier {} can serve it)", catalog.tiers()[d.tier])
-            };
-            dec.reason = format!(
-                "auto: score {:.3} vs thresholds {} -> tier {}{moved}, cheapest model {}; {}",
-                d.score,
-                thresholds.join("/"),
-                catalog.tiers()[t],
-                catalog.models()[dec.model].id,
-                d.reason.summary()
-            );
+            // "auto: score S vs thresholds T1/T2 -> tier X[ (nothing in tier Y can serve it)],
+            // cheapest model M; SUMMARY", written into one buffer.
+            let summary = d.reason.summary();
+            let mut reason = String::with_capacity(128 + summary.len());
+            let _ = write!(reason, "auto: score {:.3} vs thresholds ", d.score);
+            for (i, th) in d.thresholds.iter().enumerate() {
+                let _ = write!(reason, "{}{th:.3}", if i == 0 { "" } else { "/" });
+            }
+            let _ = write!(reason, " -> tier {}", catalog.tiers()[t]);
+            if t != d.tier {
+                let _ = write!(reason, " (nothing in tier {} can serve it)", catalog.tiers()[d.tier]);
+            }
+            let _ = write!(reason, ", cheapest model {}; {summary}", catalog.models()[dec.model].id);
+            dec.reason = reason;
             return Ok((dec, Some(f64::from(d.score))));
         }
     }
@@ -410,18 +444,23 @@ pub fn record_request(
     status: &str,
     started: Instant,
 ) {
-    let endpoint = match format {
-        Format::OpenAi => "chat_completions",
-        Format::Anthropic => "messages",
-    };
+    let c = &state.catalog;
     let (model, tier) = match d {
-        Some((m, t)) => (state.catalog.models()[m].id.clone(), state.catalog.tiers()[t].clone()),
-        None => ("none".to_owned(), "none".to_owned()),
+        Some((m, t)) => (c.models()[m].id.as_str(), c.tiers()[t].as_str()),
+        None => ("none", "none"),
     };
     let secs = started.elapsed().as_secs_f64();
-    metrics::histogram!("triage_request_duration_seconds", "model" => model.clone(), "tier" => tier.clone())
-        .record(secs);
-    metrics::counter!("triage_requests_total", "endpoint" => endpoint, "model" => model.clone(), "tier" => tier.clone(), "status" => status.to_owned()).increment(1);
+    // The kept handles are labelled with the model's own tier; any other pair takes the macros.
+    let kept = d.filter(|&(m, t)| c.models()[m].tier == t).map(|(m, _)| m);
+    match kept.and_then(|m| state.instruments.duration(c, m)) {
+        Some(h) => h.record(secs),
+        None => metrics::histogram!("triage_request_duration_seconds", "model" => model.to_owned(), "tier" => tier.to_owned())
+            .record(secs),
+    }
+    match kept.filter(|_| status == "200").and_then(|m| state.instruments.answered(c, m, format)) {
+        Some(k) => k.increment(1),
+        None => metrics::counter!("triage_requests_total", "endpoint" => crate::telemetry::endpoint_label(format), "model" => model.to_owned(), "tier" => tier.to_owned(), "status" => status.to_owned()).increment(1),
+    }
     tracing::info!(model = %model, tier = %tier, status, latency_ms = secs * 1000.0, "request");
 }
 
@@ -436,9 +475,20 @@ pub fn record_usage(
 ) {
     let Some(model) = model else { return };
     let m = &state.catalog.models()[model];
-    metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "input").increment(tokens.input);
-    metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "output").increment(tokens.output);
-    metrics::counter!("triage_spend_nanodollars_total", "model" => m.id.clone()).increment(cost.0);
+    match state.instruments.usage(&state.catalog, model) {
+        Some((input, output, spend)) => {
+            input.increment(tokens.input);
+            output.increment(tokens.output);
+            spend.increment(cost.0);
+        }
+        None => {
+            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "input")
+                .increment(tokens.input);
+            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "output")
+                .increment(tokens.output);
+            metrics::counter!("triage_spend_nanodollars_total", "model" => m.id.clone()).increment(cost.0);
+        }
+    }
     if estimated {
         tracing::warn!(request_id, model = %m.id, "the upstream reported no usage; tokens estimated");
     }

@@ -261,8 +261,12 @@ impl Finisher {
         let secs = acct.started.elapsed().as_secs_f64();
         self.ttft_ms = Some(secs * 1000.0);
         let c = &acct.state.catalog;
-        metrics::histogram!("triage_ttft_seconds", "model" => c.models()[self.info.model].id.clone(), "tier" => c.tiers()[self.info.tier].clone())
-            .record(secs);
+        let (model, tier) = (self.info.model, self.info.tier);
+        match acct.state.instruments.ttft(c, model).filter(|_| c.models()[model].tier == tier) {
+            Some(h) => h.record(secs),
+            None => metrics::histogram!("triage_ttft_seconds", "model" => c.models()[model].id.clone(), "tier" => c.tiers()[tier].clone())
+                .record(secs),
+        }
     }
 
     fn finish(&mut self, status: &str, usage: Option<TokenUsage>, output_chars: u64) {

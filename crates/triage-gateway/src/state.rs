@@ -128,6 +128,8 @@ pub struct AppState {
     pub router: Option<Arc<triage_core::router::Router>>,
     /// Permits for concurrent blocking scorers (the embedding encoder): one per core.
     pub scoring_slots: Arc<tokio::sync::Semaphore>,
+    /// Metric handles of the series every answered request touches.
+    pub instruments: crate::telemetry::Instruments,
     /// Set when the shutdown grace period is over: in-flight requests end themselves.
     stop: tokio::sync::watch::Sender<bool>,
     /// Requests being handled (streams until their last byte).
@@ -181,8 +183,10 @@ impl AppState {
             })
             .collect();
         let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::new);
+        let instruments = crate::telemetry::Instruments::new(&catalog);
         Ok(AppState {
             catalog,
+            instruments,
             providers,
             health,
             deployments,

@@ -12,10 +12,16 @@
 //!   `triage_breaker_opened_total{model, provider}`;
 //! - `triage_tokens_total{model, kind}`: input / output tokens from upstream usage;
 //! - `triage_provider_up{provider}`: 1 when the last probe reached the provider.
+//! - `triage_ledger_rows_dropped_total`: ledger rows dropped because the writer's bounded queue
+//!   was full (the database is not keeping up; see `triage_store::Ledger`).
 
 use std::sync::OnceLock;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use triage_core::catalog::{Catalog, DeploymentId, ModelId};
+
+use crate::providers::WireFormat;
 
 /// Latency buckets in seconds, from sub-millisecond gateway work to multi-minute generations.
 const BUCKETS: &[f64] =
@@ -36,4 +42,126 @@ pub fn handle() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Metric handles for the series every answered request touches, registered on first use and
+/// kept, so the request path neither builds label sets (an allocation per label) nor looks the
+/// series up in the registry. A series appears in `/metrics` when first used, as with the
+/// macros. Rarer series (error statuses, retries, fallbacks, breakers) still use the macros.
+#[derive(Debug)]
+pub struct Instruments {
+    models: Vec<ModelInstruments>,
+    deployments: Vec<DeploymentInstruments>,
+}
+
+/// The per-model series, labelled with the model's id and its own tier.
+#[derive(Debug, Default)]
+struct ModelInstruments {
+    /// `triage_requests_total{status="200"}`, by endpoint (`chat_completions`, `messages`).
+    answered: [OnceLock<Counter>; 2],
+    /// `triage_request_duration_seconds`.
+    duration: OnceLock<Histogram>,
+    /// `triage_ttft_seconds`.
+    ttft: OnceLock<Histogram>,
+    /// `triage_tokens_total{kind="input"}`.
+    input_tokens: OnceLock<Counter>,
+    /// `triage_tokens_total{kind="output"}`.
+    output_tokens: OnceLock<Counter>,
+    /// `triage_spend_nanodollars_total`.
+    spend: OnceLock<Counter>,
+}
+
+/// The per-deployment series, labelled with the model's id and the provider's name.
+#[derive(Debug, Default)]
+struct DeploymentInstruments {
+    /// `triage_upstream_duration_seconds`.
+    upstream: OnceLock<Histogram>,
+    /// `triage_attempts_total{outcome="200"}`.
+    succeeded: OnceLock<Counter>,
+}
+
+/// The `endpoint` label of a client format.
+pub fn endpoint_label(format: WireFormat) -> &'static str {
+    match format {
+        WireFormat::OpenAi => "chat_completions",
+        WireFormat::Anthropic => "messages",
+    }
+}
+
+impl Instruments {
+    /// Empty slots for every model and deployment of `catalog` (nothing is registered yet).
+    pub fn new(catalog: &Catalog) -> Instruments {
+        Instruments {
+            models: catalog.models().iter().map(|_| ModelInstruments::default()).collect(),
+            deployments: catalog.deployments().iter().map(|_| DeploymentInstruments::default()).collect(),
+        }
+    }
+
+    /// `triage_requests_total{endpoint, model, tier, status="200"}` of `model` (labelled with its
+    /// own tier).
+    pub fn answered(&self, catalog: &Catalog, model: ModelId, format: WireFormat) -> Option<&Counter> {
+        let slot = match format {
+            WireFormat::OpenAi => 0,
+            WireFormat::Anthropic => 1,
+        };
+        let cell = self.models.get(model)?.answered.get(slot)?;
+        Some(cell.get_or_init(|| {
+            let (id, tier) = model_labels(catalog, model);
+            metrics::counter!("triage_requests_total", "endpoint" => endpoint_label(format), "model" => id, "tier" => tier, "status" => "200")
+        }))
+    }
+
+    /// `triage_request_duration_seconds{model, tier}` of `model` (labelled with its own tier).
+    pub fn duration(&self, catalog: &Catalog, model: ModelId) -> Option<&Histogram> {
+        Some(self.models.get(model)?.duration.get_or_init(|| {
+            let (id, tier) = model_labels(catalog, model);
+            metrics::histogram!("triage_request_duration_seconds", "model" => id, "tier" => tier)
+        }))
+    }
+
+    /// `triage_ttft_seconds{model, tier}` of `model` (labelled with its own tier).
+    pub fn ttft(&self, catalog: &Catalog, model: ModelId) -> Option<&Histogram> {
+        Some(self.models.get(model)?.ttft.get_or_init(|| {
+            let (id, tier) = model_labels(catalog, model);
+            metrics::histogram!("triage_ttft_seconds", "model" => id, "tier" => tier)
+        }))
+    }
+
+    /// `triage_tokens_total{model, kind}` (input, output) and `triage_spend_nanodollars_total{model}`.
+    pub fn usage(&self, catalog: &Catalog, model: ModelId) -> Option<(&Counter, &Counter, &Counter)> {
+        let m = self.models.get(model)?;
+        let id = || catalog.models()[model].id.clone();
+        Some((
+            m.input_tokens.get_or_init(|| metrics::counter!("triage_tokens_total", "model" => id(), "kind" => "input")),
+            m.output_tokens
+                .get_or_init(|| metrics::counter!("triage_tokens_total", "model" => id(), "kind" => "output")),
+            m.spend.get_or_init(|| metrics::counter!("triage_spend_nanodollars_total", "model" => id())),
+        ))
+    }
+
+    /// `triage_upstream_duration_seconds{provider, model}` of deployment `d`.
+    pub fn upstream(&self, catalog: &Catalog, d: DeploymentId) -> Option<&Histogram> {
+        Some(self.deployments.get(d)?.upstream.get_or_init(|| {
+            let (provider, model) = deployment_labels(catalog, d);
+            metrics::histogram!("triage_upstream_duration_seconds", "provider" => provider, "model" => model)
+        }))
+    }
+
+    /// `triage_attempts_total{model, provider, outcome="200"}` of deployment `d`.
+    pub fn succeeded(&self, catalog: &Catalog, d: DeploymentId) -> Option<&Counter> {
+        Some(self.deployments.get(d)?.succeeded.get_or_init(|| {
+            let (provider, model) = deployment_labels(catalog, d);
+            metrics::counter!("triage_attempts_total", "model" => model, "provider" => provider, "outcome" => "200")
+        }))
+    }
+}
+
+fn model_labels(catalog: &Catalog, model: ModelId) -> (String, String) {
+    let m = &catalog.models()[model];
+    (m.id.clone(), catalog.tiers()[m.tier].clone())
+}
+
+fn deployment_labels(catalog: &Catalog, d: DeploymentId) -> (String, String) {
+    let dep = &catalog.deployments()[d];
+    (catalog.providers()[dep.provider].name.clone(), catalog.models()[dep.model].id.clone())
 }

@@ -1,17 +1,45 @@
 //! The ledger: one row per request and per upstream attempt, written in the background.
 //!
-//! [`Ledger::record`] only queues the row (no I/O on the request path); a writer task commits
-//! queued rows in batches (one transaction per batch, at most every 50 ms). [`Ledger::shutdown`]
-//! writes everything queued before it returns, so a clean shutdown loses nothing. Rows never hold
-//! prompt or completion text.
+//! [`Ledger::record`] only queues the row (no I/O on the request path, never waits); a writer
+//! task commits queued rows in batches (one transaction per batch of at most 1,000 rows, at most
+//! every 50 ms, with multi-row `INSERT`s, on one pooled connection that the writer keeps).
+//! [`Ledger::shutdown`] writes everything queued before
+//! it returns, so a clean shutdown loses nothing. Rows never hold prompt or completion text.
+//!
+//! The queue is bounded: it holds at most [`QUEUE_CAPACITY`] rows, so a database that cannot
+//! keep up costs a bounded amount of memory (a row is about 1 KiB) instead of growing without
+//! limit. When it is full, [`Ledger::record`] drops the row rather than make the request wait:
+//! every dropped row is counted ([`Ledger::dropped`] and the
+//! `triage_ledger_rows_dropped_total` counter) and logged at `error` level, at most once a second
+//! with the running total, so a loss is never silent. Budget reservations and settlements do not
+//! go through this queue; a dropped row loses the request's report line, not its budget effect.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, Row};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 use triage_core::cost::{NanoUsd, TokenUsage};
 
 use crate::{rfc3339, Store, StoreError, Utc};
+
+/// Rows the ledger queue holds before [`Ledger::record`] drops new ones: 8,192 rows, about
+/// 8 MiB; at 10,000 requests a second that absorbs 0.8 s of a writer that has stalled.
+pub const QUEUE_CAPACITY: usize = 8192;
+
+/// Rows per transaction.
+const BATCH_ROWS: usize = 1000;
+
+/// Rows per `INSERT` statement, at most. 64 request rows bind 1,792 parameters (SQLite allows
+/// 32,766, PostgreSQL 65,535). Shorter remainders are written in power-of-two pieces, so each
+/// table has at most 7 statement shapes for the statement caches.
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// How often, at most, a dropped row is logged.
+const DROP_LOG_INTERVAL_MS: u64 = 1000;
 
 /// One upstream attempt of a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,31 +110,65 @@ enum Msg {
     Flush(oneshot::Sender<()>),
 }
 
+/// Drop accounting shared by every clone of a [`Ledger`].
+#[derive(Debug, Default)]
+struct Drops {
+    /// Rows dropped since start.
+    total: AtomicU64,
+    /// When a drop was last logged, ms since the Unix epoch.
+    logged_ms: AtomicU64,
+}
+
 /// Handle to the background ledger writer. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Ledger {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
+    drops: Arc<Drops>,
 }
 
 impl Ledger {
-    /// Starts the writer task on `store`.
+    /// Starts the writer task on `store`, with a queue of [`QUEUE_CAPACITY`] rows.
     pub fn spawn(store: Store) -> Ledger {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer(store, rx));
-        Ledger { tx }
+        Ledger::with_capacity(store, QUEUE_CAPACITY)
     }
 
-    /// Queues a row. Never blocks; the row is written within about 50 ms.
+    /// Starts the writer task on `store` with a queue of `capacity` rows (at least 1).
+    pub fn with_capacity(store: Store, capacity: usize) -> Ledger {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        tokio::spawn(writer(store, rx));
+        Ledger { tx, drops: Arc::default() }
+    }
+
+    /// Queues a row; never blocks or waits. The row is written within about 50 ms, unless the
+    /// queue is full (or the writer has stopped): then it is dropped, counted and logged (see
+    /// the module docs).
     pub fn record(&self, r: RequestRecord) {
-        if self.tx.send(Msg::Record(Box::new(r))).is_err() {
-            tracing::error!("ledger writer has stopped; a request row is lost");
+        let why = match self.tx.try_send(Msg::Record(Box::new(r))) {
+            Ok(()) => return,
+            Err(TrySendError::Full(_)) => "the ledger queue is full (the database is not keeping up)",
+            Err(TrySendError::Closed(_)) => "the ledger writer has stopped",
+        };
+        let total = self.drops.total.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!("triage_ledger_rows_dropped_total").increment(1);
+        let now = crate::now_ms();
+        let last = self.drops.logged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= DROP_LOG_INTERVAL_MS
+            && self.drops.logged_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::error!(dropped_total = total, capacity = self.tx.max_capacity(), "{why}: request rows dropped");
         }
     }
 
-    /// Waits until every row queued before this call is written.
+    /// Rows dropped so far because the queue was full or the writer had stopped.
+    pub fn dropped(&self) -> u64 {
+        self.drops.total.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every row queued before this call is written (waiting for room in the queue
+    /// first, if it is full).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_ok() {
+        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -117,8 +179,10 @@ impl Ledger {
     }
 }
 
-async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
-    let mut batch: Vec<RequestRecord> = Vec::new();
+async fn writer(store: Store, mut rx: mpsc::Receiver<Msg>) {
+    let mut batch: Vec<RequestRecord> = Vec::with_capacity(BATCH_ROWS);
+    // One connection for every batch (see `Store::write_batch_kept`).
+    let mut conn = None;
     while let Some(first) = rx.recv().await {
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         fn push(m: Msg, batch: &mut Vec<RequestRecord>, flushes: &mut Vec<oneshot::Sender<()>>) {
@@ -130,7 +194,7 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
         push(first, &mut batch, &mut flushes);
         // Gather what else arrives within 50 ms (or up to 1,000 rows) into one transaction.
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-        while batch.len() < 1000 && flushes.is_empty() {
+        while batch.len() < BATCH_ROWS && flushes.is_empty() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(m)) => push(m, &mut batch, &mut flushes),
                 _ => break,
@@ -138,7 +202,7 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
         }
         // At most 1,000 rows a transaction: a burst is written in steady batches instead of one
         // ever-growing one (the rest stays queued for the next round).
-        while batch.len() < 1000 {
+        while batch.len() < BATCH_ROWS {
             match rx.try_recv() {
                 Ok(m) => push(m, &mut batch, &mut flushes),
                 Err(_) => break,
@@ -147,7 +211,7 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
         if !batch.is_empty() {
             let mut tries = 0;
             loop {
-                match store.write_batch(&batch).await {
+                match store.write_batch_kept(&mut conn, &batch).await {
                     Ok(()) => break,
                     Err(e) if tries < 3 => {
                         tries += 1;
@@ -161,12 +225,53 @@ async fn writer(store: Store, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 }
             }
             batch.clear();
+            if batch.capacity() > BATCH_ROWS {
+                batch.shrink_to(BATCH_ROWS);
+            }
         }
         for ack in flushes {
             let _ = ack.send(());
         }
     }
 }
+
+/// Splits `n` rows into statement sizes: whole [`ROWS_PER_STATEMENT`] pieces, then powers of two.
+pub(crate) fn statement_sizes(mut n: usize) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if n == 0 {
+            return None;
+        }
+        let size = if n >= ROWS_PER_STATEMENT { ROWS_PER_STATEMENT } else { 1 << n.ilog2() };
+        n -= size;
+        Some(size)
+    })
+}
+
+/// `INSERT {head} VALUES {row}, {row}, ... {tail}` with `rows` copies of `row`.
+fn multi_insert(head: &str, row: &str, rows: usize, tail: &str) -> String {
+    let mut sql = String::with_capacity(head.len() + tail.len() + rows * (row.len() + 2) + 8);
+    sql.push_str(head);
+    sql.push_str(" VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(row);
+    }
+    sql.push(' ');
+    sql.push_str(tail);
+    sql
+}
+
+const REQUEST_HEAD: &str = "INSERT INTO requests (request_id, ts, day, key_id, user_id, team, role, endpoint, requested_model, tier, model, provider, route_reason, score, sensitivity, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_nanos, baseline_cost_nanos, usage_estimated, latency_ms, ttft_ms, status, attempts, stream, cache_write_tokens)";
+// Optional numbers go through NULLIF: PostgreSQL caches a statement's parameter types, and a
+// NULL bound first would fix the wrong one.
+const REQUEST_ROW: &str =
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?)";
+const REQUEST_TAIL: &str = "ON CONFLICT (request_id) DO NOTHING";
+const ATTEMPT_HEAD: &str = "INSERT INTO attempts (request_id, n, model, provider, outcome, latency_ms)";
+const ATTEMPT_ROW: &str = "(?, ?, ?, ?, ?, ?)";
+const ATTEMPT_TAIL: &str = "ON CONFLICT (request_id, n) DO NOTHING";
 
 /// A spend report grouping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,65 +320,108 @@ pub struct SpendRow {
 }
 
 impl Store {
-    /// Writes request rows and their attempts in one transaction. Idempotent per request id
-    /// (a row written twice is kept once).
+    /// Writes request rows and their attempts in one transaction, with multi-row `INSERT`s of up
+    /// to 64 rows. Idempotent per request id (a row written twice is kept once, also within one
+    /// call).
     ///
-    /// Errors: [`StoreError`].
+    /// Errors: [`StoreError`]; nothing of the batch is written then.
     pub async fn write_batch(&self, rows: &[RequestRecord]) -> Result<(), StoreError> {
-        let insert_request = self.sql(
-            "INSERT INTO requests (request_id, ts, day, key_id, user_id, team, role, endpoint, requested_model, tier, model, provider, route_reason, score, sensitivity, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_nanos, baseline_cost_nanos, usage_estimated, latency_ms, ttft_ms, status, attempts, stream, cache_write_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-        );
-        let insert_attempt = self.sql(
-            "INSERT INTO attempts (request_id, n, model, provider, outcome, latency_ms) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, n) DO NOTHING",
-        );
         let mut tx = self.pool.begin().await?;
-        for r in rows {
-            sqlx::query(&insert_request)
-                .bind(&r.request_id)
-                .bind(rfc3339(r.ts_ms))
-                .bind(Utc::from_ms(r.ts_ms).date())
-                .bind(r.key_id.clone())
-                .bind(r.user.clone())
-                .bind(r.team.clone())
-                .bind(r.role.clone())
-                .bind(&r.endpoint)
-                .bind(&r.requested_model)
-                .bind(r.tier.clone())
-                .bind(r.model.clone())
-                .bind(r.provider.clone())
-                .bind(r.route_reason.clone())
-                // Optional numbers go through NULLIF: PostgreSQL caches a statement's parameter
-                // types, and a NULL bound first would fix the wrong one.
-                .bind(r.score.unwrap_or(-1.0))
-                .bind(r.sensitivity.clone())
-                .bind(r.usage.input as i64)
-                .bind(r.usage.cached_input as i64)
-                .bind(r.usage.output as i64)
-                .bind(r.usage.reasoning as i64)
-                .bind(r.cost.0 as i64)
-                .bind(r.baseline_cost.0 as i64)
-                .bind(i32::from(r.usage_estimated))
-                .bind(r.latency_ms)
-                .bind(r.ttft_ms.unwrap_or(-1.0))
-                .bind(&r.status)
-                .bind(r.attempts.len() as i32)
-                .bind(i32::from(r.stream))
-                .bind(r.usage.cache_write as i64)
-                .execute(&mut *tx)
-                .await?;
-            for (n, a) in r.attempts.iter().enumerate() {
-                sqlx::query(&insert_attempt)
-                    .bind(&r.request_id)
-                    .bind(n as i32)
-                    .bind(&a.model)
-                    .bind(&a.provider)
-                    .bind(&a.outcome)
-                    .bind(a.latency_ms)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
+        self.insert_rows(&mut tx, rows).await?;
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`Store::write_batch`] on a connection kept across calls: `conn` is acquired from the pool
+    /// when `None`, and dropped (back to the pool, or closed) after an error. The ledger writer
+    /// keeps one connection so that only its SQLite page cache fills as the file grows, instead
+    /// of every pooled connection's in turn.
+    ///
+    /// Errors: [`StoreError`]; nothing of the batch is written then.
+    pub(crate) async fn write_batch_kept(
+        &self,
+        conn: &mut Option<PoolConnection<Any>>,
+        rows: &[RequestRecord],
+    ) -> Result<(), StoreError> {
+        let c = match conn {
+            Some(c) => c,
+            None => conn.insert(self.pool.acquire().await?),
+        };
+        let result = async {
+            let mut tx = sqlx::Connection::begin(&mut **c).await?;
+            self.insert_rows(&mut tx, rows).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            *conn = None;
+        }
+        result
+    }
+
+    /// The multi-row `INSERT`s of `rows` and their attempts, inside the caller's transaction.
+    async fn insert_rows(&self, tx: &mut AnyConnection, rows: &[RequestRecord]) -> Result<(), StoreError> {
+        let mut rest = rows;
+        for size in statement_sizes(rows.len()) {
+            let (piece, after) = rest.split_at(size);
+            rest = after;
+            let sql = self.sql(&multi_insert(REQUEST_HEAD, REQUEST_ROW, size, REQUEST_TAIL)).into_owned();
+            let mut q = sqlx::query(&sql);
+            for r in piece {
+                q = q
+                    .bind(r.request_id.as_str())
+                    .bind(rfc3339(r.ts_ms))
+                    .bind(Utc::from_ms(r.ts_ms).date())
+                    .bind(r.key_id.as_deref())
+                    .bind(r.user.as_deref())
+                    .bind(r.team.as_deref())
+                    .bind(r.role.as_deref())
+                    .bind(r.endpoint.as_str())
+                    .bind(r.requested_model.as_str())
+                    .bind(r.tier.as_deref())
+                    .bind(r.model.as_deref())
+                    .bind(r.provider.as_deref())
+                    .bind(r.route_reason.as_deref())
+                    .bind(r.score.unwrap_or(-1.0))
+                    .bind(r.sensitivity.as_deref())
+                    .bind(r.usage.input as i64)
+                    .bind(r.usage.cached_input as i64)
+                    .bind(r.usage.output as i64)
+                    .bind(r.usage.reasoning as i64)
+                    .bind(r.cost.0 as i64)
+                    .bind(r.baseline_cost.0 as i64)
+                    .bind(i32::from(r.usage_estimated))
+                    .bind(r.latency_ms)
+                    .bind(r.ttft_ms.unwrap_or(-1.0))
+                    .bind(r.status.as_str())
+                    .bind(r.attempts.len() as i32)
+                    .bind(i32::from(r.stream))
+                    .bind(r.usage.cache_write as i64);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        let attempts: Vec<(&str, i32, &AttemptRecord)> = rows
+            .iter()
+            .flat_map(|r| r.attempts.iter().enumerate().map(move |(n, a)| (r.request_id.as_str(), n as i32, a)))
+            .collect();
+        let mut rest = attempts.as_slice();
+        for size in statement_sizes(attempts.len()) {
+            let (piece, after) = rest.split_at(size);
+            rest = after;
+            let sql = self.sql(&multi_insert(ATTEMPT_HEAD, ATTEMPT_ROW, size, ATTEMPT_TAIL)).into_owned();
+            let mut q = sqlx::query(&sql);
+            for (request_id, n, a) in piece {
+                q = q
+                    .bind(*request_id)
+                    .bind(*n)
+                    .bind(a.model.as_str())
+                    .bind(a.provider.as_str())
+                    .bind(a.outcome.as_str())
+                    .bind(a.latency_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
         Ok(())
     }
 

@@ -192,3 +192,92 @@ fn postgres_placeholders_are_numbered() {
     assert_eq!(store.sql("a = ?"), "a = ?");
     assert!(matches!(rt.block_on(Store::connect("mysql://x")), Err(StoreError::Url(_))));
 }
+
+#[test]
+fn statement_sizes_cover_every_row_in_few_shapes() {
+    let mut shapes = std::collections::BTreeSet::new();
+    for n in 0..=1000 {
+        let sizes: Vec<usize> = crate::ledger::statement_sizes(n).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), n, "{n}");
+        assert!(sizes.iter().all(|&s| (1..=64).contains(&s) && s.is_power_of_two()), "{n}: {sizes:?}");
+        shapes.extend(sizes);
+    }
+    assert_eq!(shapes.into_iter().collect::<Vec<_>>(), [1, 2, 4, 8, 16, 32, 64]);
+    assert_eq!(crate::ledger::statement_sizes(1000).collect::<Vec<_>>(), [[64; 15].as_slice(), &[32, 8]].concat());
+}
+
+/// A batch larger than one statement, with several attempts per row and a request id repeated
+/// inside the batch, lands whole: every row once, every attempt in order.
+#[tokio::test]
+async fn a_large_batch_is_written_whole_with_its_attempts() {
+    for store in stores().await {
+        let team = unique("team");
+        let ts = now_ms();
+        let mut rows: Vec<RequestRecord> = (0..150u64)
+            .map(|i| RequestRecord {
+                request_id: format!("{team}-{i}"),
+                ts_ms: ts,
+                team: Some(team.clone()),
+                endpoint: "chat_completions".into(),
+                requested_model: "auto".into(),
+                tier: Some("mid".into()),
+                usage: TokenUsage { input: i, output: 1, ..Default::default() },
+                cost: NanoUsd(i),
+                score: (i % 3 == 0).then_some(0.5),
+                ttft_ms: (i % 2 == 0).then_some(3.0),
+                status: "200".into(),
+                attempts: (0..i % 3)
+                    .map(|n| AttemptRecord {
+                        model: format!("m{n}"),
+                        provider: "p".into(),
+                        outcome: if n + 1 == i % 3 { "200".into() } else { "503".into() },
+                        latency_ms: 1.0,
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect();
+        // Repeated inside the batch: kept once (the first).
+        rows.push(RequestRecord { request_id: format!("{team}-7"), endpoint: "x".into(), ..Default::default() });
+        store.write_batch(&rows).await.unwrap();
+        let row = store.spend(GroupBy::Team, None).await.unwrap().into_iter().find(|r| r.key == team).unwrap();
+        assert_eq!((row.requests, row.input_tokens, row.output_tokens), (150, (0..150).sum(), 150));
+        assert_eq!(row.cost, NanoUsd((0..150).sum()));
+        assert_eq!(
+            store.attempts_of(&format!("{team}-149")).await.unwrap(),
+            [("m0".to_owned(), "p".to_owned(), "503".to_owned()), ("m1".to_owned(), "p".to_owned(), "200".to_owned())]
+        );
+        assert!(store.attempts_of(&format!("{team}-3")).await.unwrap().is_empty());
+        // Written again (a writer retry): nothing changes.
+        store.write_batch(&rows).await.unwrap();
+        let again = store.spend(GroupBy::Team, None).await.unwrap().into_iter().find(|r| r.key == team).unwrap();
+        assert_eq!(again, row);
+    }
+}
+
+/// A full queue drops (and counts) new rows instead of growing; what was queued is written.
+#[tokio::test]
+async fn a_full_ledger_queue_drops_and_counts_rows() {
+    for store in stores().await {
+        let ledger = Ledger::with_capacity(store.clone(), 4);
+        let team = unique("team");
+        // The writer task cannot run before this test yields (current-thread runtime): the
+        // first 4 rows fill the queue, the other 6 are dropped.
+        for i in 0..10 {
+            ledger.record(RequestRecord {
+                request_id: format!("{team}-{i}"),
+                ts_ms: now_ms(),
+                team: Some(team.clone()),
+                endpoint: "chat_completions".into(),
+                status: "200".into(),
+                ..Default::default()
+            });
+        }
+        assert_eq!(ledger.dropped(), 6);
+        ledger.shutdown().await;
+        let row = store.spend(GroupBy::Team, None).await.unwrap().into_iter().find(|r| r.key == team).unwrap();
+        assert_eq!(row.requests, 4);
+        assert!(store.request_summary(&format!("{team}-3")).await.unwrap().is_some());
+        assert!(store.request_summary(&format!("{team}-4")).await.unwrap().is_none());
+    }
+}

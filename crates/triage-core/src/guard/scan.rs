@@ -74,6 +74,11 @@ fn run_rule(rule: &Rule, text: &str, window: Range<usize>, raw: &mut Vec<(u8, Fi
             push_hit(raw, rule, &Hit { text, whole: r.clone(), value: r });
         }
     } else {
+        // `captures_iter` allocates its capture slots before searching; most texts match no
+        // rule, so look first (same regex, same result) and allocate only for a match.
+        if !rule.re.is_match(hay) {
+            return;
+        }
         for caps in rule.re.captures_iter(hay) {
             let Some(whole) = caps.get(0) else { continue };
             let value =

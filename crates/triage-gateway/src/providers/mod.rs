@@ -198,6 +198,8 @@ pub(crate) fn in_band_error(body: &[u8]) -> Option<String> {
 pub struct HttpProvider {
     http: reqwest::Client,
     call_url: String,
+    /// `call_url` parsed once (`None` if it does not parse: each call then reports the error).
+    call_target: Option<reqwest::Url>,
     models_url: String,
     key: Option<ApiKey>,
     headers: Vec<(HeaderName, HeaderValue)>,
@@ -218,9 +220,11 @@ impl HttpProvider {
             .pool_idle_timeout(Duration::from_secs(90))
             .tcp_nodelay(true)
             .build()?;
+        let call_url = format!("{}/{path}", p.base_url);
         Ok(HttpProvider {
             http,
-            call_url: format!("{}/{path}", p.base_url),
+            call_target: reqwest::Url::parse(&call_url).ok(),
+            call_url,
             models_url: format!("{}/models", p.base_url),
             key,
             headers,
@@ -241,8 +245,12 @@ impl HttpProvider {
     ///
     /// Errors: [`CallError`].
     pub async fn call(&self, body: Vec<u8>, stream: bool) -> Result<Reply, CallError> {
-        let mut builder =
-            self.with_headers(self.http.post(&self.call_url)).header(CONTENT_TYPE, "application/json").body(body);
+        // A parsed URL is cloned, not re-parsed on every call.
+        let post = match &self.call_target {
+            Some(url) => self.http.post(url.clone()),
+            None => self.http.post(&self.call_url),
+        };
+        let mut builder = self.with_headers(post).header(CONTENT_TYPE, "application/json").body(body);
         if !stream {
             builder = builder.timeout(self.timeouts.request);
         }
