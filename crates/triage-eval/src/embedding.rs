@@ -19,7 +19,7 @@ use triage_core::router::Thresholds;
 use triage_embed::{embedding_text, EmbeddingHead, Encoder, DIM};
 
 use crate::data::Dataset;
-use crate::train::{labelled, standardise, Rng, TrainConfig, TrainReport, TrainSet};
+use crate::train::{adagrad, labelled, standardise, Rng, TrainConfig, TrainReport, TrainSet};
 use crate::EvalError;
 
 /// Prompts per forward pass when filling the cache (sorted by length so padding stays small).
@@ -163,7 +163,6 @@ pub fn train_head(
     let nsets = counts.len().max(1);
     let (mut w, mut gw) = (vec![0f32; dim], vec![0f32; dim]);
     let (mut b, mut gb) = (vec![0f32; nsets], vec![0f32; nsets]);
-    let eps = 1e-6;
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut rng = Rng::new(cfg.seed);
     for _ in 0..cfg.epochs {
@@ -174,11 +173,9 @@ pub fn train_head(
             let g = (sigmoid(z) - e.y) * e.w;
             for j in 0..dim {
                 let gj = g * e.x[j] + cfg.l2 * w[j];
-                gw[j] += gj * gj;
-                w[j] -= cfg.lr * gj / (gw[j] + eps).sqrt();
+                adagrad(&mut w[j], &mut gw[j], gj, cfg.lr);
             }
-            gb[e.set] += g * g;
-            b[e.set] -= cfg.lr * g / (gb[e.set] + eps).sqrt();
+            adagrad(&mut b[e.set], &mut gb[e.set], g, cfg.lr);
         }
     }
     let bias = examples.iter().map(|e| b[e.set] * e.w).sum::<f32>() / wsum;

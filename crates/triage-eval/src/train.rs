@@ -342,6 +342,14 @@ impl Rng {
     }
 }
 
+/// One AdaGrad update of weight `w` with gradient `grad` (Duchi, Hazan and Singer, 2011):
+/// `acc += grad²; w -= lr · grad / sqrt(acc + 1e-6)`.
+#[inline]
+pub(crate) fn adagrad(w: &mut f32, acc: &mut f32, grad: f32, lr: f32) {
+    *acc += grad * grad;
+    *w -= lr * grad / (*acc + 1e-6).sqrt();
+}
+
 fn fit(examples: &[Example], cfg: &TrainConfig, sets: usize) -> (Vec<f32>, [f32; DENSE_LEN], Vec<f32>) {
     let nb = cfg.buckets as usize;
     let mut w = vec![0f32; nb];
@@ -349,7 +357,6 @@ fn fit(examples: &[Example], cfg: &TrainConfig, sets: usize) -> (Vec<f32>, [f32;
     let mut d = [0f32; DENSE_LEN];
     let mut gd = [0f32; DENSE_LEN];
     let (mut b, mut gb) = (vec![0f32; sets.max(1)], vec![0f32; sets.max(1)]);
-    let eps = 1e-6;
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut rng = Rng::new(cfg.seed);
     for _ in 0..cfg.epochs {
@@ -363,16 +370,13 @@ fn fit(examples: &[Example], cfg: &TrainConfig, sets: usize) -> (Vec<f32>, [f32;
             for &(i, v) in &e.hashed {
                 let i = i as usize;
                 let gi = g * v + cfg.l2_hashed * w[i];
-                gw[i] += gi * gi;
-                w[i] -= cfg.lr * gi / (gw[i] + eps).sqrt();
+                adagrad(&mut w[i], &mut gw[i], gi, cfg.lr);
             }
             for j in 0..DENSE_LEN {
                 let gj = g * e.dense[j] + cfg.l2 * d[j];
-                gd[j] += gj * gj;
-                d[j] -= cfg.lr * gj / (gd[j] + eps).sqrt();
+                adagrad(&mut d[j], &mut gd[j], gj, cfg.lr);
             }
-            gb[e.set] += g * g;
-            b[e.set] -= cfg.lr * g / (gb[e.set] + eps).sqrt();
+            adagrad(&mut b[e.set], &mut gb[e.set], g, cfg.lr);
         }
     }
     (b, d, w)
