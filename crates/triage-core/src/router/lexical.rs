@@ -202,43 +202,48 @@ impl Scorer for LexicalModel {
     /// feature counts relative to its training mean (`w · (x − mean)`), so "longer than usual"
     /// shows as a positive `log_chars`.
     fn explain(&self, req: &ChatRequest, top: usize) -> Reason {
+        /// A candidate feature; named (allocated) only if it makes the top list.
+        enum Name {
+            Ngram(Family, (usize, usize)),
+            Dense(usize),
+        }
         let rt = RequestText::of(req);
         // Aggregate per (family, bucket): n-grams sharing a bucket share its weight, so their
-        // contributions are one; the first n-gram seen names it. No allocation per occurrence.
-        let mut by_name: Vec<(Family, (usize, usize), f32)> = Vec::new();
-        let mut index: std::collections::HashMap<(Family, u32), usize> = std::collections::HashMap::new();
-        let text = rt.text.as_str();
+        // contributions are one; the first n-gram seen names it. Sized once for the text's
+        // n-grams (about one per byte), so neither grows while walking.
+        let n = rt.text.len() + 16;
+        let mut cand: Vec<(Name, f32)> = Vec::with_capacity(n + DENSE_LEN);
+        let mut index: std::collections::HashMap<(Family, u32), usize> = std::collections::HashMap::with_capacity(n);
         let dense = features::for_each_named(&rt, self.buckets, |fam, r, i, v| {
             let c = self.weights.get(i as usize).copied().unwrap_or(0.0) * v;
             match index.entry((fam, i)) {
-                std::collections::hash_map::Entry::Occupied(e) => by_name[*e.get()].2 += c,
+                std::collections::hash_map::Entry::Occupied(e) => cand[*e.get()].1 += c,
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(by_name.len());
-                    by_name.push((fam, r, c));
+                    e.insert(cand.len());
+                    cand.push((Name::Ngram(fam, r), c));
                 }
             }
         });
-        let mut by_name: Vec<(String, f32)> = {
-            by_name.sort_by(|a, b| b.2.abs().total_cmp(&a.2.abs()));
-            by_name.truncate(top);
-            by_name
-                .into_iter()
-                .map(|(f, (a, b), c)| (format!("{}:{}", f.label(), text.get(a..b).unwrap_or("")), c))
-                .collect()
-        };
         for (j, d) in dense.iter().enumerate() {
             let c = (d - self.dense_means[j]) * self.dense_weights[j];
             if c != 0.0 {
-                by_name.push((DENSE_NAMES[j].to_owned(), c));
+                cand.push((Name::Dense(j), c));
             }
         }
-        by_name.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        cand.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        let text = rt.text.as_str();
         Reason {
             scorer: "lexical".to_owned(),
-            top_features: by_name
+            top_features: cand
                 .into_iter()
                 .take(top)
-                .map(|(feature, logit)| Contribution { feature, logit })
+                .map(|(name, logit)| Contribution {
+                    feature: match name {
+                        Name::Ngram(f, (a, b)) => format!("{}:{}", f.label(), text.get(a..b).unwrap_or("")),
+                        Name::Dense(j) => DENSE_NAMES[j].to_owned(),
+                    },
+                    logit,
+                })
                 .collect(),
         }
     }
