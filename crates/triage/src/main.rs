@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
+mod pull;
 mod scan;
 
 use clap::{Parser, Subcommand};
@@ -57,6 +58,20 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Download a model file (GGUF) from a Hugging Face-style file server, resuming a partial
+    /// download and checking its size and SHA-256; prints the file's path.
+    Pull {
+        /// Repository, e.g. Qwen/Qwen2.5-1.5B-Instruct-GGUF.
+        repo: String,
+        /// File in the repository, e.g. qwen2.5-1.5b-instruct-q4_k_m.gguf.
+        file: String,
+        /// File server: GET {base-url}/{repo}/resolve/main/{file}.
+        #[arg(long, env = "TRIAGE_HF_BASE_URL", default_value = pull::DEFAULT_BASE_URL)]
+        base_url: String,
+        /// Folder to write to (default: ~/.cache/triage/models/{repo with / replaced by --}).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Manage virtual keys (create, list, revoke).
     #[command(subcommand)]
@@ -340,6 +355,15 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Scan { json } => {
             let catalog = load_catalog(cli.config.as_deref())?;
             scan::run(&catalog, json)
+        }
+        Command::Pull { repo, file, base_url, dir } => {
+            use std::io::IsTerminal;
+            let dir = dir.unwrap_or_else(|| pull::default_dir(&repo));
+            let req = pull::PullRequest { base_url, repo, file, dir, progress: std::io::stderr().is_terminal() };
+            let client = pull::http_client().map_err(|e| e.to_string())?;
+            let path = runtime()?.block_on(pull::pull(&client, &req)).map_err(|e| e.to_string())?;
+            println!("{}", path.display());
+            Ok(())
         }
         Command::Keys(cmd) => {
             let catalog = load_catalog(cli.config.as_deref())?;
