@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
+mod ollama;
 mod pull;
 mod scan;
 
@@ -42,7 +43,8 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Print the catalog: id, tier, provider, prices, context window, capabilities, availability.
+    /// Print the catalog: id, tier, provider, prices, context window, capabilities, availability;
+    /// then the models found on disk in the Ollama store ($OLLAMA_MODELS, else ~/.ollama/models).
     Models {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -379,6 +381,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let rt = runtime()?;
             rt.block_on(triage_gateway::health::probe_all(&state));
             print_models(&state, json);
+            if !json {
+                print_on_disk(&ollama::discover(&ollama::default_root()));
+            }
             match gateway {
                 Some(url) => rt.block_on(print_deployments(&url, json)),
                 None => Ok(()),
@@ -609,6 +614,17 @@ async fn print_deployments(url: &str, json: bool) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// One "found on disk" line per model file a `kind = "local"` provider could run.
+fn print_on_disk(models: &[ollama::OllamaModel]) {
+    if !models.is_empty() {
+        println!();
+    }
+    for m in models {
+        let size = m.size.map_or_else(|| "blob missing".to_owned(), ollama::human_size);
+        println!("found on disk: {} (ollama, {size}) {}", m.name, m.model_path.display());
+    }
 }
 
 fn print_models(state: &triage_gateway::AppState, json: bool) {

@@ -448,3 +448,30 @@ fn pull_downloads_a_model_file_and_prints_its_path() {
     assert!(err.starts_with("triage: ") && err.contains("HTTP 404 Not Found"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn models_lists_the_ollama_store_found_on_disk() {
+    let dir = tempdir("ollama");
+    let store = dir.join("store");
+    let hex = "ab".repeat(32);
+    let manifest = store.join("manifests/registry.ollama.ai/library/qwen2.5/1.5b");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    let layers = serde_json::json!({"layers": [
+        {"mediaType": "application/vnd.ollama.image.license", "digest": format!("sha256:{}", "0".repeat(64))},
+        {"mediaType": "application/vnd.ollama.image.model", "digest": format!("sha256:{hex}"), "size": 2500},
+    ]});
+    std::fs::write(&manifest, layers.to_string()).unwrap();
+    std::fs::create_dir_all(store.join("blobs")).unwrap();
+    let blob = store.join(format!("blobs/sha256-{hex}"));
+    std::fs::write(&blob, vec![0u8; 2500]).unwrap();
+
+    let (ok, out, err) = run(bin().current_dir(&dir).arg("models").env("OLLAMA_MODELS", &store));
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("found on disk:")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(line, format!("found on disk: qwen2.5:1.5b (ollama, 2.5 kB) {}", blob.display()));
+    // The JSON output stays the catalog alone; without a store there are no such lines.
+    let (ok, out, _) = run(bin().current_dir(&dir).args(["models", "--json"]).env("OLLAMA_MODELS", &store));
+    assert!(ok && serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{out}");
+    let (ok, out, _) = run(bin().current_dir(&dir).arg("models").env("OLLAMA_MODELS", dir.join("none")));
+    assert!(ok && !out.contains("found on disk"), "{out}");
+}
