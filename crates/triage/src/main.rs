@@ -44,7 +44,8 @@ enum Command {
         force: bool,
     },
     /// Print the catalog: id, tier, provider, prices, context window, capabilities, availability;
-    /// then the models found on disk in the Ollama store ($OLLAMA_MODELS, else ~/.ollama/models).
+    /// then the model files found on disk: those `triage pull` wrote, and the Ollama store's
+    /// ($OLLAMA_MODELS, else ~/.ollama/models).
     Models {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -382,7 +383,7 @@ fn run(cli: Cli) -> Result<(), String> {
             rt.block_on(triage_gateway::health::probe_all(&state));
             print_models(&state, json);
             if !json {
-                print_on_disk(&ollama::discover(&ollama::default_root()));
+                print_on_disk(&pull::list_pulled(&pull::models_root()), &ollama::discover(&ollama::default_root()));
             }
             match gateway {
                 Some(url) => rt.block_on(print_deployments(&url, json)),
@@ -617,9 +618,12 @@ async fn print_deployments(url: &str, json: bool) -> Result<(), String> {
 }
 
 /// One "found on disk" line per model file a `kind = "local"` provider could run.
-fn print_on_disk(models: &[ollama::OllamaModel]) {
-    if !models.is_empty() {
+fn print_on_disk(pulled: &[pull::Pulled], models: &[ollama::OllamaModel]) {
+    if !pulled.is_empty() || !models.is_empty() {
         println!();
+    }
+    for p in pulled {
+        println!("found on disk: {} (pulled, {}) {}", p.name, ollama::human_size(p.size), p.path.display());
     }
     for m in models {
         let size = m.size.map_or_else(|| "blob missing".to_owned(), ollama::human_size);

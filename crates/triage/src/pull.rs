@@ -116,13 +116,62 @@ pub struct PullRequest {
     pub progress: bool,
 }
 
-/// `$XDG_CACHE_HOME` (else `~/.cache`)`/triage/models/{repo with / replaced by --}`.
-pub fn default_dir(repo: &str) -> PathBuf {
+/// `$XDG_CACHE_HOME` (else `~/.cache`)`/triage/models`: where [`default_dir`] puts repositories.
+pub fn models_root() -> PathBuf {
     let cache = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("triage").join("models").join(repo.replace('/', "--"))
+    cache.join("triage").join("models")
+}
+
+/// [`models_root`]`/{repo with / replaced by --}`.
+pub fn default_dir(repo: &str) -> PathBuf {
+    models_root().join(repo.replace('/', "--"))
+}
+
+/// A model file downloaded by [`pull`] into [`models_root`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// `{repo}/{file}`, e.g. `Qwen/Qwen2.5-1.5B-Instruct-GGUF/qwen2.5-1.5b-instruct-q4_k_m.gguf`.
+    pub name: String,
+    /// The file, usable as a local provider's `model_path`.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The complete `.gguf` files under `root` (laid out as [`default_dir`] does; `.part` files are
+/// left out), sorted by name. A missing folder gives an empty list.
+pub fn list_pulled(root: &Path) -> Vec<Pulled> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() && depth < 8 => walk(&p, depth + 1, out),
+                Ok(t) if t.is_file() && p.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(root, 0, &mut files);
+    let mut found: Vec<Pulled> = files
+        .into_iter()
+        .filter_map(|path| {
+            let rel = path.strip_prefix(root).ok()?;
+            let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned());
+            let repo = parts.next()?.replacen("--", "/", 1);
+            let file: Vec<String> = parts.collect();
+            if file.is_empty() {
+                return None;
+            }
+            let size = std::fs::metadata(&path).ok()?.len();
+            Some(Pulled { name: format!("{repo}/{}", file.join("/")), path, size })
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
 }
 
 fn check_name(what: &'static str, value: &str) -> Result<(), PullError> {

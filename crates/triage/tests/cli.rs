@@ -447,6 +447,18 @@ fn pull_downloads_a_model_file_and_prints_its_path() {
     assert!(!ok);
     assert!(err.starts_with("triage: ") && err.contains("HTTP 404 Not Found"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+
+    // `triage models` lists what was pulled into the cache.
+    let (ok, out, _) = run(bin()
+        .current_dir(&dir)
+        .arg("models")
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("OLLAMA_MODELS", dir.join("no-store")));
+    assert!(ok);
+    assert!(
+        out.contains(&format!("found on disk: org/tiny-GGUF/tiny.gguf (pulled, 50.0 kB) {}", path.display())),
+        "{out}"
+    );
 }
 
 #[test]

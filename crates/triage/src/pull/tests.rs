@@ -261,3 +261,15 @@ fn header_parsing() {
     assert_eq!(content_range("bytes 10-99/*"), Some((10, None)));
     assert_eq!(default_dir("Qwen/Q-GGUF").file_name().unwrap(), "Qwen--Q-GGUF");
 }
+
+#[tokio::test]
+async fn pulled_files_are_listed_but_not_partial_ones() {
+    let (base, _) = server(Serve { files: vec![(PATH.into(), payload(4_000))], ..Serve::default() }).await;
+    let root = tempdir("list");
+    let path = pull(&client(), &request(&base, &root.join("org--tiny-GGUF"))).await.unwrap();
+    std::fs::write(root.join("org--tiny-GGUF/other.gguf.part"), b"x").unwrap();
+    std::fs::write(root.join("org--tiny-GGUF/README.md"), b"x").unwrap();
+    let found = list_pulled(&root);
+    assert_eq!(found, [Pulled { name: "org/tiny-GGUF/tiny-q4.gguf".into(), path, size: 4_000 }]);
+    assert!(list_pulled(&root.join("none")).is_empty());
+}
