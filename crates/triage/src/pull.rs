@@ -287,14 +287,15 @@ fn hash_prefix(path: &Path, len: u64) -> Result<Sha256, PullError> {
     }
 }
 
+/// The progress bar's layout.
+const BAR_TEMPLATE: &str = "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+
 fn progress_bar(on: bool, file: &str, total: Option<u64>, pos: u64) -> indicatif::ProgressBar {
     if !on {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::with_draw_target(total, indicatif::ProgressDrawTarget::stderr());
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-    {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(BAR_TEMPLATE) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(file.to_owned());
@@ -332,6 +333,8 @@ pub async fn pull(client: &reqwest::Client, req: &PullRequest) -> Result<PathBuf
     let url = format!("{}/{}/resolve/main/{}", req.base_url.trim_end_matches('/'), req.repo, req.file);
 
     let mut offset = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    // Hash what is there before asking, so the answer is not left waiting on a large `.part`.
+    let prefix = if offset > 0 { Some(hash_prefix(&part, offset)?) } else { None };
     let mut announced = Announced::default();
     let mut resp = get(client, &url, offset, &mut announced).await?;
     if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE && offset > 0 {
@@ -379,7 +382,10 @@ pub async fn pull(client: &reqwest::Client, req: &PullRequest) -> Result<PathBuf
         announced.sha256 = header(resp.headers(), ETAG).and_then(sha256_of);
     }
 
-    let mut hasher = if resumed { hash_prefix(&part, offset)? } else { Sha256::new() };
+    let mut hasher = match prefix {
+        Some(h) if resumed => h,
+        _ => Sha256::new(),
+    };
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .write(true)

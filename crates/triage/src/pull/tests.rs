@@ -252,6 +252,11 @@ fn names_that_escape_the_folder_are_refused() {
 }
 
 #[test]
+fn the_progress_bar_template_is_valid() {
+    assert!(indicatif::ProgressStyle::with_template(BAR_TEMPLATE).is_ok());
+}
+
+#[test]
 fn header_parsing() {
     let h = "a".repeat(64);
     assert_eq!(sha256_of(&format!("\"{h}\"")), Some(h.clone()));
