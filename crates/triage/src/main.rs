@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
+mod ollama;
+mod pull;
 mod scan;
 
 use clap::{Parser, Subcommand};
@@ -41,7 +43,9 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Print the catalog: id, tier, provider, prices, context window, capabilities, availability.
+    /// Print the catalog: id, tier, provider, prices, context window, capabilities, availability;
+    /// then the model files found on disk: those `triage pull` wrote, and the Ollama store's
+    /// ($OLLAMA_MODELS, else ~/.ollama/models).
     Models {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -57,6 +61,20 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Download a model file (GGUF) from a Hugging Face-style file server, resuming a partial
+    /// download and checking its size and SHA-256; prints the file's path.
+    Pull {
+        /// Repository, e.g. Qwen/Qwen2.5-1.5B-Instruct-GGUF.
+        repo: String,
+        /// File in the repository, e.g. qwen2.5-1.5b-instruct-q4_k_m.gguf.
+        file: String,
+        /// File server: GET {base-url}/{repo}/resolve/main/{file}.
+        #[arg(long, env = "TRIAGE_HF_BASE_URL", default_value = pull::DEFAULT_BASE_URL)]
+        base_url: String,
+        /// Folder to write to (default: ~/.cache/triage/models/{repo with / replaced by --}).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Manage virtual keys (create, list, revoke).
     #[command(subcommand)]
@@ -341,6 +359,15 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             scan::run(&catalog, json)
         }
+        Command::Pull { repo, file, base_url, dir } => {
+            use std::io::IsTerminal;
+            let dir = dir.unwrap_or_else(|| pull::default_dir(&repo));
+            let req = pull::PullRequest { base_url, repo, file, dir, progress: std::io::stderr().is_terminal() };
+            let client = pull::http_client().map_err(|e| e.to_string())?;
+            let path = runtime()?.block_on(pull::pull(&client, &req)).map_err(|e| e.to_string())?;
+            println!("{}", path.display());
+            Ok(())
+        }
         Command::Keys(cmd) => {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::keys(&catalog, cmd))
@@ -355,6 +382,9 @@ fn run(cli: Cli) -> Result<(), String> {
             let rt = runtime()?;
             rt.block_on(triage_gateway::health::probe_all(&state));
             print_models(&state, json);
+            if !json {
+                print_on_disk(&pull::list_pulled(&pull::models_root()), &ollama::discover(&ollama::default_root()));
+            }
             match gateway {
                 Some(url) => rt.block_on(print_deployments(&url, json)),
                 None => Ok(()),
@@ -585,6 +615,20 @@ async fn print_deployments(url: &str, json: bool) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// One "found on disk" line per model file a `kind = "local"` provider could run.
+fn print_on_disk(pulled: &[pull::Pulled], models: &[ollama::OllamaModel]) {
+    if !pulled.is_empty() || !models.is_empty() {
+        println!();
+    }
+    for p in pulled {
+        println!("found on disk: {} (pulled, {}) {}", p.name, ollama::human_size(p.size), p.path.display());
+    }
+    for m in models {
+        let size = m.size.map_or_else(|| "blob missing".to_owned(), ollama::human_size);
+        println!("found on disk: {} (ollama, {size}) {}", m.name, m.model_path.display());
+    }
 }
 
 fn print_models(state: &triage_gateway::AppState, json: bool) {

@@ -383,3 +383,107 @@ fn route_prints_the_decision_of_each_scorer() {
     assert!(!ok);
     assert!(err.contains("config.json") && err.contains("scripts/fetch-embedding-model.sh"), "{err}");
 }
+
+/// A one-file HTTP/1.1 server on 127.0.0.1 (std threads): `path` → `body` with Hugging Face's
+/// `x-linked-size` / `x-linked-etag` headers, 404 for anything else.
+fn file_server(path: &'static str, body: Vec<u8>, sha256: String) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { return };
+            let mut reader = BufReader::new(sock.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let asked = line.split(' ').nth(1).unwrap_or_default();
+            if asked == path {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-linked-size: {}\r\nx-linked-etag: \"{sha256}\"\r\nconnection: close\r\n\r\n",
+                    body.len(),
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes());
+                let _ = sock.write_all(&body);
+            } else {
+                let _ = sock.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        }
+    });
+    base
+}
+
+#[test]
+fn pull_downloads_a_model_file_and_prints_its_path() {
+    use sha2::Digest;
+    let body: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let sha: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let base = file_server("/org/tiny-GGUF/resolve/main/tiny.gguf", body.clone(), sha);
+    let dir = tempdir("pull");
+    let (ok, out, err) =
+        run(bin().args(["pull", "org/tiny-GGUF", "tiny.gguf", "--base-url", &base, "--dir"]).arg(dir.join("models")));
+    assert!(ok, "{err}");
+    let path = dir.join("models").join("tiny.gguf");
+    assert_eq!(out.trim(), path.display().to_string());
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+
+    // The env var sets the server; the default folder is under $XDG_CACHE_HOME.
+    let (ok, out, _) = run(bin()
+        .args(["pull", "org/tiny-GGUF", "tiny.gguf"])
+        .env("TRIAGE_HF_BASE_URL", &base)
+        .env("XDG_CACHE_HOME", dir.join("cache")));
+    assert!(ok);
+    let path = dir.join("cache/triage/models/org--tiny-GGUF/tiny.gguf");
+    assert_eq!(out.trim(), path.display().to_string());
+    assert_eq!(std::fs::read(&path).unwrap(), body);
+
+    let (ok, _, err) = run(bin().args(["pull", "org/tiny-GGUF", "nope.gguf", "--base-url", &base, "--dir"]).arg(&dir));
+    assert!(!ok);
+    assert!(err.starts_with("triage: ") && err.contains("HTTP 404 Not Found"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    // `triage models` lists what was pulled into the cache.
+    let (ok, out, _) = run(bin()
+        .current_dir(&dir)
+        .arg("models")
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .env("OLLAMA_MODELS", dir.join("no-store")));
+    assert!(ok);
+    assert!(
+        out.contains(&format!("found on disk: org/tiny-GGUF/tiny.gguf (pulled, 50.0 kB) {}", path.display())),
+        "{out}"
+    );
+}
+
+#[test]
+fn models_lists_the_ollama_store_found_on_disk() {
+    let dir = tempdir("ollama");
+    let store = dir.join("store");
+    let hex = "ab".repeat(32);
+    let manifest = store.join("manifests/registry.ollama.ai/library/qwen2.5/1.5b");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    let layers = serde_json::json!({"layers": [
+        {"mediaType": "application/vnd.ollama.image.license", "digest": format!("sha256:{}", "0".repeat(64))},
+        {"mediaType": "application/vnd.ollama.image.model", "digest": format!("sha256:{hex}"), "size": 2500},
+    ]});
+    std::fs::write(&manifest, layers.to_string()).unwrap();
+    std::fs::create_dir_all(store.join("blobs")).unwrap();
+    let blob = store.join(format!("blobs/sha256-{hex}"));
+    std::fs::write(&blob, vec![0u8; 2500]).unwrap();
+
+    let (ok, out, err) = run(bin().current_dir(&dir).arg("models").env("OLLAMA_MODELS", &store));
+    assert!(ok, "{err}");
+    let line = out.lines().find(|l| l.starts_with("found on disk:")).unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(line, format!("found on disk: qwen2.5:1.5b (ollama, 2.5 kB) {}", blob.display()));
+    // The JSON output stays the catalog alone; without a store there are no such lines.
+    let (ok, out, _) = run(bin().current_dir(&dir).args(["models", "--json"]).env("OLLAMA_MODELS", &store));
+    assert!(ok && serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{out}");
+    let (ok, out, _) = run(bin().current_dir(&dir).arg("models").env("OLLAMA_MODELS", dir.join("none")));
+    assert!(ok && !out.contains("found on disk"), "{out}");
+}
