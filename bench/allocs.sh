@@ -27,35 +27,10 @@ if [ -z "${BIN_DIR:-}" ]; then
   BIN_DIR=target/release
 fi
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/lib.sh
+bench_workdir
 
-cat > "$work/triage.toml" <<TOML
-tiers = ["local", "mid", "frontier"]
-[spend]
-database = "sqlite://$work/triage.db"
-[providers.fake]
-kind = "openai"
-base_url = "http://127.0.0.1:$UP_PORT/v1"
-local = true
-[[models]]
-id = "fake-local"
-provider = "fake"
-upstream_model = "fake-upstream-model"
-tier = "local"
-price = { input = 0.0, output = 0.0 }
-context_window = 8192
-[[models]]
-id = "fake-mid"
-provider = "fake"
-upstream_model = "fake-upstream-model"
-tier = "mid"
-price = { input = 1.0, output = 3.0 }
-context_window = 128000
-capabilities = ["tools"]
-TOML
+fake_catalog "$UP_PORT" "sqlite://$work/triage.db" > "$work/triage.toml"
 body="{\"model\":\"$MODEL\",\"max_tokens\":64,\"messages\":[{\"role\":\"system\",\"content\":\"You are a helpful assistant.\"},{\"role\":\"user\",\"content\":\"Summarise the meeting notes in three bullet points.\"}]}"
 healthy() { for _ in $(seq 500); do curl -fsS "http://127.0.0.1:$GW_PORT/healthz" >/dev/null 2>&1 && return; sleep 0.02; done; }
 

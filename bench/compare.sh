@@ -140,30 +140,8 @@ hwm_kb() { # sum of VmHWM over a process tree
 KEY=sk-bench-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')
 HZ=$(getconf CLK_TCK)
 
-cat > "$work/triage.toml" <<TOML
-tiers = ["local", "mid", "frontier"]
-[spend]
-database = "$([ "$TRIAGE_LEDGER" = 1 ] && echo "sqlite://$work/triage.db")"
-[providers.fake]
-kind = "openai"
-base_url = "http://127.0.0.1:$UP_PORT/v1"
-local = true
-[[models]]
-id = "fake-local"
-provider = "fake"
-upstream_model = "fake-upstream-model"
-tier = "local"
-price = { input = 0.0, output = 0.0 }
-context_window = 8192
-[[models]]
-id = "fake-mid"
-provider = "fake"
-upstream_model = "fake-upstream-model"
-tier = "mid"
-price = { input = 1.0, output = 3.0 }
-context_window = 128000
-capabilities = ["tools"]
-TOML
+source bench/lib.sh
+fake_catalog "$UP_PORT" "$([ "$TRIAGE_LEDGER" = 1 ] && echo "sqlite://$work/triage.db")" > "$work/triage.toml"
 
 cat > "$work/litellm.yaml" <<YAML
 model_list:

@@ -21,35 +21,10 @@ OUT=${OUT:-bench/results/$(date -u +%Y%m%dT%H%M%SZ).md}
 command -v oha >/dev/null || cargo install oha --locked --version 1.16.0
 cargo build --release --locked -p triage -p triage-testkit >&2
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+source bench/lib.sh
+bench_workdir
 
-cat > "$work/triage.toml" <<TOML
-tiers = ["local", "mid", "frontier"]
-# The ledger (on by default) goes to the temp dir, not ./triage.db.
-[spend]
-database = "sqlite://$work/triage.db"
-[providers.fake]
-kind = "openai"
-base_url = "http://127.0.0.1:$UP_PORT/v1"
-local = true
-[[models]]
-id = "fake-local"
-provider = "fake"
-upstream_model = "fake-upstream-model"
-tier = "local"
-price = { input = 0.0, output = 0.0 }
-context_window = 8192
-[[models]]
-id = "fake-mid"
-provider = "fake"
-tier = "mid"
-price = { input = 1.0, output = 3.0 }
-context_window = 128000
-capabilities = ["tools"]
-TOML
+fake_catalog "$UP_PORT" "sqlite://$work/triage.db" > "$work/triage.toml"
 
 ./target/release/triage-fake-upstream --listen "127.0.0.1:$UP_PORT" 2>/dev/null & pids+=($!)
 TRIAGE_LOG=warn ./target/release/triage serve --config "$work/triage.toml" --listen "127.0.0.1:$GW_PORT" & gw_pid=$!; pids+=($gw_pid)
