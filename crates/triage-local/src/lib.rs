@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod engine;
+mod info;
 mod text;
 mod worker;
 
@@ -24,3 +25,4 @@ pub use engine::{
     Engine, EngineConfig, EngineError, EngineStats, Event, FinishReason, GenerateRequest, Generation, Message, Output,
     Sampling, Usage,
 };
+pub use info::{InfoError, ModelInfo};
