@@ -71,6 +71,98 @@ pub fn defaults() -> Result<Catalog, ConfigError> {
     parse(DEFAULT_CONFIG, DEFAULT_SOURCE)
 }
 
+/// A GGUF model file found on this machine, to be served in-process by the built-in catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundLocalModel {
+    /// The catalog id clients may name; [`with_local_model`] makes it unique.
+    pub id: String,
+    /// The GGUF file.
+    pub model_path: std::path::PathBuf,
+    /// Tokens of one sequence (prompt and answer), the engine's `context` and the model's
+    /// `context_window`.
+    pub context: u32,
+    /// The model's chat template takes tool definitions: the model gets the `tools` capability.
+    pub tools: bool,
+    /// Where it was found, for the comment above it (e.g. "registered with `triage models add`").
+    pub found_in: String,
+}
+
+/// Name of the provider [`with_local_model`] adds.
+pub const FOUND_LOCAL_PROVIDER: &str = "gguf";
+
+/// `config` (the text of a configuration such as [`DEFAULT_CONFIG`]) with `found` added as a
+/// `kind = "local"` provider named [`FOUND_LOCAL_PROVIDER`] and a model of the first tier, free,
+/// placed before the file's first `[[models]]` entry (and the comment above it) so that it is the
+/// first choice of that tier (ties in price go to the model listed first).
+///
+/// The model's id is `found.id` reduced to lowercase letters, digits and `.` `_` `:` `-` (others
+/// become `-`), with `-gguf` appended when it would name a tier of the default catalog (a tier
+/// name is resolved before a model id) or be empty. The result is checked by [`parse`] like any file.
+pub fn with_local_model(config: &str, found: &FoundLocalModel) -> String {
+    let mut id: String = found
+        .id
+        .trim()
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-') { c } else { '-' })
+        .collect();
+    if id.is_empty() || ["auto", "local", "mid", "frontier"].contains(&id.as_str()) || id.starts_with("role:") {
+        id.push_str(if id.is_empty() { "gguf" } else { "-gguf" });
+    }
+    let quote = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let capabilities = if found.tools { r#"["tools"]"# } else { "[]" };
+    let section = format!(
+        "# A GGUF model found on this machine ({found_in}), run in-process by llama.cpp:
+         # `parallel` sequences at once, `queue` more waiting, `context` tokens each.
+         [providers.{provider}]
+         kind = \"local\"
+         model_path = {path}
+         parallel = 2
+         queue = 8
+         context = {context}
+         
+         [[models]]
+         id = {id}
+         provider = \"{provider}\"
+         tier = \"local\"
+         price = {{ input = 0.0, cached_input = 0.0, output = 0.0 }}
+         context_window = {context}
+         capabilities = {capabilities}
+         
+",
+        found_in = found.found_in.replace('\n', " "),
+        provider = FOUND_LOCAL_PROVIDER,
+        path = quote(&found.model_path.to_string_lossy()),
+        context = found.context.max(1),
+        id = quote(&id),
+    );
+    // Insert before the first `[[models]]` line and the comment lines right above it.
+    let mut at = config.len();
+    let mut offset = 0;
+    let mut comment_start: Option<usize> = None;
+    for line in config.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with("[[models]]") {
+            at = comment_start.unwrap_or(offset);
+            break;
+        }
+        if t.starts_with('#') {
+            comment_start.get_or_insert(offset);
+        } else {
+            comment_start = None;
+        }
+        offset += line.len();
+    }
+    let mut out = String::with_capacity(config.len() + section.len() + 1);
+    out.push_str(&config[..at]);
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&section);
+    out.push_str(&config[at..]);
+    out
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -823,6 +915,45 @@ context_window = 1000
             .iter()
             .any(|m| c.provider_of(m.provider).api_key_env.as_deref() == Some("ANTHROPIC_API_KEY")));
         assert!(c.models().iter().any(|m| c.provider_of(m.provider).api_key_env.as_deref() == Some("OPENAI_API_KEY")));
+    }
+
+    #[test]
+    fn a_found_local_model_becomes_the_first_choice_of_the_local_tier() {
+        let found = FoundLocalModel {
+            id: "Qwen2.5 1.5B Instruct".into(),
+            model_path: "/models/a \"quoted\" dir/q.gguf".into(),
+            context: 4096,
+            tools: true,
+            found_in: "registered with `triage models add`".into(),
+        };
+        let text = with_local_model(DEFAULT_CONFIG, &found);
+        let c = parse(&text, DEFAULT_SOURCE).unwrap();
+        let m = &c.models()[0];
+        assert_eq!(m.id, "qwen2.5-1.5b-instruct");
+        assert_eq!(c.tiers()[m.tier], "local");
+        assert_eq!(m.context_window, 4096);
+        assert!(m.capabilities.tools);
+        let p = c.provider_of(0);
+        assert_eq!(p.name, FOUND_LOCAL_PROVIDER);
+        assert!(p.local);
+        let engine = p.engine.as_ref().unwrap();
+        assert_eq!(engine.model_path, "/models/a \"quoted\" dir/q.gguf");
+        assert_eq!((engine.parallel, engine.queue, engine.context), (2, 8, 4096));
+        // Everything the defaults had is still there, after it.
+        let defaults = defaults().unwrap();
+        assert_eq!(c.models().len(), defaults.models().len() + 1);
+        assert_eq!(c.models()[1].id, defaults.models()[0].id);
+        // The comment introducing the models stays with them.
+        let models_comment = text.find("# Models.").unwrap();
+        assert!(text.find("[providers.gguf]").unwrap() < models_comment);
+
+        // Names that a tier would shadow, or that are empty, get a suffix.
+        for (given, id) in [("local", "local-gguf"), ("", "gguf"), ("AUTO", "auto-gguf")] {
+            let f = FoundLocalModel { id: given.into(), tools: false, ..found.clone() };
+            let c = parse(&with_local_model(DEFAULT_CONFIG, &f), "t").unwrap();
+            assert_eq!(c.models()[0].id, id);
+            assert!(!c.models()[0].capabilities.tools);
+        }
     }
 
     #[test]
