@@ -86,7 +86,8 @@ impl ModelInfo {
             let i = gguf.find_key(key);
             (i >= 0 && gguf.kv_type(i) == TYPE_STRING).then(|| gguf.val_str(i).map(str::to_owned)).flatten()
         };
-        let architecture = string("general.architecture").ok_or_else(|| not_gguf("it names no general.architecture"))?;
+        let architecture =
+            string("general.architecture").ok_or_else(|| not_gguf("it names no general.architecture"))?;
         let context_length = {
             let i = gguf.find_key(&format!("{architecture}.context_length"));
             if i < 0 {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
+mod local_models;
 mod ollama;
 mod pull;
 mod scan;
@@ -44,9 +45,14 @@ enum Command {
         force: bool,
     },
     /// Print the catalog: id, tier, provider, prices, context window, capabilities, availability;
-    /// then the model files found on disk: those `triage pull` wrote, and the Ollama store's
-    /// ($OLLAMA_MODELS, else ~/.ollama/models).
+    /// then the model files found on disk: those registered with `triage models add`, those
+    /// `triage pull` wrote, and the Ollama store's ($OLLAMA_MODELS, else ~/.ollama/models).
+    /// Without a config file, the first of them is in the catalog, served in-process.
+    #[command(args_conflicts_with_subcommands = true)]
     Models {
+        /// Register or forget a GGUF file.
+        #[command(subcommand)]
+        action: Option<ModelsAction>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -266,6 +272,25 @@ impl TrainFlags {
     }
 }
 
+/// `triage models add | remove`.
+#[derive(Debug, Subcommand)]
+enum ModelsAction {
+    /// Register a GGUF model file (its header is read and checked; the file is not copied), so
+    /// that `triage models` lists it and `triage serve` without a config file runs it.
+    Add {
+        /// The GGUF file.
+        path: PathBuf,
+        /// Name to register it under (default: the model's `general.name`, else the file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Forget a registered model (the file stays).
+    Remove {
+        /// Its registered name.
+        name: String,
+    },
+}
+
 fn load_embedding_head(path: Option<&Path>) -> Result<triage_embed::EmbeddingHead, String> {
     match path {
         Some(p) => {
@@ -309,12 +334,25 @@ fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
+/// The catalog of `--config`, else `./triage.toml`, else the built-in defaults, to which a model
+/// file found on disk is added as the first choice of the local tier (see [`local_models`]).
 fn load_catalog(path: Option<&Path>) -> Result<Catalog, String> {
     let r = match path {
         Some(p) => config::load(p, true),
         None => config::load(Path::new("triage.toml"), false),
     };
-    r.map_err(|e| e.to_string())
+    let catalog = r.map_err(|e| e.to_string())?;
+    if catalog.source() != config::DEFAULT_SOURCE {
+        return Ok(catalog);
+    }
+    match local_models::find_default() {
+        Some(found) => {
+            tracing::info!(model = %found.model_path.display(), found = %found.found_in, "serving a local model found on disk");
+            config::parse(&config::with_local_model(config::DEFAULT_CONFIG, &found), config::DEFAULT_SOURCE)
+                .map_err(|e| e.to_string())
+        }
+        None => Ok(catalog),
+    }
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
@@ -350,9 +388,16 @@ fn run(cli: Cli) -> Result<(), String> {
             if path.exists() && !force {
                 return Err(format!("{} exists; pass --force to overwrite it", path.display()));
             }
-            std::fs::write(&path, config::DEFAULT_CONFIG)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-            println!("wrote {}", path.display());
+            let found = local_models::find_default();
+            let text = match &found {
+                Some(f) => config::with_local_model(config::DEFAULT_CONFIG, f),
+                None => config::DEFAULT_CONFIG.to_owned(),
+            };
+            std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            match found {
+                Some(f) => println!("wrote {} (with the local model {})", path.display(), f.model_path.display()),
+                None => println!("wrote {}", path.display()),
+            }
             Ok(())
         }
         Command::Scan { json } => {
@@ -376,14 +421,20 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::spend(&catalog, args))
         }
-        Command::Models { json, gateway } => {
+        Command::Models { action: Some(action), .. } => models_action(action),
+        Command::Models { action: None, json, gateway } => {
             let catalog = load_catalog(cli.config.as_deref())?;
             let state = triage_gateway::AppState::new(catalog).map_err(|e| e.to_string())?;
             let rt = runtime()?;
             rt.block_on(triage_gateway::health::probe_all(&state));
             print_models(&state, json);
             if !json {
-                print_on_disk(&pull::list_pulled(&pull::models_root()), &ollama::discover(&ollama::default_root()));
+                let found = local_models::find_all(
+                    &local_models::registry_path(),
+                    &pull::models_root(),
+                    &ollama::default_root(),
+                )?;
+                print_on_disk(&found);
             }
             match gateway {
                 Some(url) => rt.block_on(print_deployments(&url, json)),
@@ -618,17 +669,39 @@ async fn print_deployments(url: &str, json: bool) -> Result<(), String> {
 }
 
 /// One "found on disk" line per model file a `kind = "local"` provider could run.
-fn print_on_disk(pulled: &[pull::Pulled], models: &[ollama::OllamaModel]) {
-    if !pulled.is_empty() || !models.is_empty() {
+fn print_on_disk(found: &[local_models::OnDisk]) {
+    if !found.is_empty() {
         println!();
     }
-    for p in pulled {
-        println!("found on disk: {} (pulled, {}) {}", p.name, ollama::human_size(p.size), p.path.display());
+    for m in found {
+        let size = m.size.map_or_else(|| "file missing".to_owned(), ollama::human_size);
+        println!("found on disk: {} ({}, {size}) {}", m.name, m.source.label(), m.path.display());
     }
-    for m in models {
-        let size = m.size.map_or_else(|| "blob missing".to_owned(), ollama::human_size);
-        println!("found on disk: {} (ollama, {size}) {}", m.name, m.model_path.display());
+}
+
+fn models_action(action: ModelsAction) -> Result<(), String> {
+    let path = local_models::registry_path();
+    let mut registry = local_models::Registry::load(&path)?;
+    match action {
+        ModelsAction::Add { path: file, name } => {
+            let m = registry.add(&file, name.as_deref())?;
+            registry.save(&path)?;
+            let context = m.context_length.map_or_else(String::new, |c| format!(", trained context {c} tokens"));
+            println!(
+                "registered {} ({}, {}{context}) {}",
+                m.name,
+                m.architecture,
+                ollama::human_size(m.size),
+                m.path.display()
+            );
+        }
+        ModelsAction::Remove { name } => {
+            let m = registry.remove(&name)?;
+            registry.save(&path)?;
+            println!("removed {} ({} is left as it is)", m.name, m.path.display());
+        }
     }
+    Ok(())
 }
 
 fn print_models(state: &triage_gateway::AppState, json: bool) {

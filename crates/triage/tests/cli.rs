@@ -6,9 +6,20 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary with no API keys, and the places it looks for model files on disk (the model
+/// registry, `triage pull`'s cache, Ollama's store) pointed at a folder that does not exist, so
+/// the models of the machine running the tests stay out of them; a test sets its own after. The
+/// embedding encoder stays where the tests' fetch script put it.
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_triage"));
-    c.env_remove("OPENAI_API_KEY").env_remove("ANTHROPIC_API_KEY").env_remove("TRIAGE_CONFIG");
+    let nowhere = std::env::temp_dir().join(format!("triage-cli-nowhere-{}", std::process::id()));
+    c.env("TRIAGE_EMBEDDING_DIR", triage_embed::default_dir())
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("TRIAGE_CONFIG")
+        .env("XDG_CONFIG_HOME", nowhere.join("config"))
+        .env("XDG_CACHE_HOME", nowhere.join("cache"))
+        .env("OLLAMA_MODELS", nowhere.join("ollama"));
     c
 }
 
@@ -486,4 +497,128 @@ fn models_lists_the_ollama_store_found_on_disk() {
     assert!(ok && serde_json::from_str::<serde_json::Value>(&out).is_ok(), "{out}");
     let (ok, out, _) = run(bin().current_dir(&dir).arg("models").env("OLLAMA_MODELS", dir.join("none")));
     assert!(ok && !out.contains("found on disk"), "{out}");
+}
+
+/// A GGUF registered with `triage models add` is in the built-in catalog: `triage serve` with no
+/// config file and no API keys answers `model: "local"` with it, in-process, exactly as the
+/// engine run directly on the same file answers; `remove` takes it out again.
+#[test]
+fn a_registered_gguf_is_served_by_the_built_in_catalog() {
+    use triage_local::{Engine, EngineConfig, GenerateRequest, Message, Sampling};
+    let dir = tempdir("local-default");
+    let file = dir.join("weights").join("tiny.gguf");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    triage_testkit::gguf::TinyLlama::default().write(&file).unwrap();
+    let size = std::fs::metadata(&file).unwrap().len();
+    let config_home = dir.join("config");
+    let with_home = |c: &mut Command| {
+        c.current_dir(&dir).env("XDG_CONFIG_HOME", &config_home);
+    };
+
+    let mut c = bin();
+    with_home(&mut c);
+    let (ok, out, err) = run(c.args(["models", "add", "weights/tiny.gguf", "--name", "Tiny Chat"]));
+    assert!(ok, "{err}");
+    let abs = std::fs::canonicalize(&file).unwrap();
+    assert_eq!(
+        out.trim_end(),
+        format!(
+            "registered Tiny Chat (llama, {:.1} kB, trained context 2048 tokens) {}",
+            size as f64 / 1e3,
+            abs.display()
+        )
+    );
+    let mut c = bin();
+    with_home(&mut c);
+    let (ok, _, err) = run(c.args(["models", "add", "README-missing.gguf"]));
+    assert!(!ok && err.contains("cannot register README-missing.gguf"), "{err}");
+
+    let mut c = bin();
+    with_home(&mut c);
+    let (ok, out, err) = run(c.arg("models"));
+    assert!(ok, "{err}");
+    let row = out.lines().find(|l| l.starts_with("tiny-chat ")).unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!((cells[1], cells[2], cells[6], *cells.last().unwrap()), ("local", "gguf", "2048", "yes"), "{row}");
+    assert!(out.contains(&format!("found on disk: Tiny Chat (registered, {:.1} kB)", size as f64 / 1e3)), "{out}");
+
+    // What the engine itself answers, greedily, in 6 tokens.
+    let question = "Name three colours.";
+    let expected = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let e = Engine::load(EngineConfig { model_path: abs.clone(), parallel: 1, queue: 0, context: 512, threads: 1 })
+            .unwrap();
+        e.generate(GenerateRequest {
+            messages: vec![Message::new("user", question)],
+            max_tokens: Some(6),
+            stop: vec![],
+            sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+        })
+        .unwrap()
+        .collect()
+        .await
+        .unwrap()
+    });
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut c = bin();
+    with_home(&mut c);
+    let mut child = c
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let body = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let c = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.get(format!("{base}/healthz")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = c
+            .post(format!("{base}/v1/chat/completions"))
+            .body(
+                serde_json::json!({
+                    "model": "local",
+                    "messages": [{"role": "user", "content": question}],
+                    "max_tokens": 6,
+                    "temperature": 0,
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        serde_json::from_str::<serde_json::Value>(&r.text().await.unwrap()).unwrap()
+    });
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert_eq!(body["choices"][0]["message"]["content"], expected.text.as_str(), "{body}");
+    assert_eq!(body["usage"]["prompt_tokens"], expected.usage.prompt_tokens, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 6, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+
+    // `init` writes the found model into the file it makes.
+    let mut c = bin();
+    with_home(&mut c);
+    let (ok, out, err) = run(c.args(["init", "with-local.toml"]));
+    assert!(ok && out.contains("with the local model"), "{out}{err}");
+    let text = std::fs::read_to_string(dir.join("with-local.toml")).unwrap();
+    assert!(text.contains(&format!("model_path = \"{}\"", abs.display())), "{text}");
+
+    let mut c = bin();
+    with_home(&mut c);
+    let (ok, out, err) = run(c.args(["models", "remove", "Tiny Chat"]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim_end(), format!("removed Tiny Chat ({} is left as it is)", abs.display()));
+    assert!(file.exists());
+    let mut c = bin();
+    with_home(&mut c);
+    let (ok, out, _) = run(c.args(["models", "--json"]));
+    assert!(ok && !out.contains("tiny-chat"), "{out}");
 }
