@@ -91,6 +91,19 @@ pub enum PullError {
         /// Hex SHA-256 announced.
         expected: String,
     },
+    /// Another `triage pull` is downloading the same file into the same folder.
+    #[error("{path}: another triage pull is downloading this file; wait for it to finish")]
+    Busy {
+        /// The partial file being written.
+        path: PathBuf,
+    },
+    /// The file received is named `.gguf` but does not start with the GGUF magic bytes (an error
+    /// page, or a Git LFS pointer, served in its place); it is removed.
+    #[error("{path}: not a GGUF file (it does not start with the GGUF magic bytes); the file was removed")]
+    NotGguf {
+        /// The partial file, now removed.
+        path: PathBuf,
+    },
     /// A local file could not be read, written or renamed.
     #[error("{path}: {source}")]
     Io {
@@ -197,6 +210,11 @@ fn sha256_of(value: &str) -> Option<String> {
 
 fn header(h: &HeaderMap, name: impl reqwest::header::AsHeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `bytes */TOTAL` (the `Content-Range` of a 416 answer) → TOTAL.
+fn unsatisfied_total(v: &str) -> Option<u64> {
+    v.trim().strip_prefix("bytes */")?.trim().parse().ok()
 }
 
 /// `bytes START-END/TOTAL` → (START, TOTAL if known).
@@ -307,7 +325,9 @@ fn progress_bar(on: bool, file: &str, total: Option<u64>, pos: u64) -> indicatif
 /// come from [`http_client`] (one that follows redirects loses Hugging Face's `x-linked-*` headers).
 ///
 /// An existing final file is returned as is (nothing is fetched). A `{file}.part` from an earlier
-/// run is resumed. Sizes are in bytes.
+/// run is resumed, or, when it already holds the whole file (the server answers 416 with its
+/// size), checked and kept without fetching it again. `{file}.part.lock` is held (an advisory
+/// lock) while downloading. Sizes are in bytes.
 ///
 /// # Errors
 ///
@@ -315,8 +335,10 @@ fn progress_bar(on: bool, file: &str, total: Option<u64>, pos: u64) -> indicatif
 /// [`PullError::Status`] for an HTTP error (e.g. 404); [`PullError::Network`] when the connection
 /// fails or the answer ends early ([`PullError::Incomplete`]; the `.part` is kept for the next
 /// run); [`PullError::Size`] or [`PullError::Checksum`]
-/// when the bytes received do not match what the server announced (the `.part` is removed);
-/// [`PullError::Io`] for local file errors; [`PullError::Protocol`] for a malformed answer.
+/// when the bytes received do not match what the server announced, [`PullError::NotGguf`] when a
+/// `.gguf` is not one (the `.part` is removed); [`PullError::Busy`] when another process is
+/// pulling the same file (nothing is touched); [`PullError::Io`] for local file errors;
+/// [`PullError::Protocol`] for a malformed answer.
 pub async fn pull(client: &reqwest::Client, req: &PullRequest) -> Result<PathBuf, PullError> {
     check_name("repository", &req.repo)?;
     check_name("file", &req.file)?;
@@ -324,21 +346,54 @@ pub async fn pull(client: &reqwest::Client, req: &PullRequest) -> Result<PathBuf
     if dest.is_file() {
         return Ok(dest);
     }
-    let mut part_name = dest.clone().into_os_string();
-    part_name.push(".part");
-    let part = PathBuf::from(part_name);
+    let with_suffix = |suffix: &str| {
+        let mut name = dest.clone().into_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    let part = with_suffix(".part");
     if let Some(parent) = part.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    let url = format!("{}/{}/resolve/main/{}", req.base_url.trim_end_matches('/'), req.repo, req.file);
+    // One download of a file at a time: a second `triage pull` of it fails at once rather than
+    // interleaving its bytes into the same `.part`. The lock goes with the process.
+    let lock_path = with_suffix(".part.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(PullError::Busy { path: part }),
+        Err(std::fs::TryLockError::Error(e)) => return Err(PullError::Io { path: lock_path, source: e }),
+    }
+    // The other process may have finished while this one waited for the lock.
+    if dest.is_file() {
+        let _ = std::fs::remove_file(&lock_path);
+        return Ok(dest);
+    }
+    let result = download(client, req, &dest, &part).await;
+    let _ = std::fs::remove_file(&lock_path);
+    drop(lock);
+    result
+}
 
-    let mut offset = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+/// The download itself, under the lock: fetch (or resume) into `part`, check, rename to `dest`.
+async fn download(client: &reqwest::Client, req: &PullRequest, dest: &Path, part: &Path) -> Result<PathBuf, PullError> {
+    let url = format!("{}/{}/resolve/main/{}", req.base_url.trim_end_matches('/'), req.repo, req.file);
+    let mut offset = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
     // Hash what is there before asking, so the answer is not left waiting on a large `.part`.
-    let prefix = if offset > 0 { Some(hash_prefix(&part, offset)?) } else { None };
+    let prefix = if offset > 0 { Some(hash_prefix(part, offset)?) } else { None };
     let mut announced = Announced::default();
     let mut resp = get(client, &url, offset, &mut announced).await?;
     if resp.status() == StatusCode::RANGE_NOT_SATISFIABLE && offset > 0 {
-        // The .part is as long as (or longer than) the file: start over.
+        let total = header(resp.headers(), CONTENT_RANGE).and_then(unsatisfied_total).or(announced.size);
+        if let (Some(total), Some(hasher)) = (total, &prefix) {
+            if total == offset {
+                // An earlier run received every byte but stopped before the rename: check it
+                // and finish, without fetching it again.
+                announced.size = Some(total);
+                return finish(part, dest, offset, hasher.clone(), &announced, &url);
+            }
+        }
+        // The .part is longer than the file: start over.
         offset = 0;
         announced = Announced::default();
         resp = get(client, &url, 0, &mut announced).await?;
@@ -391,11 +446,11 @@ pub async fn pull(client: &reqwest::Client, req: &PullRequest) -> Result<PathBuf
         .write(true)
         .append(resumed)
         .truncate(!resumed)
-        .open(&part)
-        .map_err(io(&part))?;
+        .open(part)
+        .map_err(io(part))?;
     if resumed {
         // Drop anything past `offset` (there is none unless the file changed under us).
-        out.set_len(offset).map_err(io(&part))?;
+        out.set_len(offset).map_err(io(part))?;
     }
     let bar = progress_bar(req.progress, &req.file, announced.size, offset);
     let mut received = offset;
@@ -409,34 +464,55 @@ pub async fn pull(client: &reqwest::Client, req: &PullRequest) -> Result<PathBuf
                 return Err(PullError::Network { url, source });
             }
         };
-        out.write_all(&chunk).map_err(io(&part))?;
+        out.write_all(&chunk).map_err(io(part))?;
         hasher.update(&chunk);
         received += chunk.len() as u64;
         bar.set_position(received);
     }
-    out.flush().map_err(io(&part))?;
-    out.sync_all().map_err(io(&part))?;
+    out.flush().map_err(io(part))?;
+    out.sync_all().map_err(io(part))?;
     drop(out);
     bar.finish_and_clear();
+    finish(part, dest, received, hasher, &announced, &url)
+}
 
+/// Checks the `received` bytes of `part` (hashed into `hasher`) against what the server
+/// announced, and that a `.gguf` starts with the GGUF magic; renames it to `dest`.
+fn finish(
+    part: &Path,
+    dest: &Path,
+    received: u64,
+    hasher: Sha256,
+    announced: &Announced,
+    url: &str,
+) -> Result<PathBuf, PullError> {
+    let fail = |e: PullError| {
+        let _ = std::fs::remove_file(part);
+        Err(e)
+    };
     if let Some(expected) = announced.size {
         if received < expected {
-            return Err(PullError::Incomplete { url, got: received, expected });
+            return Err(PullError::Incomplete { url: url.to_owned(), got: received, expected });
         }
         if received > expected {
-            let _ = std::fs::remove_file(&part);
-            return Err(PullError::Size { path: part, got: received, expected });
+            return fail(PullError::Size { path: part.to_owned(), got: received, expected });
         }
     }
-    if let Some(expected) = announced.sha256 {
+    if let Some(expected) = &announced.sha256 {
         let got = hex(&hasher.finalize());
-        if got != expected {
-            let _ = std::fs::remove_file(&part);
-            return Err(PullError::Checksum { path: part, got, expected });
+        if got != *expected {
+            return fail(PullError::Checksum { path: part.to_owned(), got, expected: expected.clone() });
         }
     }
-    std::fs::rename(&part, &dest).map_err(io(&dest))?;
-    Ok(dest)
+    if dest.extension().is_some_and(|x| x.eq_ignore_ascii_case("gguf")) {
+        let mut magic = [0u8; 4];
+        let read = std::fs::File::open(part).and_then(|mut f| f.read_exact(&mut magic));
+        if read.is_err() || &magic != b"GGUF" {
+            return fail(PullError::NotGguf { path: part.to_owned() });
+        }
+    }
+    std::fs::rename(part, dest).map_err(io(dest))?;
+    Ok(dest.to_owned())
 }
 
 fn hex(bytes: &[u8]) -> String {

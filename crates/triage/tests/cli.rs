@@ -433,7 +433,7 @@ fn file_server(path: &'static str, body: Vec<u8>, sha256: String) -> String {
 #[test]
 fn pull_downloads_a_model_file_and_prints_its_path() {
     use sha2::Digest;
-    let body: Vec<u8> = (0..50_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let body = triage_testkit::gguf::TinyLlama::default().to_bytes();
     let sha: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
     let base = file_server("/org/tiny-GGUF/resolve/main/tiny.gguf", body.clone(), sha);
     let dir = tempdir("pull");
@@ -466,10 +466,14 @@ fn pull_downloads_a_model_file_and_prints_its_path() {
         .env("XDG_CACHE_HOME", dir.join("cache"))
         .env("OLLAMA_MODELS", dir.join("no-store")));
     assert!(ok);
+    let kb = body.len() as f64 / 1e3;
     assert!(
-        out.contains(&format!("found on disk: org/tiny-GGUF/tiny.gguf (pulled, 50.0 kB) {}", path.display())),
+        out.contains(&format!("found on disk: org/tiny-GGUF/tiny.gguf (pulled, {kb:.1} kB) {}", path.display())),
         "{out}"
     );
+    // With no config file, the pulled model is in the catalog: first of the local tier.
+    let first = out.lines().nth(2).unwrap_or_default();
+    assert!(first.starts_with("tiny ") && first.contains(" local ") && first.contains(" gguf "), "{out}");
 }
 
 #[test]

@@ -107,17 +107,19 @@ pub(crate) async fn server(cfg: Serve) -> (String, Arc<Mutex<Vec<String>>>) {
     (base, log)
 }
 
-/// A deterministic pseudo-random file of `len` bytes.
+/// A deterministic pseudo-random file of `len` bytes (at least 4) that starts with the GGUF magic.
 pub(crate) fn payload(len: usize) -> Vec<u8> {
     let mut x: u32 = 0x1234_5678;
-    (0..len)
+    let mut data: Vec<u8> = (0..len)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 17;
             x ^= x << 5;
             x as u8
         })
-        .collect()
+        .collect();
+    data[..4].copy_from_slice(b"GGUF");
+    data
 }
 
 fn tempdir(name: &str) -> PathBuf {
@@ -199,14 +201,60 @@ async fn a_server_that_ignores_range_starts_the_file_over() {
 }
 
 #[tokio::test]
-async fn a_part_already_complete_is_fetched_again_after_416() {
+async fn a_part_already_complete_is_checked_and_kept_after_416() {
     let data = payload(5_000);
     let (base, log) = server(Serve { files: vec![(PATH.into(), data.clone())], ..Serve::default() }).await;
     let dir = tempdir("416");
     std::fs::write(dir.join("tiny-q4.gguf.part"), &data).unwrap();
     let path = pull(&client(), &request(&base, &dir)).await.unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), data);
-    assert_eq!(log.lock().unwrap().len(), 2);
+    // One request (the range one, answered 416 with the size): nothing fetched again.
+    assert_eq!(*log.lock().unwrap(), ["GET /org/tiny-GGUF/resolve/main/tiny-q4.gguf HTTP/1.1 Range: bytes=5000-"]);
+    assert!(!dir.join("tiny-q4.gguf.part.lock").exists());
+
+    // A complete .part whose bytes are not the file's: the checksum says so, and it is removed.
+    let dir = tempdir("416-bad");
+    let mut wrong = data.clone();
+    wrong[4_999] ^= 0xff;
+    std::fs::write(dir.join("tiny-q4.gguf.part"), &wrong).unwrap();
+    let e = pull(&client(), &request(&base, &dir)).await.unwrap_err();
+    assert!(matches!(e, PullError::Checksum { .. }), "{e}");
+    assert!(!dir.join("tiny-q4.gguf.part").exists());
+
+    // A .part longer than the file: started over.
+    let dir = tempdir("416-long");
+    let mut long = data.clone();
+    long.extend_from_slice(b"extra");
+    std::fs::write(dir.join("tiny-q4.gguf.part"), &long).unwrap();
+    let path = pull(&client(), &request(&base, &dir)).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_second_pull_of_the_same_file_is_refused_while_the_first_runs() {
+    let data = payload(5_000);
+    let (base, log) = server(Serve { files: vec![(PATH.into(), data.clone())], ..Serve::default() }).await;
+    let dir = tempdir("lock");
+    // Another process holds the lock (an open file description of its own, as flock sees it).
+    let held = std::fs::File::create(dir.join("tiny-q4.gguf.part.lock")).unwrap();
+    held.lock().unwrap();
+    let e = pull(&client(), &request(&base, &dir)).await.unwrap_err();
+    assert!(matches!(e, PullError::Busy { .. }), "{e}");
+    assert!(e.to_string().ends_with("another triage pull is downloading this file; wait for it to finish"), "{e}");
+    assert!(log.lock().unwrap().is_empty(), "nothing was fetched");
+    held.unlock().unwrap();
+    let path = pull(&client(), &request(&base, &dir)).await.unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_gguf_that_is_not_one_is_removed() {
+    let page = b"<!doctype html><title>Sign in</title>".to_vec();
+    let (base, _) = server(Serve { files: vec![(PATH.into(), page)], ..Serve::default() }).await;
+    let dir = tempdir("not-gguf");
+    let e = pull(&client(), &request(&base, &dir)).await.unwrap_err();
+    assert!(matches!(e, PullError::NotGguf { .. }), "{e}");
+    assert!(!dir.join("tiny-q4.gguf.part").exists() && !dir.join("tiny-q4.gguf").exists());
 }
 
 #[tokio::test]
