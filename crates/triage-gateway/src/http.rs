@@ -52,7 +52,8 @@ async fn not_found(uri: axum::http::Uri) -> Response {
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(state): State<SharedState>) -> Response {
+    telemetry::record_local_engines(&state);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], telemetry::handle().render())
         .into_response()
 }

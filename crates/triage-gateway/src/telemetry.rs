@@ -14,6 +14,15 @@
 //! - `triage_provider_up{provider}`: 1 when the last probe reached the provider.
 //! - `triage_ledger_rows_dropped_total`: ledger rows dropped because the writer's bounded queue
 //!   was full (the database is not keeping up; see `triage_store::Ledger`).
+//! - In-process local engines (`kind = "local"`), read from the engine at each scrape, the
+//!   figures llama.cpp's own server exports: `triage_local_in_flight{provider}` and
+//!   `triage_local_capacity{provider}` (requests admitted, at most `parallel + queue`);
+//!   `triage_local_requests_total{provider, outcome}` (`finished`, `cancelled`, `busy` =
+//!   refused); `triage_local_prompt_tokens_total{provider}` and
+//!   `triage_local_prompt_seconds_total{provider}` (prompt processing), and
+//!   `triage_local_generated_tokens_total{provider}` and
+//!   `triage_local_generation_seconds_total{provider}` (generation): a rate of tokens over a
+//!   rate of seconds is tokens per second.
 
 use std::sync::OnceLock;
 
@@ -42,6 +51,29 @@ pub fn handle() -> &'static PrometheusHandle {
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Sets the local-engine series (see the module docs) from each loaded engine's counters.
+pub fn record_local_engines(state: &crate::state::AppState) {
+    for (provider, client) in state.catalog.providers().iter().zip(&state.providers) {
+        let Some(engine) = client.local_engine() else { continue };
+        let s = engine.stats();
+        let name = provider.name.clone();
+        metrics::gauge!("triage_local_in_flight", "provider" => name.clone()).set(s.in_flight as f64);
+        metrics::gauge!("triage_local_capacity", "provider" => name.clone()).set(s.capacity as f64);
+        for (outcome, n) in [("finished", s.finished), ("cancelled", s.cancelled), ("busy", s.busy)] {
+            metrics::counter!("triage_local_requests_total", "provider" => name.clone(), "outcome" => outcome)
+                .absolute(n);
+        }
+        metrics::counter!("triage_local_prompt_tokens_total", "provider" => name.clone()).absolute(s.prompt_tokens);
+        metrics::counter!("triage_local_generated_tokens_total", "provider" => name.clone())
+            .absolute(s.generated_tokens);
+        // Seconds as gauges: Prometheus counters here hold integers.
+        metrics::gauge!("triage_local_prompt_seconds_total", "provider" => name.clone())
+            .set(s.prompt_nanos as f64 / 1e9);
+        metrics::gauge!("triage_local_generation_seconds_total", "provider" => name)
+            .set(s.generation_nanos as f64 / 1e9);
+    }
 }
 
 /// Metric handles for the series every answered request touches, registered on first use and

@@ -273,3 +273,27 @@ async fn a_client_that_disconnects_mid_stream_frees_the_slot() {
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-triage-model"], "tiny");
 }
+
+/// `/metrics` reports the engine's own counters: places, requests, and the tokens and seconds of
+/// prompt processing and generation (a provider name of its own: the recorder is process-wide).
+#[tokio::test]
+async fn metrics_report_the_engines_tokens_and_places() {
+    let text = config(0, "\n[spend]\ndatabase = \"\"\n").replace("engine", "metered");
+    let (gw, _state) = start_with_state(&text).await;
+    let resp = post(&gw, &request(false, 5)).await;
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let prompt = body["usage"]["prompt_tokens"].as_u64().unwrap();
+    let metrics = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("{series}:\n{metrics}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("triage_local_capacity{provider=\"metered\"}"), 1.0);
+    assert_eq!(value("triage_local_in_flight{provider=\"metered\"}"), 0.0);
+    assert_eq!(value("triage_local_prompt_tokens_total{provider=\"metered\"}"), prompt as f64);
+    assert_eq!(value("triage_local_generated_tokens_total{provider=\"metered\"}"), 5.0);
+    assert_eq!(value("triage_local_requests_total{provider=\"metered\",outcome=\"busy\"}"), 0.0);
+    assert!(value("triage_local_prompt_seconds_total{provider=\"metered\"}") > 0.0);
+    assert!(value("triage_local_generation_seconds_total{provider=\"metered\"}") > 0.0);
+}

@@ -177,15 +177,30 @@ pub struct Output {
     pub usage: Usage,
 }
 
-/// Counters of an engine since it was loaded.
+/// Counters of an engine since it was loaded (the figures llama.cpp's own server exports as
+/// metrics: tokens and seconds of prompt processing and of generation, so that a rate of one
+/// over the other is tokens per second).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineStats {
     /// Requests admitted and not yet done (running or waiting for a slot).
     pub in_flight: usize,
+    /// Requests admitted at once at most (`parallel + queue`).
+    pub capacity: usize,
     /// Generations that ended on their own (stop, length, or failure).
     pub finished: u64,
     /// Generations stopped because their receiver was dropped.
     pub cancelled: u64,
+    /// Requests refused because every place was taken.
+    pub busy: u64,
+    /// Prompt tokens read (prefilled).
+    pub prompt_tokens: u64,
+    /// Time spent in llama.cpp decoding prompts, in nanoseconds.
+    pub prompt_nanos: u64,
+    /// Tokens generated (sampled).
+    pub generated_tokens: u64,
+    /// Time spent in llama.cpp decode steps of generation (all slots of a step together), in
+    /// nanoseconds.
+    pub generation_nanos: u64,
 }
 
 /// The events of one request. Dropping it stops the generation and frees its slot.
@@ -226,6 +241,11 @@ pub(crate) struct Shared {
     pub capacity: usize,
     pub finished: AtomicU64,
     pub cancelled: AtomicU64,
+    pub busy: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub prompt_nanos: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub generation_nanos: AtomicU64,
 }
 
 /// One admitted request's place; dropping it gives the place back.
@@ -334,6 +354,11 @@ impl Engine {
             capacity,
             finished: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            busy: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            prompt_nanos: AtomicU64::new(0),
+            generated_tokens: AtomicU64::new(0),
+            generation_nanos: AtomicU64::new(0),
         });
         let (jobs, queue) = sync_channel::<Job>(capacity);
         let (ready_tx, ready_rx) = sync_channel(1);
@@ -373,6 +398,7 @@ impl Engine {
             }
         });
         if !admitted {
+            self.shared.busy.fetch_add(1, Ordering::Relaxed);
             return Err(EngineError::Busy { capacity });
         }
         let permit = Permit(self.shared.clone());
@@ -404,10 +430,17 @@ impl Engine {
 
     /// Counters since loading.
     pub fn stats(&self) -> EngineStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         EngineStats {
             in_flight: self.in_flight(),
-            finished: self.shared.finished.load(Ordering::Relaxed),
-            cancelled: self.shared.cancelled.load(Ordering::Relaxed),
+            capacity: self.shared.capacity,
+            finished: load(&self.shared.finished),
+            cancelled: load(&self.shared.cancelled),
+            busy: load(&self.shared.busy),
+            prompt_tokens: load(&self.shared.prompt_tokens),
+            prompt_nanos: load(&self.shared.prompt_nanos),
+            generated_tokens: load(&self.shared.generated_tokens),
+            generation_nanos: load(&self.shared.generation_nanos),
         }
     }
 

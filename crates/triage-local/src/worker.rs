@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
@@ -98,6 +98,12 @@ impl Slot {
         }
         true
     }
+}
+
+/// Adds the time since `began` to a nanosecond counter.
+fn add_nanos(counter: &std::sync::atomic::AtomicU64, began: Instant) {
+    let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    counter.fetch_add(nanos, Ordering::Relaxed);
 }
 
 fn sampler_for(s: &Sampling) -> LlamaSampler {
@@ -207,7 +213,9 @@ impl Worker {
                 }
                 continue;
             }
+            let began = Instant::now();
             let decoded = ctx.decode(&mut batch);
+            add_nanos(&self.shared.generation_nanos, began);
             for i in stepping {
                 let Some(s) = slots[i].as_mut() else { continue };
                 match &decoded {
@@ -309,8 +317,11 @@ impl Worker {
                 let pos32 = i32::try_from(pos).map_err(|e| EngineError::Decode(e.to_string()))?;
                 batch.add(t, pos32, &[seq], pos == last).map_err(|e| EngineError::Decode(e.to_string()))?;
             }
+            let began = Instant::now();
             ctx.decode(batch).map_err(|e| EngineError::Decode(e.to_string()))?;
+            add_nanos(&self.shared.prompt_nanos, began);
         }
+        self.shared.prompt_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
         u32::try_from(tokens.len()).map_err(|e| EngineError::Decode(e.to_string()))
     }
 
@@ -318,6 +329,7 @@ impl Worker {
     /// context) or queues its text and schedules it for the next step.
     fn on_token(&self, s: &mut Slot, token: LlamaToken) {
         s.generated += 1;
+        self.shared.generated_tokens.fetch_add(1, Ordering::Relaxed);
         let vocab = self.model.llama.vocab();
         if vocab.is_eog(token) {
             s.finish(FinishReason::Stop, true);

@@ -47,6 +47,11 @@ async fn the_chat_template_comes_from_the_gguf_and_usage_counts_its_tokens() {
     assert_eq!(out.usage, Usage { prompt_tokens: e.count_tokens(&prompt) as u32, completion_tokens: 16 });
     // BOS, 3 × <|im_start|>, 3 × <|im_end|> and at least one token per word.
     assert!(out.usage.prompt_tokens > 7 + 10, "{:?}", out.usage);
+    // The engine's counters saw the same tokens, and time spent on both phases.
+    let s = e.stats();
+    assert_eq!((s.prompt_tokens, s.generated_tokens), (u64::from(out.usage.prompt_tokens), 16));
+    assert!(s.prompt_nanos > 0 && s.generation_nanos > 0, "{s:?}");
+    assert_eq!((s.capacity, s.busy), (1, 0));
 }
 
 #[tokio::test]
@@ -123,7 +128,7 @@ async fn a_full_queue_answers_busy_and_places_come_back() {
     e.until_idle().await;
     assert!(!e.is_busy());
     let s = e.stats();
-    assert_eq!((s.in_flight, s.cancelled), (0, 2));
+    assert_eq!((s.in_flight, s.cancelled, s.busy), (0, 2, 1));
     assert_eq!(run(&e, greedy(4)).await.usage.completion_tokens, 4);
 }
 
