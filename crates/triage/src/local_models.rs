@@ -51,11 +51,7 @@ pub struct Registry {
 
 /// `$XDG_CONFIG_HOME/triage/models.toml`, else `~/.config/triage/models.toml`.
 pub fn registry_path() -> PathBuf {
-    let config = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .unwrap_or_else(|| PathBuf::from(".config"));
-    config.join("triage").join("models.toml")
+    crate::paths::xdg("XDG_CONFIG_HOME", ".config").join("triage").join("models.toml")
 }
 
 const HEADER: &str = "# Model files registered with `triage models add` (paths only: the files stay where they are).\n\

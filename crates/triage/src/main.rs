@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod admin;
 mod local_models;
 mod ollama;
+mod paths;
 mod pull;
 mod scan;
 

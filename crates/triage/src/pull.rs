@@ -131,11 +131,7 @@ pub struct PullRequest {
 
 /// `$XDG_CACHE_HOME` (else `~/.cache`)`/triage/models`: where [`default_dir`] puts repositories.
 pub fn models_root() -> PathBuf {
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    cache.join("triage").join("models")
+    crate::paths::xdg("XDG_CACHE_HOME", ".cache").join("triage").join("models")
 }
 
 /// [`models_root`]`/{repo with / replaced by --}`.
