@@ -291,8 +291,12 @@ fn tools_model_file() -> PathBuf {
 /// The tiny model declares the `tools` capability, or the router would not send it tool requests.
 const TOOLS_CAPABILITY: &str = "capabilities = [\"tools\"]";
 
+/// The tools model with a 2048-token context: the tools in the prompt take ~300 tokens.
 fn tools_config() -> String {
-    config(0, TOOLS_CAPABILITY).replace(&model_file().display().to_string(), &tools_model_file().display().to_string())
+    config(0, TOOLS_CAPABILITY)
+        .replace(&model_file().display().to_string(), &tools_model_file().display().to_string())
+        .replace("context = 512", "context = 2048")
+        .replace("context_window = 512", "context_window = 2048")
 }
 
 fn weather_tool() -> serde_json::Value {
@@ -313,13 +317,13 @@ const TOOL_QUESTION: &str = "What is the weather in Oslo?";
 async fn direct_tool_call() -> Output {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     let e = ENGINE.get_or_init(|| {
-        Engine::load(EngineConfig { model_path: tools_model_file(), parallel: 1, queue: 4, context: 512, threads: 1 })
+        Engine::load(EngineConfig { model_path: tools_model_file(), parallel: 1, queue: 4, context: 2048, threads: 1 })
             .unwrap()
     });
     let f = &weather_tool()["function"];
     let req = GenerateRequest {
         messages: vec![Message::new("user", TOOL_QUESTION)],
-        max_tokens: Some(120),
+        max_tokens: Some(400),
         sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
         tools: vec![Tool {
             name: "get_weather".into(),
@@ -339,7 +343,7 @@ fn tool_request(stream: bool) -> String {
         "tools": [weather_tool()],
         "tool_choice": "required",
         "temperature": 0,
-        "max_tokens": 120,
+        "max_tokens": 400,
         "stream": stream,
         "stream_options": {"include_usage": true},
     })
@@ -374,7 +378,8 @@ async fn a_required_tool_call_comes_back_as_openai_tool_calls() {
     let (p, c) = (expected.usage.prompt_tokens, expected.usage.completion_tokens);
     assert_eq!(body["usage"], json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}));
 
-    // The next turn: the call and its result go back through the template.
+    // The next turn: the call and its result go back through the template (a longer prompt
+    // than the first turn's, tools shown again).
     let next = json!({
         "model": "tiny",
         "messages": [
@@ -383,7 +388,6 @@ async fn a_required_tool_call_comes_back_as_openai_tool_calls() {
             {"role": "tool", "tool_call_id": calls[0]["id"], "content": "Sunny, 21 C"},
         ],
         "tools": [weather_tool()],
-        "tool_choice": "none",
         "temperature": 0,
         "max_tokens": 4,
     });
@@ -433,7 +437,7 @@ async fn an_anthropic_client_gets_a_tool_use_block() {
     let f = &weather_tool()["function"];
     let body = json!({
         "model": "tiny",
-        "max_tokens": 120,
+        "max_tokens": 400,
         "temperature": 0,
         "messages": [{"role": "user", "content": TOOL_QUESTION}],
         "tools": [{"name": "get_weather", "description": f["description"], "input_schema": f["parameters"]}],

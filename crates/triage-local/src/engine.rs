@@ -595,7 +595,9 @@ impl Engine {
             ToolChoice::Required => Some(request.tools.as_slice()),
             ToolChoice::Function(name) => match request.tools.iter().position(|t| &t.name == name) {
                 Some(i) => Some(&request.tools[i..=i]),
-                None => return Err(EngineError::Tools(format!("tool_choice names {name:?}, which is not among the tools"))),
+                None => {
+                    return Err(EngineError::Tools(format!("tool_choice names {name:?}, which is not among the tools")))
+                }
             },
         };
         let format = self

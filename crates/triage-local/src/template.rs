@@ -351,7 +351,12 @@ mod tests {
         python_json(&json!({"b": [1], "a": 2}), Some("  "), true, 0, &mut out);
         assert_eq!(out, "{\n  \"a\": 2,\n  \"b\": [\n    1\n  ]\n}");
         let tpl = t("{{ x | tojson }}|{{ x | tojson(indent=2) }}|{{ 'a<b' | tojson }}");
-        let env_out = tpl.env.get_template("chat_template").unwrap().render(minijinja::context! { x => Value::from(minijinja::value::Serde(json!({"k": [1]}))) }).unwrap();
+        let env_out = tpl
+            .env
+            .get_template("chat_template")
+            .unwrap()
+            .render(minijinja::context! { x => Value::from(minijinja::value::Serde(json!({"k": [1]}))) })
+            .unwrap();
         assert_eq!(env_out, "{\"k\": [1]}|{\n  \"k\": [\n    1\n  ]\n}|\"a<b\"");
     }
 
@@ -364,14 +369,18 @@ mod tests {
         assert_eq!(tpl.render(&one, None, true).unwrap(), "  XYZ!");
         let two = [Message::new("user", "a"), Message::new("user", "b")];
         assert_eq!(tpl.render(&two, None, true), Err(RenderError::Raised("only one message".into())));
-        assert!(matches!(t("{{ messages[0].content.nosuchmethod() }}").render(&one, None, true), Err(RenderError::Failed(_))));
+        assert!(matches!(
+            t("{{ messages[0].content.nosuchmethod() }}").render(&one, None, true),
+            Err(RenderError::Failed(_))
+        ));
     }
 
     #[test]
     fn tool_calls_reach_the_template_with_object_arguments() {
         let tpl = t("{% for m in messages %}{% for c in m.tool_calls %}{{ c.function.name }}={{ c.function.arguments.city }}/{{ c.function.arguments | tojson }}{% endfor %}{% if m.role == 'tool' %}[{{ m.tool_call_id }}:{{ m.content }}]{% endif %}{% endfor %}{% if tools is not none %}{{ tools[0].function.name }}{% endif %}");
         let mut call = Message::new("assistant", "");
-        call.tool_calls = vec![ToolCall { id: "call_1".into(), name: "weather".into(), arguments: r#"{"city":"Oslo"}"#.into() }];
+        call.tool_calls =
+            vec![ToolCall { id: "call_1".into(), name: "weather".into(), arguments: r#"{"city":"Oslo"}"#.into() }];
         let mut result = Message::new("tool", "12C");
         result.tool_call_id = Some("call_1".into());
         let tools = [Tool { name: "weather".into(), description: None, parameters: json!({"type": "object"}) }];
@@ -384,7 +393,10 @@ mod tests {
     fn strftime_formats_utc_dates() {
         // 2024-02-29 13:05:09 UTC, a Thursday.
         let t = 1_709_211_909;
-        assert_eq!(strftime("%Y-%m-%d %H:%M:%S %a %A %b %B %j %I%p %y %%", t), "2024-02-29 13:05:09 Thu Thursday Feb February 060 01PM 24 %");
+        assert_eq!(
+            strftime("%Y-%m-%d %H:%M:%S %a %A %b %B %j %I%p %y %%", t),
+            "2024-02-29 13:05:09 Thu Thursday Feb February 060 01PM 24 %"
+        );
         assert_eq!(strftime("%d %b %Y", 0), "01 Jan 1970");
     }
 }

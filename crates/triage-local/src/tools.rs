@@ -331,9 +331,16 @@ mod tests {
         assert_eq!(p.calls[0].id, "abc123XYZ");
         assert_eq!((p.calls[0].name.as_str(), p.calls[0].arguments.as_str()), ("weather", r#"{"city":"Oslo"}"#));
         assert_eq!(p.calls[1], call("t", "{}"));
-        let p = ToolFormat::Mistral.parse("[TOOL_CALLS]weather[ARGS]{\"city\": \"Oslo\"}[TOOL_CALLS]t[ARGS]{}").unwrap();
+        let p =
+            ToolFormat::Mistral.parse("[TOOL_CALLS]weather[ARGS]{\"city\": \"Oslo\"}[TOOL_CALLS]t[ARGS]{}").unwrap();
         assert_eq!(p.calls, vec![call("weather", r#"{"city":"Oslo"}"#), call("t", "{}")]);
-        for bad in ["[TOOL_CALLS]", "[TOOL_CALLS][{\"name\": 1}]", "[TOOL_CALLS][{\"name\": \"w\"", "[TOOL_CALLS]w{}", "[TOOL_CALLS][]"] {
+        for bad in [
+            "[TOOL_CALLS]",
+            "[TOOL_CALLS][{\"name\": 1}]",
+            "[TOOL_CALLS][{\"name\": \"w\"",
+            "[TOOL_CALLS]w{}",
+            "[TOOL_CALLS][]",
+        ] {
             assert_eq!(ToolFormat::Mistral.parse(bad), None, "{bad:?}");
         }
     }
@@ -341,7 +348,11 @@ mod tests {
     #[test]
     fn grammars_start_with_the_format_and_constrain_the_arguments() {
         let tools = [
-            Tool { name: "a".into(), description: None, parameters: json!({"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}) },
+            Tool {
+                name: "a".into(),
+                description: None,
+                parameters: json!({"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}),
+            },
             Tool { name: "b".into(), description: None, parameters: json!({"type": "object", "properties": {}}) },
         ];
         let g = ToolFormat::Hermes.grammar(&tools, false).unwrap();
@@ -351,7 +362,8 @@ mod tests {
         assert!(g.starts_with("tool-calls-root ::= \"[TOOL_CALLS]\" \"[\" root (\",\" \" \"? root)* \"]\""), "{g}");
         let g = ToolFormat::Llama3.grammar(&tools[..1], true).unwrap();
         assert!(g.contains("parameters"), "{g}");
-        let bad = [Tool { name: "broken".into(), description: None, parameters: json!({"type": "object", "properties": 5}) }];
+        let bad =
+            [Tool { name: "broken".into(), description: None, parameters: json!({"type": "object", "properties": 5}) }];
         let err = ToolFormat::Hermes.grammar(&bad, false).unwrap_err();
         assert!(err.starts_with("the parameters of tool(s) broken cannot be turned into a grammar"), "{err}");
     }

@@ -275,7 +275,10 @@ async fn required_tool_choice_forces_a_call_that_satisfies_the_schema() {
     assert_eq!(events.first(), Some(&Event::Started { prompt_tokens: out.usage.prompt_tokens }));
     assert_eq!(events.last(), Some(&Event::Finished { reason: FinishReason::ToolCalls, usage: out.usage }));
     let Event::ToolCalls(calls) = &events[events.len() - 2] else { panic!("{events:?}") };
-    assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), (out.tool_calls[0].name.as_str(), out.tool_calls[0].arguments.as_str()));
+    assert_eq!(
+        (calls[0].name.as_str(), calls[0].arguments.as_str()),
+        (out.tool_calls[0].name.as_str(), out.tool_calls[0].arguments.as_str())
+    );
     assert_eq!(events.len(), 3, "no text around a forced call: {events:?}");
 }
 
@@ -332,8 +335,11 @@ async fn a_template_without_tools_refuses_a_tool_request_saying_why() {
 async fn a_multi_turn_tool_conversation_goes_through_the_template() {
     let e = tools_engine();
     let mut call = Message::new("assistant", "");
-    call.tool_calls =
-        vec![ToolCall { id: "call_1".into(), name: "get_weather".into(), arguments: r#"{"city":"Oslo","days":2}"#.into() }];
+    call.tool_calls = vec![ToolCall {
+        id: "call_1".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"city":"Oslo","days":2}"#.into(),
+    }];
     let mut result = Message::new("tool", "Sunny, 21 C");
     result.tool_call_id = Some("call_1".into());
     let conversation = vec![Message::new("user", "What is the weather in Oslo?"), call, result];
@@ -344,6 +350,8 @@ async fn a_multi_turn_tool_conversation_goes_through_the_template() {
         ),
         "{prompt}"
     );
-    let out = run(&e, GenerateRequest { messages: conversation, max_tokens: Some(8), ..tool_request(ToolChoice::Auto) }).await;
+    let out =
+        run(&e, GenerateRequest { messages: conversation, max_tokens: Some(8), ..tool_request(ToolChoice::Auto) })
+            .await;
     assert_eq!(out.usage.prompt_tokens, e.count_tokens(&prompt) as u32);
 }

@@ -92,7 +92,15 @@ pub struct TinyLlama {
 
 impl Default for TinyLlama {
     fn default() -> Self {
-        TinyLlama { seed: 42, layers: 2, embd: 64, heads: 4, ff: 128, context_length: 2048, chat_template: CHATML_TEMPLATE }
+        TinyLlama {
+            seed: 42,
+            layers: 2,
+            embd: 64,
+            heads: 4,
+            ff: 128,
+            context_length: 2048,
+            chat_template: CHATML_TEMPLATE,
+        }
     }
 }
 

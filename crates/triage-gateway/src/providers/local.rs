@@ -17,7 +17,8 @@ use serde_json::{json, Value};
 use triage_core::catalog::{Provider, Timeouts};
 use triage_core::openai::{ChatChunk, ChatCompletion, ChatRequest, Content, ContentPart, Role};
 use triage_local::{
-    Engine, EngineConfig, EngineError, Event, GenerateRequest, Generation, Message, Sampling, Tool, ToolCall, ToolChoice,
+    Engine, EngineConfig, EngineError, Event, GenerateRequest, Generation, Message, Sampling, Tool, ToolCall,
+    ToolChoice,
 };
 
 use super::{CallError, ChunkStream, Completion, Reply, StreamItem, TimeoutKind, UpstreamError};
@@ -130,7 +131,11 @@ fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, CallError> {
             .tool_calls
             .iter()
             .flatten()
-            .map(|c| ToolCall { id: c.id.clone(), name: c.function.name.clone(), arguments: c.function.arguments.clone() })
+            .map(|c| ToolCall {
+                id: c.id.clone(),
+                name: c.function.name.clone(),
+                arguments: c.function.arguments.clone(),
+            })
             .collect();
         if role == "tool" {
             message.tool_call_id = m.tool_call_id.clone();
@@ -255,7 +260,9 @@ impl LocalProvider {
             message["tool_calls"] = out
                 .tool_calls
                 .iter()
-                .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                .map(
+                    |c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}),
+                )
                 .collect();
         }
         let completion = json!({
