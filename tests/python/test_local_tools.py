@@ -3,6 +3,7 @@ random-weight GGUF (written by `triage-tiny-gguf --tools`, ChatML + tools templa
 and `tool_choice` forces a call, so the answer is a real call whatever the random weights say."""
 
 import json
+import os
 import subprocess
 
 import anthropic
@@ -48,7 +49,8 @@ def local_gateway(tmp_path_factory):
     cfg = d / "triage.toml"
     cfg.write_text(CONFIG.format(model=model))
     port = free_port()
-    proc = subprocess.Popen([str(TARGET / "triage"), "serve", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"])
+    env = dict(os.environ, TRIAGE_LOG="warn")
+    proc = subprocess.Popen([str(TARGET / "triage"), "serve", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], env=env)
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz")
         yield f"http://127.0.0.1:{port}"
@@ -104,10 +106,10 @@ def test_anthropic_sdk_gets_a_tool_use_block(local_gateway):
     msg = claude.messages.create(
         model="tiny",
         max_tokens=400,
-        temperature=0,
         messages=MESSAGES,
         tools=[{"name": "get_weather", "description": "The weather in a city.", "input_schema": PARAMETERS}],
         tool_choice={"type": "any"},
+        extra_body={"temperature": 0},
     )
     assert msg.stop_reason == "tool_use"
     block = next(b for b in msg.content if b.type == "tool_use")
