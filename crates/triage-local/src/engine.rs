@@ -12,7 +12,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, watch};
 
-use crate::template::{ChatTemplate, RenderError};
+use crate::template::ChatTemplate;
 use crate::tools::ToolFormat;
 
 /// How to run one model.
@@ -351,10 +351,12 @@ pub(crate) const EVENT_BUFFER: usize = 64;
 /// Every prompt is rendered by the template run as Jinja (MiniJinja), tool requests or not, so
 /// that a conversation gets the same prompt whether or not it offers tools, and templates that
 /// llama.cpp's built-in matcher does not recognise still work. When MiniJinja cannot run the
-/// template (a construct or Python method it lacks), a request without tools falls back to
-/// llama.cpp's built-in matcher (`llama_chat_apply_template`), as before Jinja; a request with
-/// tools cannot (the matcher knows no tools) and fails. A template that refuses a conversation
-/// itself (`raise_exception`) is a refusal, not a failure: no fallback.
+/// template (a construct or Python method it lacks), or the template refuses the conversation
+/// (`raise_exception`, e.g. Gemma 2's "System role not supported"), a request without tools
+/// falls back to llama.cpp's built-in matcher (`llama_chat_apply_template`) when that recognises
+/// the template, so every conversation served before Jinja still is (the matcher folds a system
+/// turn into the first user turn where a template has none). A request with tools cannot fall
+/// back (the matcher knows no tools): it fails with the template's error.
 pub(crate) struct Model {
     pub llama: LlamaModel,
     /// The template for llama.cpp's matcher, when the matcher recognises it.
@@ -453,8 +455,9 @@ impl Model {
                         None => text,
                     });
                 }
-                Err(e @ RenderError::Raised(_)) => return Err(EngineError::Template(e.to_string())),
-                Err(e) if tools.is_some() => return Err(EngineError::Template(e.to_string())),
+                Err(e) if tools.is_some() || self.builtin.is_none() => {
+                    return Err(EngineError::Template(e.to_string()))
+                }
                 Err(e) => tracing::debug!(error = %e, "Jinja failed; using llama.cpp's built-in template"),
             }
         } else if !tools.is_empty() {

@@ -355,3 +355,25 @@ async fn a_multi_turn_tool_conversation_goes_through_the_template() {
             .await;
     assert_eq!(out.usage.prompt_tokens, e.count_tokens(&prompt) as u32);
 }
+
+/// ChatML that refuses a system turn, as some templates do (Gemma 2's "System role not
+/// supported"); llama.cpp's built-in matcher takes it for ChatML.
+const NO_SYSTEM_TEMPLATE: &str = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+#[tokio::test]
+async fn a_conversation_the_jinja_template_refuses_falls_back_to_llama_cpp_without_tools() {
+    let path = TinyLlama { chat_template: NO_SYSTEM_TEMPLATE, ..TinyLlama::default() }.write_temp().unwrap();
+    let e = Engine::load(EngineConfig { model_path: path, parallel: 1, queue: 0, context: 512, threads: 1 }).unwrap();
+    // Without a system turn, Jinja renders it; with one, llama.cpp's ChatML does, as before Jinja.
+    assert_eq!(
+        e.render(&messages()[1..]).unwrap(),
+        "<|im_start|>user\nHello there, what is the answer?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        e.render(&messages()).unwrap(),
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHello there, what is the answer?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(run(&e, greedy(3)).await.usage.completion_tokens, 3);
+    // This template shows no tools, and says so before anything is queued.
+    assert_eq!(e.tool_format().unwrap_err(), "its chat template does not show tools to the model");
+}
