@@ -34,11 +34,14 @@ pub enum ToolFormat {
 
 impl ToolFormat {
     /// The format a template's text teaches, by the markers it writes: `[TOOL_CALLS]`
-    /// (Mistral), `<tool_call>` (Hermes), `<|python_tag|>` or a Llama 3 header with
-    /// `"parameters"` (Llama 3). `None` when none is there.
+    /// (Mistral), `<tool_call>` with JSON inside (Hermes; not Qwen3-Coder's XML
+    /// `<tool_call><function=...>`), `<|python_tag|>` or a Llama 3 header with `"parameters"`
+    /// (Llama 3). `None` when none is there.
     pub fn detect(template: &str) -> Option<ToolFormat> {
         if template.contains("[TOOL_CALLS]") {
             Some(ToolFormat::Mistral)
+        } else if template.contains("<function=") {
+            None
         } else if template.contains("<tool_call>") {
             Some(ToolFormat::Hermes)
         } else if template.contains("<|python_tag|>")
@@ -67,6 +70,17 @@ impl ToolFormat {
             ToolFormat::Hermes => &["<tool_call>"],
             ToolFormat::Llama3 => &["<|python_tag|>", "{\"name\"", "{ \"name\""],
             ToolFormat::Mistral => &["[TOOL_CALLS]"],
+        }
+    }
+
+    /// Strings of the format that a model's vocabulary may hold as control tokens (which render
+    /// as nothing unless asked): the markers and the closing tags. While tools are on, such
+    /// tokens are rendered as their text so the parser sees them.
+    pub fn preserved(self) -> &'static [&'static str] {
+        match self {
+            ToolFormat::Hermes => &["<tool_call>", "</tool_call>"],
+            ToolFormat::Llama3 => &["<|python_tag|>"],
+            ToolFormat::Mistral => &["[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"],
         }
     }
 
@@ -276,6 +290,8 @@ mod tests {
             Some(ToolFormat::Llama3)
         );
         assert_eq!(ToolFormat::detect("<|im_start|>{{ m.content }}"), None);
+        // Qwen3-Coder's XML calls are another format.
+        assert_eq!(ToolFormat::detect("<tool_call>\n<function={{ name }}>\n<parameter=x>"), None);
     }
 
     #[test]

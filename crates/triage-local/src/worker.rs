@@ -376,11 +376,11 @@ impl Worker {
         }
         let mut piece = vocab.token_to_piece(token, false, None);
         if piece.is_empty() {
-            // A control token renders as nothing, unless it is the format's call marker
+            // A control token renders as nothing, unless it is one of the format's tags
             // (`[TOOL_CALLS]`, `<|python_tag|>` are control tokens in their models' vocabularies).
             if let Some(format) = s.tool_format {
                 let special = vocab.token_to_piece(token, true, None);
-                if format.markers().iter().any(|m| m.as_bytes() == special.as_slice()) {
+                if format.preserved().iter().any(|m| m.as_bytes() == special.as_slice()) {
                     piece = special;
                 }
             }
