@@ -377,3 +377,35 @@ async fn a_conversation_the_jinja_template_refuses_falls_back_to_llama_cpp_witho
     // This template shows no tools, and says so before anything is queued.
     assert_eq!(e.tool_format().unwrap_err(), "its chat template does not show tools to the model");
 }
+
+/// Llama 3 style: tools listed in the prompt, calls as `{"name": ..., "parameters": ...}`.
+const LLAMA3_STYLE_TEMPLATE: &str = r#"{%- if tools is not none %}{{ '<|start_header_id|>system<|end_header_id|>\n\nRespond with {"name": function name, "parameters": dictionary of arguments}. Functions:\n' }}{% for t in tools %}{{ t | tojson(indent=2) + '\n' }}{% endfor %}{{ '<|im_end|>' }}{% endif %}{% for m in messages %}{{ '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' + m.content + '<|im_end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"#;
+
+/// Mistral style: tools in `[AVAILABLE_TOOLS]`, calls as `[TOOL_CALLS][{...}]`.
+const MISTRAL_STYLE_TEMPLATE: &str = r#"{%- if tools is not none %}{{ '[AVAILABLE_TOOLS]' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{% endif %}{% for m in messages %}{% if m.role == 'user' %}{{ '[INST]' + m.content + '[/INST]' }}{% elif m.tool_calls %}{{ '[TOOL_CALLS]' + m.tool_calls | map(attribute='function') | list | tojson + '<|im_end|>' }}{% else %}{{ m.content + '<|im_end|>' }}{% endif %}{% endfor %}"#;
+
+#[tokio::test]
+async fn llama3_and_mistral_formats_force_well_formed_calls_too() {
+    for (template, format) in
+        [(LLAMA3_STYLE_TEMPLATE, ToolFormat::Llama3), (MISTRAL_STYLE_TEMPLATE, ToolFormat::Mistral)]
+    {
+        let path = TinyLlama { chat_template: template, ..TinyLlama::default() }.write_temp().unwrap();
+        let e =
+            Engine::load(EngineConfig { model_path: path, parallel: 1, queue: 0, context: 2048, threads: 1 }).unwrap();
+        assert_eq!(e.tool_format(), Ok(format));
+        for choice in [ToolChoice::Required, ToolChoice::Function("get_weather".into())] {
+            let out = run(&e, GenerateRequest { max_tokens: Some(300), ..tool_request(choice.clone()) }).await;
+            assert_eq!(out.finish, FinishReason::ToolCalls, "{format:?} {choice:?}: {out:?}");
+            assert_eq!(out.tool_calls.len(), 1, "{out:?}");
+            let call = &out.tool_calls[0];
+            if format == ToolFormat::Mistral {
+                assert!(call.id.len() == 9 && call.id.chars().all(|c| c.is_ascii_alphanumeric()), "{call:?}");
+            }
+            let as_hermes = ToolCall { id: "call_000000000000000000000000".into(), ..call.clone() };
+            assert_valid_call(&as_hermes);
+            if choice != ToolChoice::Required {
+                assert_eq!(call.name, "get_weather");
+            }
+        }
+    }
+}
