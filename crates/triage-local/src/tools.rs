@@ -122,8 +122,9 @@ impl ToolFormat {
                 r#""<tool_call>\n" root "\n"? "</tool_call>" ("\n" "<tool_call>\n" root "\n"? "</tool_call>")*"#
             }
             (ToolFormat::Llama3, _) => r#""<|python_tag|>"? root"#,
-            (ToolFormat::Mistral, false) => r#""[TOOL_CALLS]" "[" root "]""#,
-            (ToolFormat::Mistral, true) => r#""[TOOL_CALLS]" "[" root ("," " "? root)* "]""#,
+            // Mistral v3 templates write `[TOOL_CALLS] [`; the space is optional.
+            (ToolFormat::Mistral, false) => r#""[TOOL_CALLS]" " "? "[" root "]""#,
+            (ToolFormat::Mistral, true) => r#""[TOOL_CALLS]" " "? "[" root ("," " "? root)* "]""#,
         };
         Ok(format!("{GRAMMAR_ROOT} ::= {start}\n{body}"))
     }
@@ -375,7 +376,10 @@ mod tests {
         assert!(g.starts_with("tool-calls-root ::= \"<tool_call>\\n\" root \"\\n\"? \"</tool_call>\"\n"), "{g}");
         assert!(g.contains("root ::=") && g.contains("\"\\\"a\\\"\"") && g.contains("integer"), "{g}");
         let g = ToolFormat::Mistral.grammar(&tools[..1], true).unwrap();
-        assert!(g.starts_with("tool-calls-root ::= \"[TOOL_CALLS]\" \"[\" root (\",\" \" \"? root)* \"]\""), "{g}");
+        assert!(
+            g.starts_with("tool-calls-root ::= \"[TOOL_CALLS]\" \" \"? \"[\" root (\",\" \" \"? root)* \"]\""),
+            "{g}"
+        );
         let g = ToolFormat::Llama3.grammar(&tools[..1], true).unwrap();
         assert!(g.contains("parameters"), "{g}");
         let bad =
