@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use common::*;
 use serde_json::json;
-use triage_local::{Engine, EngineConfig, GenerateRequest, Message, Output, Sampling};
+use triage_local::{Engine, EngineConfig, GenerateRequest, Message, Output, Sampling, Tool, ToolChoice};
 use triage_testkit::gguf::TinyLlama;
 
 fn model_file() -> PathBuf {
@@ -66,6 +66,7 @@ async fn direct_with(sampling: Sampling, max_tokens: u32) -> Output {
         max_tokens: Some(max_tokens),
         stop: vec![],
         sampling,
+        ..GenerateRequest::default()
     };
     e.generate(req).unwrap().collect().await.unwrap()
 }
@@ -229,6 +230,7 @@ async fn a_busy_engine_sends_plain_work_to_the_fallback_and_sensitive_work_gets_
             max_tokens: Some(400),
             stop: vec![],
             sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+            ..GenerateRequest::default()
         })
         .unwrap();
     assert!(engine.is_busy());
@@ -296,4 +298,200 @@ async fn metrics_report_the_engines_tokens_and_places() {
     assert_eq!(value("triage_local_requests_total{provider=\"metered\",outcome=\"busy\"}"), 0.0);
     assert!(value("triage_local_prompt_seconds_total{provider=\"metered\"}") > 0.0);
     assert!(value("triage_local_generation_seconds_total{provider=\"metered\"}") > 0.0);
+}
+
+// ---- Tool calling through the gateway, on the tiny model with a ChatML + tools template. ----
+
+fn tools_model_file() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        TinyLlama { chat_template: triage_testkit::gguf::CHATML_TOOLS_TEMPLATE, ..TinyLlama::default() }
+            .write_temp()
+            .expect("write the tiny GGUF")
+    })
+    .clone()
+}
+
+/// The tiny model declares the `tools` capability, or the router would not send it tool requests.
+const TOOLS_CAPABILITY: &str = "capabilities = [\"tools\"]";
+
+/// The tools model with a 2048-token context: the tools in the prompt take ~300 tokens.
+fn tools_config() -> String {
+    config(0, TOOLS_CAPABILITY)
+        .replace(&model_file().display().to_string(), &tools_model_file().display().to_string())
+        .replace("context = 512", "context = 2048")
+        .replace("context_window = 512", "context_window = 2048")
+}
+
+fn weather_tool() -> serde_json::Value {
+    json!({"type": "function", "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 12}, "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+            "required": ["city", "days"],
+        },
+    }})
+}
+
+const TOOL_QUESTION: &str = "What is the weather in Oslo?";
+
+/// What the engine itself answers with `tool_choice: required`: the call and the token counts.
+async fn direct_tool_call() -> Output {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    let e = ENGINE.get_or_init(|| {
+        Engine::load(EngineConfig { model_path: tools_model_file(), parallel: 1, queue: 4, context: 2048, threads: 1 })
+            .unwrap()
+    });
+    let f = &weather_tool()["function"];
+    let req = GenerateRequest {
+        messages: vec![Message::new("user", TOOL_QUESTION)],
+        max_tokens: Some(400),
+        sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+        tools: vec![Tool {
+            name: "get_weather".into(),
+            description: Some("The weather in a city.".into()),
+            parameters: f["parameters"].clone(),
+        }],
+        tool_choice: ToolChoice::Required,
+        ..GenerateRequest::default()
+    };
+    e.generate(req).unwrap().collect().await.unwrap()
+}
+
+fn tool_request(stream: bool) -> String {
+    json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": TOOL_QUESTION}],
+        "tools": [weather_tool()],
+        "tool_choice": "required",
+        "temperature": 0,
+        "max_tokens": 400,
+        "stream": stream,
+        "stream_options": {"include_usage": true},
+    })
+    .to_string()
+}
+
+fn assert_weather_arguments(arguments: &str) {
+    let args: serde_json::Value = serde_json::from_str(arguments).unwrap_or_else(|e| panic!("{arguments}: {e}"));
+    assert!(args["city"].as_str().is_some_and(|c| c.chars().count() <= 12), "{args}");
+    assert!(args["days"].as_i64().is_some_and(|d| (1..=7).contains(&d)), "{args}");
+}
+
+#[tokio::test]
+async fn a_required_tool_call_comes_back_as_openai_tool_calls() {
+    let expected = direct_tool_call().await;
+    assert_eq!(expected.tool_calls.len(), 1, "{expected:?}");
+    let gw = start(&tools_config()).await;
+    let resp = post(&gw, &tool_request(false)).await;
+    assert_eq!(resp.status(), 200);
+    let body = json_body(resp).await;
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], serde_json::Value::Null);
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"), "{calls:?}");
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let arguments = calls[0]["function"]["arguments"].as_str().unwrap();
+    assert_eq!(arguments, expected.tool_calls[0].arguments);
+    assert_weather_arguments(arguments);
+    let (p, c) = (expected.usage.prompt_tokens, expected.usage.completion_tokens);
+    assert_eq!(body["usage"], json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}));
+
+    // The next turn: the call and its result go back through the template (a longer prompt
+    // than the first turn's, tools shown again).
+    let next = json!({
+        "model": "tiny",
+        "messages": [
+            {"role": "user", "content": TOOL_QUESTION},
+            {"role": "assistant", "content": null, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "Sunny, 21 C"},
+        ],
+        "tools": [weather_tool()],
+        "temperature": 0,
+        "max_tokens": 4,
+    });
+    let resp = post(&gw, &next.to_string()).await;
+    assert_eq!(resp.status(), 200);
+    let body = json_body(resp).await;
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > u64::from(p), "{body}");
+}
+
+#[tokio::test]
+async fn a_streamed_tool_call_follows_the_chunk_grammar() {
+    let expected = direct_tool_call().await;
+    let gw = start(&tools_config()).await;
+    let resp = post(&gw, &tool_request(true)).await;
+    assert_eq!(resp.status(), 200);
+    let data = sse_data(&resp.text().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks = chunks(&data);
+    let id = chunks[0]["id"].as_str().unwrap();
+    for c in &chunks {
+        assert_eq!(c["id"], id);
+        assert_eq!(c["object"], "chat.completion.chunk");
+    }
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    // No content beyond the role chunk's empty string: the call text is never streamed.
+    assert_eq!(content(&chunks), "");
+    let deltas: Vec<&serde_json::Value> =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array()).flatten().collect();
+    assert_eq!(deltas.len(), 1, "{chunks:?}");
+    assert_eq!(deltas[0]["index"], 0);
+    assert!(deltas[0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(deltas[0]["type"], "function");
+    assert_eq!(deltas[0]["function"]["name"], "get_weather");
+    assert_eq!(deltas[0]["function"]["arguments"], expected.tool_calls[0].arguments.as_str());
+    let n = chunks.len();
+    assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(chunks[n - 1]["choices"], json!([]));
+    let (p, c) = (expected.usage.prompt_tokens, expected.usage.completion_tokens);
+    assert_eq!(chunks[n - 1]["usage"], json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}));
+}
+
+#[tokio::test]
+async fn an_anthropic_client_gets_a_tool_use_block() {
+    let expected = direct_tool_call().await;
+    let gw = start(&tools_config()).await;
+    let f = &weather_tool()["function"];
+    let body = json!({
+        "model": "tiny",
+        "max_tokens": 400,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": TOOL_QUESTION}],
+        "tools": [{"name": "get_weather", "description": f["description"], "input_schema": f["parameters"]}],
+        "tool_choice": {"type": "any"},
+    });
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v = json_body(resp).await;
+    assert_eq!(v["stop_reason"], "tool_use");
+    let block = v["content"].as_array().unwrap().iter().find(|b| b["type"] == "tool_use").expect("a tool_use block");
+    assert_eq!(block["name"], "get_weather");
+    assert_eq!(block["input"], serde_json::from_str::<serde_json::Value>(&expected.tool_calls[0].arguments).unwrap());
+    assert_eq!(v["usage"]["input_tokens"], expected.usage.prompt_tokens);
+    assert_eq!(v["usage"]["output_tokens"], expected.usage.completion_tokens);
+}
+
+#[tokio::test]
+async fn tools_for_a_template_without_tool_support_are_a_400_saying_why() {
+    let gw = start(&config(0, TOOLS_CAPABILITY)).await;
+    let resp = post(&gw, &tool_request(false)).await;
+    assert_eq!(resp.status(), 400);
+    let v = json_body(resp).await;
+    assert_eq!(
+        v["error"]["message"],
+        "tools: this model cannot call tools: its chat template does not show tools to the model"
+    );
 }

@@ -12,6 +12,9 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, watch};
 
+use crate::template::ChatTemplate;
+use crate::tools::ToolFormat;
+
 /// How to run one model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
@@ -54,9 +57,15 @@ pub enum EngineError {
         /// Tokens of one sequence.
         context: u32,
     },
-    /// The chat template is missing, unsupported by llama.cpp, or the messages cannot be put in it.
+    /// The chat template is missing, can be run neither as Jinja nor by llama.cpp, or refuses
+    /// the messages.
     #[error("chat template: {0}")]
     Template(String),
+    /// The request's tools cannot be served: the model's template does not support tools,
+    /// `tool_choice` names no given tool, or a tool's parameter schema cannot be turned into a
+    /// grammar.
+    #[error("tools: {0}")]
+    Tools(String),
     /// llama.cpp failed while decoding.
     #[error("llama.cpp failed to decode: {0}")]
     Decode(String),
@@ -65,20 +74,63 @@ pub enum EngineError {
     Stopped,
 }
 
-/// One chat message, already flattened to text.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One chat message, its content already flattened to text.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Message {
     /// `system`, `user`, `assistant`, `tool`, ...: passed to the template as is.
     pub role: String,
-    /// The text.
+    /// The text (empty for an assistant turn that only calls tools).
     pub content: String,
+    /// The tool calls of an assistant turn.
+    pub tool_calls: Vec<ToolCall>,
+    /// For a `tool` message: the id of the call it answers.
+    pub tool_call_id: Option<String>,
+    /// For a `tool` message: the function's name, when known (some templates print it).
+    pub name: Option<String>,
 }
 
 impl Message {
     /// A message of `role` with `content`.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
-        Message { role: role.into(), content: content.into() }
+        Message { role: role.into(), content: content.into(), ..Message::default() }
     }
+}
+
+/// A function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    /// The function's name.
+    pub name: String,
+    /// What it does, for the model.
+    pub description: Option<String>,
+    /// JSON Schema of its arguments (an object schema); it constrains the generated arguments.
+    pub parameters: serde_json::Value,
+}
+
+/// One call of a tool, generated or from an earlier assistant turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The call's id (`call_` and 24 letters and digits, or 9 letters and digits for Mistral).
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments, a JSON object as text.
+    pub arguments: String,
+}
+
+/// Whether and which tools the model must call (OpenAI's `tool_choice`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ToolChoice {
+    /// The model decides; once it opens a call (the format's marker), a lazy grammar keeps the
+    /// call well-formed.
+    #[default]
+    Auto,
+    /// No call: the tools are not shown to the template and the output is plain text.
+    None,
+    /// The model must call one of the tools (a grammar forces the call).
+    Required,
+    /// The model must call this function.
+    Function(String),
 }
 
 /// How the next token is picked.
@@ -113,6 +165,28 @@ pub struct GenerateRequest {
     pub stop: Vec<String>,
     /// Sampling.
     pub sampling: Sampling,
+    /// Functions the model may call; empty for none.
+    pub tools: Vec<Tool>,
+    /// Whether and which of `tools` must be called.
+    pub tool_choice: ToolChoice,
+    /// Whether one turn may hold several calls (Hermes and Mistral formats; Llama 3 makes one).
+    pub parallel_tool_calls: bool,
+}
+
+impl Default for GenerateRequest {
+    /// No messages, no limit, no stop, default sampling, no tools (parallel calls allowed, as
+    /// OpenAI's default).
+    fn default() -> Self {
+        GenerateRequest {
+            messages: Vec::new(),
+            max_tokens: None,
+            stop: Vec::new(),
+            sampling: Sampling::default(),
+            tools: Vec::new(),
+            tool_choice: ToolChoice::Auto,
+            parallel_tool_calls: true,
+        }
+    }
 }
 
 /// Why a generation ended.
@@ -122,14 +196,17 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` tokens were generated, or the sequence's context is full.
     Length,
+    /// The model's turn holds tool calls (whatever ended it).
+    ToolCalls,
 }
 
 impl FinishReason {
-    /// OpenAI's name: `stop` or `length`.
+    /// OpenAI's name: `stop`, `length` or `tool_calls`.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -143,8 +220,8 @@ pub struct Usage {
     pub completion_tokens: u32,
 }
 
-/// What a generation reports, in order: `Started`, any number of `Text`, then `Finished` or
-/// `Failed`.
+/// What a generation reports, in order: `Started`, any number of `Text`, at most one
+/// `ToolCalls`, then `Finished` or `Failed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// The prompt was read (prefill done); the first token is being generated.
@@ -155,6 +232,9 @@ pub enum Event {
     /// More text: whole UTF-8 characters, never the start of a stop sequence that may still
     /// complete.
     Text(String),
+    /// The tool calls of the turn, parsed once the generation ended (the call text itself is
+    /// never sent as `Text`); `Finished` follows with [`FinishReason::ToolCalls`].
+    ToolCalls(Vec<ToolCall>),
     /// The generation ended.
     Finished {
         /// Why.
@@ -169,8 +249,10 @@ pub enum Event {
 /// A whole answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
-    /// The generated text.
+    /// The generated text, tool calls left out.
     pub text: String,
+    /// The tool calls; empty when there are none.
+    pub tool_calls: Vec<ToolCall>,
     /// Why it ended.
     pub finish: FinishReason,
     /// Token counts.
@@ -221,11 +303,13 @@ impl Generation {
     /// without a finish.
     pub async fn collect(mut self) -> Result<Output, EngineError> {
         let mut text = String::new();
+        let mut tool_calls = Vec::new();
         while let Some(ev) = self.next().await {
             match ev {
                 Event::Started { .. } => {}
                 Event::Text(t) => text.push_str(&t),
-                Event::Finished { reason, usage } => return Ok(Output { text, finish: reason, usage }),
+                Event::ToolCalls(calls) => tool_calls.extend(calls),
+                Event::Finished { reason, usage } => return Ok(Output { text, tool_calls, finish: reason, usage }),
                 Event::Failed(e) => return Err(e),
             }
         }
@@ -264,6 +348,18 @@ pub(crate) struct Job {
     pub request: GenerateRequest,
     pub events: mpsc::Sender<Event>,
     pub permit: Permit,
+    /// How tool calls are generated and read, when the request may call tools.
+    pub tools: Option<ToolPlan>,
+}
+
+/// A request's tool calling, checked and prepared before it is queued.
+#[derive(Debug, Clone)]
+pub(crate) struct ToolPlan {
+    pub format: ToolFormat,
+    /// GBNF, start rule [`crate::tools::GRAMMAR_ROOT`].
+    pub grammar: String,
+    /// Applied only once a marker appears (`auto`), or from the first token (a call is forced).
+    pub lazy: bool,
 }
 
 /// Events a generation may have outstanding before its slot pauses (a reader that falls this far
@@ -271,22 +367,110 @@ pub(crate) struct Job {
 pub(crate) const EVENT_BUFFER: usize = 64;
 
 /// The model and its chat template, shared by the engine's thread and its callers.
+///
+/// Every prompt is rendered by the template run as Jinja (MiniJinja), tool requests or not, so
+/// that a conversation gets the same prompt whether or not it offers tools, and templates that
+/// llama.cpp's built-in matcher does not recognise still work. When MiniJinja cannot run the
+/// template (a construct or Python method it lacks), or the template refuses the conversation
+/// (`raise_exception`, e.g. Gemma 2's "System role not supported"), a request without tools
+/// falls back to llama.cpp's built-in matcher (`llama_chat_apply_template`) when that recognises
+/// the template, so every conversation served before Jinja still is (the matcher folds a system
+/// turn into the first user turn where a template has none). A request with tools cannot fall
+/// back (the matcher knows no tools): it fails with the template's error.
 pub(crate) struct Model {
     pub llama: LlamaModel,
-    template: LlamaChatTemplate,
+    /// The template for llama.cpp's matcher, when the matcher recognises it.
+    builtin: Option<LlamaChatTemplate>,
+    /// The template as Jinja, when MiniJinja can compile and run it.
+    jinja: Option<ChatTemplate>,
+    /// The tool-call format when the template supports tools, or why it does not.
+    pub tool_support: Result<ToolFormat, String>,
 }
 
+/// The name of the tool rendered to find out whether a template shows tools to the model.
+const PROBE_TOOL: &str = "triage_probe_tool_5e1f";
+
 impl Model {
-    /// The conversation through the chat template, the assistant's turn opened.
-    pub fn render(&self, messages: &[Message]) -> Result<String, EngineError> {
+    fn new(llama: LlamaModel) -> Result<Model, EngineError> {
+        let source = llama
+            .chat_template(None)
+            .map_err(|e| EngineError::Template(format!("the model has no usable chat template: {e}")))?;
+        let probe = [Message::new("user", "hi")];
+        let vocab = llama.vocab();
+        let text = |t: LlamaToken| vocab.text(t).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
+        let (bos, eos) = (text(vocab.bos()), text(vocab.eos()));
+        let jinja = match source.to_str() {
+            Ok(src) => ChatTemplate::new(src, &bos, &eos)
+                .and_then(|t| t.render(&probe, None, true).map(|_| t).map_err(|e| e.to_string())),
+            Err(e) => Err(format!("the template is not UTF-8: {e}")),
+        };
+        let mut model = Model { llama, builtin: Some(source), jinja: None, tool_support: Err(String::new()) };
+        let builtin_ok = model.render_builtin(&probe);
+        if builtin_ok.is_err() {
+            model.builtin = None;
+        }
+        match jinja {
+            Ok(t) => model.jinja = Some(t),
+            Err(e) => {
+                if let Err(b) = builtin_ok {
+                    return Err(EngineError::Template(format!(
+                        "the model's template can be run neither as Jinja ({e}) nor by llama.cpp ({b})"
+                    )));
+                }
+                tracing::warn!(error = %e, "the chat template cannot be run as Jinja; using llama.cpp's built-in template support, without tools");
+            }
+        }
+        model.tool_support = model.probe_tools();
+        Ok(model)
+    }
+
+    /// Whether the template shows tools to the model (rendering a probe tool puts its name in
+    /// the prompt), and in which format it teaches calls.
+    fn probe_tools(&self) -> Result<ToolFormat, String> {
+        match &self.jinja {
+            Some(jinja) => probe_tools(jinja),
+            None => Err("its chat template cannot be run as Jinja".into()),
+        }
+    }
+
+    fn render_builtin(&self, messages: &[Message]) -> Result<String, EngineError> {
+        let Some(template) = &self.builtin else {
+            return Err(EngineError::Template("llama.cpp does not recognise the model's template".into()));
+        };
         let chat = messages
             .iter()
             .map(|m| LlamaChatMessage::new(m.role.clone(), m.content.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| EngineError::Template(e.to_string()))?;
         self.llama
-            .apply_chat_template(&self.template, &chat, true)
+            .apply_chat_template(template, &chat, true)
             .map_err(|e| EngineError::Template(format!("llama.cpp cannot apply the model's template: {e}")))
+    }
+
+    /// The conversation through the chat template, the assistant's turn opened; `tools` are
+    /// shown to the template when not empty. See [`Model`] for Jinja and the fallback.
+    pub fn render(&self, messages: &[Message], tools: &[Tool]) -> Result<String, EngineError> {
+        if let Some(jinja) = &self.jinja {
+            let tools = (!tools.is_empty()).then_some(tools);
+            match jinja.render(messages, tools, true) {
+                Ok(text) => {
+                    // The tokenizer adds BOS itself: a template that writes it too would double it.
+                    let bos = jinja.bos_token();
+                    let strip = self.llama.vocab().should_add_bos() && !bos.is_empty();
+                    return Ok(match text.strip_prefix(bos).filter(|_| strip) {
+                        Some(rest) => rest.to_owned(),
+                        None => text,
+                    });
+                }
+                Err(e) if tools.is_some() || self.builtin.is_none() => {
+                    return Err(EngineError::Template(e.to_string()))
+                }
+                Err(e) => tracing::debug!(error = %e, "Jinja failed; using llama.cpp's built-in template"),
+            }
+        } else if !tools.is_empty() {
+            return Err(EngineError::Tools("the model's chat template cannot be run as Jinja".into()));
+        }
+        self.render_builtin(messages)
     }
 
     /// `text` as this model's tokens: BOS added if the model asks for it, special tokens in the
@@ -294,6 +478,25 @@ impl Model {
     pub fn tokenize(&self, text: &str) -> Vec<LlamaToken> {
         self.llama.vocab().tokenize(text.as_bytes(), true, true)
     }
+}
+
+/// Whether `jinja` shows tools to the model (rendering a probe tool puts its name in the
+/// prompt), and in which format it teaches calls.
+pub(crate) fn probe_tools(jinja: &ChatTemplate) -> Result<ToolFormat, String> {
+    let tool = Tool {
+        name: PROBE_TOOL.into(),
+        description: Some("Probe.".into()),
+        parameters: serde_json::json!({"type": "object", "properties": {"x": {"type": "string"}}}),
+    };
+    let rendered = jinja
+        .render(&[Message::new("user", "hi")], Some(&[tool]), true)
+        .map_err(|e| format!("its chat template fails with tools: {e}"))?;
+    if !rendered.contains(PROBE_TOOL) {
+        return Err("its chat template does not show tools to the model".into());
+    }
+    ToolFormat::detect(jinja.source()).ok_or_else(|| {
+        "its chat template shows tools, but writes calls in a format Triage does not know (it knows Hermes <tool_call>, Llama 3 JSON and Mistral [TOOL_CALLS])".into()
+    })
 }
 
 /// The process's llama.cpp backend: initialised once, llama.cpp's log sent to `tracing`.
@@ -328,7 +531,8 @@ impl Engine {
     /// at start-up or from a blocking task.
     ///
     /// Errors: [`EngineError::Load`] (missing or invalid file, no memory for the context),
-    /// [`EngineError::Template`] (no template in the file, or one llama.cpp does not know).
+    /// [`EngineError::Template`] (no template in the file, or one that can be run neither as
+    /// Jinja nor by llama.cpp's built-in matcher).
     pub fn load(config: EngineConfig) -> Result<Engine, EngineError> {
         let path = config.model_path.display().to_string();
         let load_err = |reason: String| EngineError::Load { path: path.clone(), reason };
@@ -341,12 +545,8 @@ impl Engine {
         let backend = backend()?;
         let llama = LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
             .map_err(|e| load_err(format!("llama.cpp cannot read the model: {e}")))?;
-        let template = llama
-            .chat_template(None)
-            .map_err(|e| EngineError::Template(format!("the model has no usable chat template: {e}")))?;
-        let model = Arc::new(Model { llama, template });
-        // Fails here, not on the first request, when llama.cpp does not know the template.
-        model.render(&[Message::new("user", "hi")])?;
+        // Fails here, not on the first request, when the template cannot be run.
+        let model = Arc::new(Model::new(llama)?);
 
         let capacity = config.parallel as usize + config.queue as usize;
         let shared = Arc::new(Shared {
@@ -374,6 +574,7 @@ impl Engine {
         }
         tracing::info!(
             model = %path,
+            tools = model.tool_support.as_ref().map_or("no", |f| f.as_str()),
             parallel = config.parallel,
             queue = config.queue,
             context = config.context,
@@ -384,10 +585,15 @@ impl Engine {
 
     /// Admits `request` and returns its events, or refuses at once.
     ///
-    /// Errors: [`EngineError::Busy`] when `parallel + queue` requests are already admitted;
+    /// Errors: [`EngineError::Tools`] when the request's tools cannot be served (checked before
+    /// admission); [`EngineError::Busy`] when `parallel + queue` requests are already admitted;
     /// [`EngineError::Stopped`] when the engine's thread is gone. Template, context and decode
     /// errors arrive as [`Event::Failed`].
-    pub fn generate(&self, request: GenerateRequest) -> Result<Generation, EngineError> {
+    pub fn generate(&self, mut request: GenerateRequest) -> Result<Generation, EngineError> {
+        let tools = self.tool_plan(&request)?;
+        if request.tool_choice == ToolChoice::None {
+            request.tools.clear();
+        }
         let capacity = self.shared.capacity;
         let admitted = self.shared.admitted.send_if_modified(|n| {
             if *n < capacity {
@@ -403,13 +609,48 @@ impl Engine {
         }
         let permit = Permit(self.shared.clone());
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
-        match self.jobs.try_send(Job { request, events, permit }) {
+        match self.jobs.try_send(Job { request, events, permit, tools }) {
             Ok(()) => Ok(Generation { rx }),
             // The channel holds `capacity` jobs and at most `capacity` are admitted, so it is
             // never full here; a full one would be a bookkeeping fault, reported as busy.
             Err(TrySendError::Full(_)) => Err(EngineError::Busy { capacity }),
             Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
         }
+    }
+
+    /// How `request` calls tools, or why it cannot.
+    fn tool_plan(&self, request: &GenerateRequest) -> Result<Option<ToolPlan>, EngineError> {
+        let forced = match &request.tool_choice {
+            ToolChoice::None => return Ok(None),
+            ToolChoice::Auto if request.tools.is_empty() => return Ok(None),
+            ToolChoice::Auto => None,
+            ToolChoice::Required if request.tools.is_empty() => {
+                return Err(EngineError::Tools("tool_choice \"required\" needs at least one tool".into()))
+            }
+            ToolChoice::Required => Some(request.tools.as_slice()),
+            ToolChoice::Function(name) => match request.tools.iter().position(|t| &t.name == name) {
+                Some(i) => Some(&request.tools[i..=i]),
+                None => {
+                    return Err(EngineError::Tools(format!("tool_choice names {name:?}, which is not among the tools")))
+                }
+            },
+        };
+        let format = self
+            .model
+            .tool_support
+            .clone()
+            .map_err(|why| EngineError::Tools(format!("this model cannot call tools: {why}")))?;
+        let grammar = format
+            .grammar(forced.unwrap_or(&request.tools), request.parallel_tool_calls)
+            .map_err(EngineError::Tools)?;
+        Ok(Some(ToolPlan { format, grammar, lazy: forced.is_none() }))
+    }
+
+    /// The tool-call format of the model's template, or why it cannot call tools.
+    ///
+    /// Errors: a sentence saying why (no Jinja, no tools shown, unknown call format).
+    pub fn tool_format(&self) -> Result<ToolFormat, String> {
+        self.model.tool_support.clone()
     }
 
     /// True when [`Engine::generate`] would answer [`EngineError::Busy`] now.
@@ -454,7 +695,16 @@ impl Engine {
     ///
     /// Errors: [`EngineError::Template`].
     pub fn render(&self, messages: &[Message]) -> Result<String, EngineError> {
-        self.model.render(messages)
+        self.model.render(messages, &[])
+    }
+
+    /// The prompt `messages` make with `tools` shown to the template (as a request with those
+    /// tools and `tool_choice` other than `none` is prompted).
+    ///
+    /// Errors: [`EngineError::Template`]; [`EngineError::Tools`] when the template cannot be run
+    /// as Jinja.
+    pub fn render_with_tools(&self, messages: &[Message], tools: &[Tool]) -> Result<String, EngineError> {
+        self.model.render(messages, tools)
     }
 
     /// The number of tokens `text` is for this model, counted as a prompt is (BOS added if the

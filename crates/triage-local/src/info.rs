@@ -60,6 +60,19 @@ pub struct ModelInfo {
 }
 
 impl ModelInfo {
+    /// Whether the model can call tools as the engine would run it: its chat template runs as
+    /// Jinja, shows a probe tool to the model, and teaches a call format the engine knows (the
+    /// same check [`crate::Engine`] makes at load, here without loading the model; `bos_token`
+    /// and `eos_token` are empty in this render).
+    ///
+    /// Errors: why not, in words (no template, the template fails, no tools shown, an unknown
+    /// call format).
+    pub fn tool_support(&self) -> Result<crate::ToolFormat, String> {
+        let source = self.chat_template.as_deref().ok_or("the file has no chat template")?;
+        let template = crate::template::ChatTemplate::new(source, "", "")?;
+        crate::engine::probe_tools(&template)
+    }
+
     /// Reads `path`'s GGUF header.
     ///
     /// Errors: [`InfoError::Io`] when the file cannot be read; [`InfoError::NotGguf`] when it is

@@ -11,18 +11,29 @@
 //! its next step and frees its sequence.
 //!
 //! Prompts are built with the model's own chat template from its GGUF metadata
-//! (`tokenizer.chat_template`), applied by llama.cpp's built-in template support
-//! (`llama_chat_apply_template`, which recognises the common templates: ChatML, Llama 2/3,
-//! Mistral, Gemma, Phi and others, but runs no arbitrary Jinja).
+//! (`tokenizer.chat_template`), run as Jinja by MiniJinja with the variables Hugging Face
+//! transformers gives it (`messages`, `tools`, `add_generation_prompt`, `bos_token`, ...); a
+//! template MiniJinja cannot run falls back to llama.cpp's built-in matcher
+//! (`llama_chat_apply_template`) for requests without tools.
+//!
+//! Tool calls: when rendering a probe tool puts it in the prompt, the template supports tools,
+//! and the call format it teaches (Hermes `<tool_call>`, Llama 3 JSON, Mistral `[TOOL_CALLS]`)
+//! is read from its text. A llama.cpp grammar built from the tools' JSON Schemas keeps calls
+//! well-formed: from the first token when a call is required, from the format's opening marker
+//! on when the model may choose. The call text is never streamed; it is parsed when the
+//! generation ends and reported as [`Event::ToolCalls`] (malformed output stays plain text).
 #![deny(missing_docs)]
 
 mod engine;
 mod info;
+mod template;
 mod text;
+mod tools;
 mod worker;
 
 pub use engine::{
     Engine, EngineConfig, EngineError, EngineStats, Event, FinishReason, GenerateRequest, Generation, Message, Output,
-    Sampling, Usage,
+    Sampling, Tool, ToolCall, ToolChoice, Usage,
 };
 pub use info::{InfoError, ModelInfo};
+pub use tools::ToolFormat;

@@ -1,5 +1,6 @@
-//! Turning sampled token bytes into text that is safe to send: whole UTF-8 characters only, and
-//! never the start of a stop sequence that may still complete.
+//! Turning sampled token bytes into text that is safe to send: whole UTF-8 characters only,
+//! never the start of a stop sequence that may still complete, and never a tool call: from the
+//! first tool-call marker on, the text is captured for the tool-call parser instead.
 
 /// What one push of token bytes produced.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -14,6 +15,10 @@ pub(crate) struct Step {
 #[derive(Debug)]
 pub(crate) struct TextOut {
     stops: Vec<String>,
+    /// Strings that open a tool call (none when the request has no tools).
+    markers: Vec<String>,
+    /// The text from the first marker on, once one appeared; stop sequences no longer apply.
+    capture: Option<String>,
     /// Bytes that do not form a whole UTF-8 character yet.
     bytes: Vec<u8>,
     /// Decoded text held back because it could be the start of a stop sequence.
@@ -22,8 +27,20 @@ pub(crate) struct TextOut {
 
 impl TextOut {
     /// Empty stop strings are ignored (they would match everywhere).
+    #[cfg(test)]
     pub fn new(stops: Vec<String>) -> TextOut {
-        TextOut { stops: stops.into_iter().filter(|s| !s.is_empty()).collect(), bytes: Vec::new(), held: String::new() }
+        TextOut::with_markers(stops, Vec::new())
+    }
+
+    /// Like [`TextOut::new`], and text from the first of `markers` on is captured, not sent.
+    pub fn with_markers(stops: Vec<String>, markers: Vec<String>) -> TextOut {
+        let keep = |v: Vec<String>| v.into_iter().filter(|s| !s.is_empty()).collect();
+        TextOut { stops: keep(stops), markers: keep(markers), capture: None, bytes: Vec::new(), held: String::new() }
+    }
+
+    /// The captured text (from the first marker to the end), once, after [`TextOut::finish`].
+    pub fn take_capture(&mut self) -> Option<String> {
+        self.capture.take()
     }
 
     /// Adds a token's bytes; returns what may be sent now and whether a stop sequence ended it.
@@ -34,8 +51,13 @@ impl TextOut {
     }
 
     /// Ends the text: flushes held text, and any incomplete character as U+FFFD.
+    /// While capturing, everything goes to the capture and nothing is returned.
     pub fn finish(&mut self) -> String {
         self.decode(true);
+        if let Some(c) = &mut self.capture {
+            c.push_str(&self.held);
+            self.held.clear();
+        }
         std::mem::take(&mut self.held)
     }
 
@@ -73,18 +95,31 @@ impl TextOut {
     }
 
     fn release(&mut self) -> Step {
+        if let Some(c) = &mut self.capture {
+            c.push_str(&self.held);
+            self.held.clear();
+            return Step::default();
+        }
         let first_stop = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        let first_marker = self.markers.iter().filter_map(|s| self.held.find(s.as_str())).min();
+        if let Some(at) = first_marker.filter(|m| first_stop.is_none_or(|s| *m < s)) {
+            let emit = self.held[..at].to_owned();
+            self.capture = Some(self.held[at..].to_owned());
+            self.held.clear();
+            return Step { emit, stopped: false };
+        }
         if let Some(at) = first_stop {
             let emit = self.held[..at].to_owned();
             self.held.clear();
             return Step { emit, stopped: true };
         }
-        // Hold back the longest tail of the text that is a proper prefix of some stop sequence.
+        // Hold back the longest tail of the text that is a proper prefix of some stop sequence
+        // or marker.
         let keep = self
             .held
             .char_indices()
             .map(|(i, _)| i)
-            .find(|&i| self.stops.iter().any(|s| s.starts_with(&self.held[i..])))
+            .find(|&i| self.stops.iter().chain(&self.markers).any(|s| s.starts_with(&self.held[i..])))
             .unwrap_or(self.held.len());
         let emit = self.held[..keep].to_owned();
         self.held.drain(..keep);
@@ -117,6 +152,27 @@ mod tests {
         assert_eq!(t.push(b"x1"), Step { emit: "x1".into(), stopped: false });
         assert_eq!(t.push(b"ax"), Step { emit: "a".into(), stopped: false });
         assert_eq!(t.finish(), "x");
+    }
+
+    #[test]
+    fn text_from_a_tool_call_marker_on_is_captured_not_sent() {
+        let mut t = TextOut::with_markers(vec!["STOP".into()], vec!["<tool_call>".into()]);
+        assert_eq!(t.push(b"I will call <tool").emit, "I will call ");
+        assert_eq!(t.push(b"_call>{\"name\"").emit, "");
+        // Stop sequences no longer apply inside the call.
+        assert_eq!(t.push(b"STOP}"), Step { emit: String::new(), stopped: false });
+        assert_eq!(t.finish(), "");
+        assert_eq!(t.take_capture().as_deref(), Some("<tool_call>{\"name\"STOP}"));
+        // A marker prefix that does not complete is sent at the end.
+        let mut t = TextOut::with_markers(vec![], vec!["<tool_call>".into()]);
+        assert_eq!(t.push(b"a <to").emit, "a ");
+        assert_eq!(t.push(b"x").emit, "<tox");
+        assert_eq!(t.push(b" <t").emit, " ");
+        assert_eq!(t.finish(), "<t");
+        assert_eq!(t.take_capture(), None);
+        // A stop sequence before the marker wins.
+        let mut t = TextOut::with_markers(vec!["X".into()], vec!["<tool_call>".into()]);
+        assert_eq!(t.push(b"aX<tool_call>"), Step { emit: "a".into(), stopped: true });
     }
 
     #[test]

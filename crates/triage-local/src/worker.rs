@@ -20,9 +20,10 @@ use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc::Sender;
 
 use crate::engine::{
-    backend, EngineConfig, EngineError, Event, FinishReason, Job, Model, Permit, Sampling, Shared, Usage,
+    backend, EngineConfig, EngineError, Event, FinishReason, Job, Model, Permit, Sampling, Shared, ToolPlan, Usage,
 };
 use crate::text::TextOut;
+use crate::tools::{ToolFormat, GRAMMAR_ROOT};
 
 /// Tokens decoded at once while reading a prompt.
 const PREFILL_BATCH: u32 = 512;
@@ -46,6 +47,8 @@ struct Slot {
     permit: Option<Permit>,
     sampler: LlamaSampler,
     text: TextOut,
+    /// The tool-call format whose calls are captured and parsed, when the request may call tools.
+    tool_format: Option<ToolFormat>,
     /// Events not yet taken by the reader's channel.
     pending: VecDeque<Event>,
     /// The token to decode at the next step; `None` once the generation has ended.
@@ -59,11 +62,34 @@ struct Slot {
 }
 
 impl Slot {
-    fn finish(&mut self, reason: FinishReason, flush_text: bool) {
+    fn finish(&mut self, mut reason: FinishReason, flush_text: bool) {
         if flush_text {
             let rest = self.text.finish();
             if !rest.is_empty() {
                 self.pending.push_back(Event::Text(rest));
+            }
+        }
+        if let Some(captured) = self.text.take_capture() {
+            match self.tool_format.and_then(|f| f.parse(&captured).map(|p| (f, p))) {
+                Some((format, parsed)) => {
+                    if !parsed.content.is_empty() {
+                        self.pending.push_back(Event::Text(parsed.content));
+                    }
+                    let calls = parsed
+                        .calls
+                        .into_iter()
+                        .map(|mut c| {
+                            if c.id.is_empty() {
+                                c.id = format.new_call_id();
+                            }
+                            c
+                        })
+                        .collect();
+                    self.pending.push_back(Event::ToolCalls(calls));
+                    reason = FinishReason::ToolCalls;
+                }
+                // Not a well-formed call: it is text after all.
+                None => self.pending.push_back(Event::Text(captured)),
             }
         }
         let usage = Usage { prompt_tokens: self.prompt_tokens, completion_tokens: self.generated };
@@ -106,7 +132,23 @@ fn add_nanos(counter: &std::sync::atomic::AtomicU64, began: Instant) {
     counter.fetch_add(nanos, Ordering::Relaxed);
 }
 
-fn sampler_for(s: &Sampling) -> LlamaSampler {
+/// The request's sampler: its tool-call grammar (if any) first, so that only tokens the grammar
+/// allows are left, then greedy or top-p / temperature / seeded draw.
+///
+/// Errors: llama.cpp rejects the grammar.
+fn sampler_for(s: &Sampling, tools: Option<&ToolPlan>, model: &Model) -> Result<LlamaSampler, EngineError> {
+    let pick = pick_for(s);
+    let Some(plan) = tools else { return Ok(pick) };
+    let grammar = if plan.lazy {
+        LlamaSampler::grammar_lazy(&model.llama, &plan.grammar, GRAMMAR_ROOT, plan.format.markers(), &[])
+    } else {
+        LlamaSampler::grammar(&model.llama, &plan.grammar, GRAMMAR_ROOT)
+    }
+    .map_err(|e| EngineError::Tools(format!("llama.cpp rejects the tool-call grammar: {e}")))?;
+    Ok(LlamaSampler::chain_simple([grammar, pick]))
+}
+
+fn pick_for(s: &Sampling) -> LlamaSampler {
     if s.temperature <= 0.0 {
         return LlamaSampler::greedy();
     }
@@ -256,12 +298,16 @@ impl Worker {
             return;
         }
         let seq = i32::try_from(i).unwrap_or(0);
+        let sampler = sampler_for(&job.request.sampling, job.tools.as_ref(), &self.model);
+        let tool_format = job.tools.as_ref().map(|t| t.format);
+        let markers = tool_format.map_or(Vec::new(), |f| f.markers().iter().map(|m| (*m).to_owned()).collect());
         let mut slot = Slot {
             seq,
             events: job.events,
             permit: Some(job.permit),
-            sampler: sampler_for(&job.request.sampling),
-            text: TextOut::new(job.request.stop),
+            sampler: LlamaSampler::greedy(),
+            text: TextOut::with_markers(job.request.stop, markers),
+            tool_format,
             pending: VecDeque::new(),
             next: None,
             n_past: 0,
@@ -270,7 +316,11 @@ impl Worker {
             max_tokens: job.request.max_tokens.unwrap_or(u32::MAX),
             batch_index: 0,
         };
-        match self.prefill(&job.request.messages, seq, ctx, batch) {
+        let prefilled = sampler.and_then(|sampler| {
+            slot.sampler = sampler;
+            self.prefill(&job.request.messages, &job.request.tools, seq, ctx, batch)
+        });
+        match prefilled {
             Ok(n) => {
                 slot.prompt_tokens = n;
                 slot.n_past = i32::try_from(n).unwrap_or(i32::MAX);
@@ -296,11 +346,12 @@ impl Worker {
     fn prefill(
         &self,
         messages: &[crate::engine::Message],
+        tools: &[crate::engine::Tool],
         seq: i32,
         ctx: &mut LlamaContext<'_>,
         batch: &mut LlamaBatch<'_>,
     ) -> Result<u32, EngineError> {
-        let tokens = self.model.tokenize(&self.model.render(messages)?);
+        let tokens = self.model.tokenize(&self.model.render(messages, tools)?);
         if tokens.is_empty() {
             return Err(EngineError::Template("the templated prompt is empty".into()));
         }
@@ -335,7 +386,17 @@ impl Worker {
             s.finish(FinishReason::Stop, true);
             return;
         }
-        let piece = vocab.token_to_piece(token, false, None);
+        let mut piece = vocab.token_to_piece(token, false, None);
+        if piece.is_empty() {
+            // A control token renders as nothing, unless it is one of the format's tags
+            // (`[TOOL_CALLS]`, `<|python_tag|>` are control tokens in their models' vocabularies).
+            if let Some(format) = s.tool_format {
+                let special = vocab.token_to_piece(token, true, None);
+                if format.preserved().iter().any(|m| m.as_bytes() == special.as_slice()) {
+                    piece = special;
+                }
+            }
+        }
         let step = s.text.push(&piece);
         if !step.emit.is_empty() {
             s.pending.push_back(Event::Text(step.emit));

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use triage_local::{
-    Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Message, Output, Sampling, Usage,
+    Engine, EngineConfig, EngineError, Event, FinishReason, GenerateRequest, Message, Output, Sampling, Tool, ToolCall,
+    ToolChoice, ToolFormat, Usage,
 };
 use triage_testkit::gguf::TinyLlama;
 
@@ -28,6 +29,7 @@ fn greedy(max_tokens: u32) -> GenerateRequest {
         max_tokens: Some(max_tokens),
         stop: vec![],
         sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+        ..GenerateRequest::default()
     }
 }
 
@@ -180,4 +182,235 @@ fn a_missing_file_is_a_load_error_naming_it() {
     })
     .unwrap_err();
     assert_eq!(err.to_string(), "cannot load /nonexistent/model.gguf: no such file");
+}
+
+// ---- Tool calling, on the same tiny model with a ChatML + tools template (Hermes style). ----
+
+fn tools_model_file() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        TinyLlama { chat_template: triage_testkit::gguf::CHATML_TOOLS_TEMPLATE, ..TinyLlama::default() }
+            .write_temp()
+            .expect("write the tiny GGUF")
+    })
+    .clone()
+}
+
+fn tools_engine() -> Engine {
+    Engine::load(EngineConfig { model_path: tools_model_file(), parallel: 1, queue: 0, context: 1024, threads: 1 })
+        .expect("load")
+}
+
+fn weather_tools() -> Vec<Tool> {
+    vec![
+        Tool {
+            name: "get_weather".into(),
+            description: Some("The weather in a city.".into()),
+            parameters: serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "maxLength": 12},
+                    "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                },
+                "required": ["city", "days"],
+            }),
+        },
+        Tool {
+            name: "get_time".into(),
+            description: Some("The time in a zone.".into()),
+            parameters: serde_json::json!({
+                "type": "object",
+                "properties": {"zone": {"enum": ["UTC", "CET", "PST"]}},
+                "required": ["zone"],
+            }),
+        },
+    ]
+}
+
+fn tool_request(choice: ToolChoice) -> GenerateRequest {
+    GenerateRequest {
+        messages: vec![Message::new("user", "What is the weather in Oslo?")],
+        max_tokens: Some(160),
+        sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+        tools: weather_tools(),
+        tool_choice: choice,
+        parallel_tool_calls: false,
+        ..GenerateRequest::default()
+    }
+}
+
+/// The call's arguments parse as a JSON object holding the tool's required properties, with
+/// the types and bounds of its schema.
+fn assert_valid_call(call: &ToolCall) {
+    let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap_or_else(|e| panic!("{call:?}: {e}"));
+    match call.name.as_str() {
+        "get_weather" => {
+            let city = args["city"].as_str().unwrap_or_else(|| panic!("{args}"));
+            assert!(city.chars().count() <= 12, "{args}");
+            let days = args["days"].as_i64().unwrap_or_else(|| panic!("{args}"));
+            assert!((1..=7).contains(&days), "{args}");
+        }
+        "get_time" => assert!(["UTC", "CET", "PST"].contains(&args["zone"].as_str().unwrap_or("")), "{args}"),
+        other => panic!("not a tool: {other}"),
+    }
+    assert!(call.id.starts_with("call_") && call.id.len() == 29, "{call:?}");
+}
+
+#[tokio::test]
+async fn required_tool_choice_forces_a_call_that_satisfies_the_schema() {
+    let e = tools_engine();
+    assert_eq!(e.tool_format(), Ok(ToolFormat::Hermes));
+    let prompt = e.render_with_tools(&tool_request(ToolChoice::Auto).messages, &weather_tools()).unwrap();
+    assert!(prompt.contains("\"name\": \"get_weather\"") && prompt.contains("<tool_call>"), "{prompt}");
+    let out = run(&e, tool_request(ToolChoice::Required)).await;
+    assert_eq!(out.finish, FinishReason::ToolCalls, "{out:?}");
+    assert_eq!(out.tool_calls.len(), 1, "{out:?}");
+    assert_valid_call(&out.tool_calls[0]);
+    assert_eq!(out.text, "");
+    // Usage: the prompt with the tools, as this model tokenises it; the generated tokens.
+    assert_eq!(out.usage.prompt_tokens, e.count_tokens(&prompt) as u32);
+    assert!(out.usage.completion_tokens > 10 && out.usage.completion_tokens < 160, "{:?}", out.usage);
+
+    // Streaming: no call text as content, then the calls, then the finish with the same usage.
+    let mut g = e.generate(tool_request(ToolChoice::Required)).unwrap();
+    let mut events = Vec::new();
+    while let Some(ev) = g.next().await {
+        events.push(ev);
+    }
+    assert_eq!(events.first(), Some(&Event::Started { prompt_tokens: out.usage.prompt_tokens }));
+    assert_eq!(events.last(), Some(&Event::Finished { reason: FinishReason::ToolCalls, usage: out.usage }));
+    let Event::ToolCalls(calls) = &events[events.len() - 2] else { panic!("{events:?}") };
+    assert_eq!(
+        (calls[0].name.as_str(), calls[0].arguments.as_str()),
+        (out.tool_calls[0].name.as_str(), out.tool_calls[0].arguments.as_str())
+    );
+    assert_eq!(events.len(), 3, "no text around a forced call: {events:?}");
+}
+
+#[tokio::test]
+async fn a_named_function_is_the_one_called() {
+    let e = tools_engine();
+    for name in ["get_time", "get_weather"] {
+        let out = run(&e, tool_request(ToolChoice::Function(name.into()))).await;
+        assert_eq!(out.finish, FinishReason::ToolCalls, "{out:?}");
+        assert_eq!(out.tool_calls.len(), 1);
+        assert_eq!(out.tool_calls[0].name, name);
+        assert_valid_call(&out.tool_calls[0]);
+    }
+    let err = e.generate(tool_request(ToolChoice::Function("nope".into()))).unwrap_err();
+    assert_eq!(err, EngineError::Tools("tool_choice names \"nope\", which is not among the tools".into()));
+}
+
+#[tokio::test]
+async fn auto_and_none_leave_the_choice_to_the_model_or_take_it_away() {
+    let e = tools_engine();
+    // auto: whatever the model does, the answer is text or well-formed calls, never a half call.
+    let out = run(&e, tool_request(ToolChoice::Auto)).await;
+    if out.tool_calls.is_empty() {
+        assert!(!out.text.contains("<tool_call>"), "{out:?}");
+        assert_ne!(out.finish, FinishReason::ToolCalls);
+    } else {
+        assert_eq!(out.finish, FinishReason::ToolCalls);
+        out.tool_calls.iter().for_each(assert_valid_call);
+    }
+    // none: the tools are not shown, and the answer is text.
+    let out = run(&e, tool_request(ToolChoice::None)).await;
+    let plain = e.render(&tool_request(ToolChoice::None).messages).unwrap();
+    assert_eq!(out.usage.prompt_tokens, e.count_tokens(&plain) as u32);
+    assert!(out.tool_calls.is_empty());
+}
+
+#[tokio::test]
+async fn a_template_without_tools_refuses_a_tool_request_saying_why() {
+    let e = engine(1, 0, 512);
+    let err = e.tool_format().unwrap_err();
+    assert_eq!(err, "its chat template does not show tools to the model");
+    let mut req = tool_request(ToolChoice::Auto);
+    req.messages = messages();
+    assert_eq!(
+        e.generate(req.clone()).unwrap_err(),
+        EngineError::Tools("this model cannot call tools: its chat template does not show tools to the model".into())
+    );
+    // tool_choice none needs no tool support: the tools are not shown.
+    req.tool_choice = ToolChoice::None;
+    assert_eq!(run(&e, GenerateRequest { max_tokens: Some(4), ..req }).await.usage.completion_tokens, 4);
+}
+
+#[tokio::test]
+async fn a_multi_turn_tool_conversation_goes_through_the_template() {
+    let e = tools_engine();
+    let mut call = Message::new("assistant", "");
+    call.tool_calls = vec![ToolCall {
+        id: "call_1".into(),
+        name: "get_weather".into(),
+        arguments: r#"{"city":"Oslo","days":2}"#.into(),
+    }];
+    let mut result = Message::new("tool", "Sunny, 21 C");
+    result.tool_call_id = Some("call_1".into());
+    let conversation = vec![Message::new("user", "What is the weather in Oslo?"), call, result];
+    let prompt = e.render_with_tools(&conversation, &weather_tools()).unwrap();
+    assert!(
+        prompt.ends_with(
+            "<|im_start|>user\nWhat is the weather in Oslo?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\", \"days\": 2}}\n</tool_call><|im_end|>\n<|im_start|>tool\n<tool_response>\nSunny, 21 C\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+        ),
+        "{prompt}"
+    );
+    let out =
+        run(&e, GenerateRequest { messages: conversation, max_tokens: Some(8), ..tool_request(ToolChoice::Auto) })
+            .await;
+    assert_eq!(out.usage.prompt_tokens, e.count_tokens(&prompt) as u32);
+}
+
+/// ChatML that refuses a system turn, as some templates do (Gemma 2's "System role not
+/// supported"); llama.cpp's built-in matcher takes it for ChatML.
+const NO_SYSTEM_TEMPLATE: &str = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+#[tokio::test]
+async fn a_conversation_the_jinja_template_refuses_falls_back_to_llama_cpp_without_tools() {
+    let path = TinyLlama { chat_template: NO_SYSTEM_TEMPLATE, ..TinyLlama::default() }.write_temp().unwrap();
+    let e = Engine::load(EngineConfig { model_path: path, parallel: 1, queue: 0, context: 512, threads: 1 }).unwrap();
+    // Without a system turn, Jinja renders it; with one, llama.cpp's ChatML does, as before Jinja.
+    assert_eq!(
+        e.render(&messages()[1..]).unwrap(),
+        "<|im_start|>user\nHello there, what is the answer?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        e.render(&messages()).unwrap(),
+        "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHello there, what is the answer?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(run(&e, greedy(3)).await.usage.completion_tokens, 3);
+    // This template shows no tools, and says so before anything is queued.
+    assert_eq!(e.tool_format().unwrap_err(), "its chat template does not show tools to the model");
+}
+
+/// Llama 3 style: tools listed in the prompt, calls as `{"name": ..., "parameters": ...}`.
+const LLAMA3_STYLE_TEMPLATE: &str = r#"{%- if tools is not none %}{{ '<|start_header_id|>system<|end_header_id|>\n\nRespond with {"name": function name, "parameters": dictionary of arguments}. Functions:\n' }}{% for t in tools %}{{ t | tojson(indent=2) + '\n' }}{% endfor %}{{ '<|im_end|>' }}{% endif %}{% for m in messages %}{{ '<|start_header_id|>' + m.role + '<|end_header_id|>\n\n' + m.content + '<|im_end|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"#;
+
+/// Mistral style: tools in `[AVAILABLE_TOOLS]`, calls as `[TOOL_CALLS][{...}]`.
+const MISTRAL_STYLE_TEMPLATE: &str = r#"{%- if tools is not none %}{{ '[AVAILABLE_TOOLS]' + tools | tojson + '[/AVAILABLE_TOOLS]' }}{% endif %}{% for m in messages %}{% if m.role == 'user' %}{{ '[INST]' + m.content + '[/INST]' }}{% elif m.tool_calls %}{{ '[TOOL_CALLS]' + m.tool_calls | map(attribute='function') | list | tojson + '<|im_end|>' }}{% else %}{{ m.content + '<|im_end|>' }}{% endif %}{% endfor %}"#;
+
+#[tokio::test]
+async fn llama3_and_mistral_formats_force_well_formed_calls_too() {
+    for (template, format) in
+        [(LLAMA3_STYLE_TEMPLATE, ToolFormat::Llama3), (MISTRAL_STYLE_TEMPLATE, ToolFormat::Mistral)]
+    {
+        let path = TinyLlama { chat_template: template, ..TinyLlama::default() }.write_temp().unwrap();
+        let e =
+            Engine::load(EngineConfig { model_path: path, parallel: 1, queue: 0, context: 2048, threads: 1 }).unwrap();
+        assert_eq!(e.tool_format(), Ok(format));
+        for choice in [ToolChoice::Required, ToolChoice::Function("get_weather".into())] {
+            let out = run(&e, GenerateRequest { max_tokens: Some(300), ..tool_request(choice.clone()) }).await;
+            assert_eq!(out.finish, FinishReason::ToolCalls, "{format:?} {choice:?}: {out:?}");
+            assert_eq!(out.tool_calls.len(), 1, "{out:?}");
+            let call = &out.tool_calls[0];
+            if format == ToolFormat::Mistral {
+                assert!(call.id.len() == 9 && call.id.chars().all(|c| c.is_ascii_alphanumeric()), "{call:?}");
+            }
+            let as_hermes = ToolCall { id: "call_000000000000000000000000".into(), ..call.clone() };
+            assert_valid_call(&as_hermes);
+            if choice != ToolChoice::Required {
+                assert_eq!(call.name, "get_weather");
+            }
+        }
+    }
 }

@@ -1,8 +1,9 @@
 //! Reading a GGUF file's metadata header (ggml's reader) without loading the model.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use triage_local::ToolFormat;
 use triage_local::{InfoError, ModelInfo};
-use triage_testkit::gguf::{TinyLlama, CHATML_TEMPLATE};
+use triage_testkit::gguf::{TinyLlama, CHATML_TEMPLATE, CHATML_TOOLS_TEMPLATE};
 
 fn temp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("triage-info-{}-{name}", std::process::id()));
@@ -22,6 +23,11 @@ fn the_header_gives_architecture_name_context_and_template() {
     assert_eq!(info.chat_template.as_deref(), Some(CHATML_TEMPLATE));
     assert_eq!(info.size, std::fs::metadata(&path).unwrap().len());
     assert_eq!(info.size, tiny.to_bytes().len() as u64);
+    assert_eq!(info.tool_support().unwrap_err(), "its chat template does not show tools to the model");
+
+    let tools = temp("tools.gguf");
+    TinyLlama { chat_template: CHATML_TOOLS_TEMPLATE, ..TinyLlama::default() }.write(&tools).unwrap();
+    assert_eq!(ModelInfo::read(&tools).unwrap().tool_support(), Ok(ToolFormat::Hermes));
 }
 
 #[test]

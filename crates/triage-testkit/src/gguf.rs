@@ -3,7 +3,7 @@
 //! No real weights can be downloaded where Triage is tested, so the tests write their own model:
 //! 2 layers, 64-wide embeddings, 4 heads, a 128-wide feed-forward and a 360-token SentencePiece
 //! ("llama") vocabulary with byte fallback, so any text tokenizes. Its chat template is ChatML,
-//! which llama.cpp recognises. The weights come from a seeded generator: the same seed writes the
+//! which llama.cpp recognises, or ([`TinyLlama::chat_template`]) ChatML with tools. The weights come from a seeded generator: the same seed writes the
 //! same file, byte for byte, and the same model answers the same prompt the same way.
 //!
 //! The file format is GGUF version 3 as specified in ggml's `docs/gguf.md`: magic `GGUF`, version,
@@ -15,6 +15,60 @@ use std::path::Path;
 
 /// The ChatML template (as Qwen and others ship it); llama.cpp detects it by `<|im_start|>`.
 pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// ChatML with tools, written for these tests in the Hermes style (tools listed as JSON in the
+/// system turn, calls written as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, tool
+/// results in a `tool` turn inside `<tool_response>`). llama.cpp's built-in matcher takes it
+/// for ChatML; run as Jinja it shows tools to the model.
+pub const CHATML_TOOLS_TEMPLATE: &str = r#"{%- if tools %}
+{{- '<|im_start|>system
+' }}
+{%- if messages[0].role == 'system' %}
+{{- messages[0].content + '
+
+' }}
+{%- endif %}
+{{- 'Functions you may call, one JSON object each:
+' }}
+{%- for tool in tools %}
+{{- tool | tojson + '
+' }}
+{%- endfor %}
+{{- 'To call one, answer with <tool_call>{"name": <name>, "arguments": <arguments>}</tool_call>.<|im_end|>
+' }}
+{%- elif messages[0].role == 'system' %}
+{{- '<|im_start|>system
+' + messages[0].content + '<|im_end|>
+' }}
+{%- endif %}
+{%- for message in messages %}
+{%- if message.role == 'system' and loop.first %}
+{%- elif message.role == 'assistant' and message.tool_calls %}
+{{- '<|im_start|>assistant
+' + message.content }}
+{%- for call in message.tool_calls %}
+{{- '<tool_call>
+{"name": "' + call.function.name + '", "arguments": ' + call.function.arguments | tojson + '}
+</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>
+' }}
+{%- elif message.role == 'tool' %}
+{{- '<|im_start|>tool
+<tool_response>
+' + message.content + '
+</tool_response><|im_end|>
+' }}
+{%- else %}
+{{- '<|im_start|>' + message.role + '
+' + message.content + '<|im_end|>
+' }}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+{{- '<|im_start|>assistant
+' }}
+{%- endif %}"#;
 
 /// Shape of the tiny model.
 #[derive(Debug, Clone, Copy)]
@@ -31,11 +85,22 @@ pub struct TinyLlama {
     pub ff: u32,
     /// Training context length written to the metadata, in tokens.
     pub context_length: u32,
+    /// `tokenizer.chat_template`: [`CHATML_TEMPLATE`] by default, [`CHATML_TOOLS_TEMPLATE`] for
+    /// tool calling.
+    pub chat_template: &'static str,
 }
 
 impl Default for TinyLlama {
     fn default() -> Self {
-        TinyLlama { seed: 42, layers: 2, embd: 64, heads: 4, ff: 128, context_length: 2048 }
+        TinyLlama {
+            seed: 42,
+            layers: 2,
+            embd: 64,
+            heads: 4,
+            ff: 128,
+            context_length: 2048,
+            chat_template: CHATML_TEMPLATE,
+        }
     }
 }
 
@@ -243,7 +308,7 @@ impl TinyLlama {
             ("tokenizer.ggml.eos_token_id", Value::U32(IM_END)),
             ("tokenizer.ggml.add_bos_token", Value::Bool(true)),
             ("tokenizer.ggml.add_eos_token", Value::Bool(false)),
-            ("tokenizer.chat_template", Value::Str(CHATML_TEMPLATE.into())),
+            ("tokenizer.chat_template", Value::Str(self.chat_template.into())),
         ];
 
         let mut rng = Rng(self.seed);

@@ -221,16 +221,16 @@ pub fn find_all(registry: &Path, pulled_root: &Path, ollama_root: &Path) -> Resu
 }
 
 /// The first of `found` whose file reads as a GGUF model, as the built-in catalog serves it:
-/// context [`DEFAULT_CONTEXT`] or the trained context if smaller; the `tools` capability when its
-/// chat template mentions `tools` (the variable Hugging Face templates take tool definitions in).
-/// Files that cannot be read are skipped with a warning.
+/// context [`DEFAULT_CONTEXT`] or the trained context if smaller; the `tools` capability when the
+/// engine can run tool calls with its chat template ([`ModelInfo::tool_support`]). Files that
+/// cannot be read are skipped with a warning.
 pub fn pick(found: &[OnDisk]) -> Option<FoundLocalModel> {
     found.iter().filter(|m| m.size.is_some()).find_map(|m| match ModelInfo::read(&m.path) {
         Ok(info) => Some(FoundLocalModel {
             id: short_name(&m.name, m.source),
             model_path: m.path.clone(),
             context: info.context_length.filter(|&c| c > 0).map_or(DEFAULT_CONTEXT, |c| c.min(DEFAULT_CONTEXT)),
-            tools: info.chat_template.as_deref().is_some_and(|t| t.contains("tools")),
+            tools: info.tool_support().is_ok(),
             found_in: format!("{}: {}", m.source.described(), m.name),
         }),
         Err(e) => {
@@ -356,5 +356,12 @@ mod tests {
         // Only a: its trained 8,192 tokens are capped.
         assert_eq!(pick(&found[1..]).unwrap().context, DEFAULT_CONTEXT);
         assert_eq!(short_name("org/repo/q4.gguf", Source::Pulled), "q4");
+
+        // A template that shows tools and teaches a known call format: the tools capability.
+        let t = d.join("t.gguf");
+        let tools = triage_testkit::gguf::CHATML_TOOLS_TEMPLATE;
+        TinyLlama { chat_template: tools, ..TinyLlama::default() }.write(&t).unwrap();
+        let on_disk = OnDisk { name: "t".into(), path: t, size: Some(1), source: Source::Registered };
+        assert!(pick(&[on_disk]).unwrap().tools);
     }
 }

@@ -554,8 +554,8 @@ fn a_registered_gguf_is_served_by_the_built_in_catalog() {
         e.generate(GenerateRequest {
             messages: vec![Message::new("user", question)],
             max_tokens: Some(6),
-            stop: vec![],
             sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+            ..GenerateRequest::default()
         })
         .unwrap()
         .collect()

@@ -16,7 +16,10 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use triage_core::catalog::{Provider, Timeouts};
 use triage_core::openai::{ChatChunk, ChatCompletion, ChatRequest, Content, ContentPart, Role};
-use triage_local::{Engine, EngineConfig, EngineError, Event, GenerateRequest, Generation, Message, Sampling};
+use triage_local::{
+    Engine, EngineConfig, EngineError, Event, GenerateRequest, Generation, Message, Sampling, Tool, ToolCall,
+    ToolChoice,
+};
 
 use super::{CallError, ChunkStream, Completion, Reply, StreamItem, TimeoutKind, UpstreamError};
 
@@ -44,26 +47,60 @@ fn client_error(message: impl Into<String>, code: &str) -> CallError {
 fn engine_failure(e: EngineError) -> CallError {
     match e {
         EngineError::ContextExceeded { .. } => client_error(e.to_string(), "context_length_exceeded"),
-        EngineError::Template(_) => client_error(e.to_string(), "invalid_request"),
+        EngineError::Template(_) | EngineError::Tools(_) => client_error(e.to_string(), "invalid_request"),
         EngineError::Busy { .. } => CallError::Failed(UpstreamError::Busy(e.to_string())),
         EngineError::Load { .. } | EngineError::Stopped => CallError::Failed(UpstreamError::Connect(e.to_string())),
         EngineError::Decode(_) => CallError::Failed(UpstreamError::InBand(e.to_string())),
     }
 }
 
+/// `tool_choice`: `auto` (the default), `none`, `required`, or `{"type": "function", "function":
+/// {"name": ...}}`.
+fn tool_choice(v: Option<&Value>) -> Result<ToolChoice, CallError> {
+    let bad = || client_error("tool_choice must be \"auto\", \"none\", \"required\" or a function", "invalid_request");
+    Ok(match v {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            _ => return Err(bad()),
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => ToolChoice::Function(name.to_owned()),
+            None => return Err(bad()),
+        },
+    })
+}
+
 /// Flattens an OpenAI request into the engine's request, or says (as a 400) what the local
-/// engine cannot do yet: images, tools, `n > 1`, JSON-schema output.
+/// engine cannot do: images, tools other than functions, `n > 1`, JSON-schema output. Tools,
+/// `tool_choice`, `parallel_tool_calls`, assistant `tool_calls` and `tool` messages are passed
+/// on; whether the model's template supports tools is the engine's answer (a 400 if not).
 fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, CallError> {
     if req.n.is_some_and(|n| n > 1) {
         return Err(client_error("the local engine generates one choice (n = 1)", "invalid_request"));
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(client_error("the local engine does not support tools yet", "invalid_request"));
+    let mut tools = Vec::new();
+    for t in req.tools.iter().flatten() {
+        match (&t.function, t.kind.as_str()) {
+            (Some(f), "function") => tools.push(Tool {
+                name: f.name.clone(),
+                description: f.description.clone(),
+                parameters: f.parameters.clone().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            }),
+            _ => {
+                return Err(client_error(
+                    format!("the local engine calls function tools only (not {:?})", t.kind),
+                    "invalid_request",
+                ))
+            }
+        }
     }
     if req.response_format.as_ref().is_some_and(|f| f.kind != "text") {
         return Err(client_error("the local engine supports only text output", "invalid_request"));
     }
-    let mut messages = Vec::with_capacity(req.messages.len());
+    let mut messages: Vec<Message> = Vec::with_capacity(req.messages.len());
     for m in &req.messages {
         let role = match m.role {
             Role::System | Role::Developer => "system",
@@ -89,7 +126,27 @@ fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, CallError> {
             }
             None => {}
         }
-        messages.push(Message::new(role, text));
+        let mut message = Message::new(role, text);
+        message.tool_calls = m
+            .tool_calls
+            .iter()
+            .flatten()
+            .map(|c| ToolCall {
+                id: c.id.clone(),
+                name: c.function.name.clone(),
+                arguments: c.function.arguments.clone(),
+            })
+            .collect();
+        if role == "tool" {
+            message.tool_call_id = m.tool_call_id.clone();
+            // The function's name, for templates that print it: the message's own `name`, or
+            // that of the call it answers.
+            message.name = m.extra.get("name").and_then(Value::as_str).map(str::to_owned).or_else(|| {
+                let id = m.tool_call_id.as_deref()?;
+                messages.iter().flat_map(|p| &p.tool_calls).find(|c| c.id == id).map(|c| c.name.clone())
+            });
+        }
+        messages.push(message);
     }
     let number = |k: &str| req.extra.get(k).and_then(Value::as_f64);
     let stop = match req.extra.get("stop") {
@@ -107,6 +164,9 @@ fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, CallError> {
             top_p: number("top_p").unwrap_or(1.0) as f32,
             seed,
         },
+        tools,
+        tool_choice: tool_choice(req.extra.get("tool_choice"))?,
+        parallel_tool_calls: req.extra.get("parallel_tool_calls").and_then(Value::as_bool).unwrap_or(true),
     })
 }
 
@@ -192,6 +252,19 @@ impl LocalProvider {
             Err(_) => return Err(CallError::Failed(UpstreamError::Timeout(TimeoutKind::Request(request)))),
             Ok(r) => r.map_err(engine_failure)?,
         };
+        let mut message = json!({"role": "assistant", "content": out.text});
+        if !out.tool_calls.is_empty() {
+            if out.text.is_empty() {
+                message["content"] = Value::Null;
+            }
+            message["tool_calls"] = out
+                .tool_calls
+                .iter()
+                .map(
+                    |c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}),
+                )
+                .collect();
+        }
         let completion = json!({
             "id": id,
             "object": "chat.completion",
@@ -199,7 +272,7 @@ impl LocalProvider {
             "model": req.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": out.text},
+                "message": message,
                 "finish_reason": out.finish.as_str(),
             }],
             "usage": usage_json(out.usage),
@@ -210,8 +283,9 @@ impl LocalProvider {
     }
 }
 
-/// A generation's events as OpenAI chunks: a role chunk, content chunks, the finish chunk,
-/// a usage-only chunk (as with `stream_options.include_usage`), then the end.
+/// A generation's events as OpenAI chunks: a role chunk, content chunks, one chunk per tool call
+/// (index, id, type, name and the whole arguments text), the finish chunk, a usage-only chunk
+/// (as with `stream_options.include_usage`), then the end.
 pub struct LocalChunks {
     generation: Generation,
     id: String,
@@ -255,6 +329,18 @@ impl LocalChunks {
         match self.generation.next().await {
             Some(Event::Text(t)) => {
                 out.push(self.chunk(json!([{"index": 0, "delta": {"content": t}}]), None)?);
+                Ok(true)
+            }
+            Some(Event::ToolCalls(calls)) => {
+                for (index, c) in calls.iter().enumerate() {
+                    let call = json!({
+                        "index": index,
+                        "id": c.id,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": c.arguments},
+                    });
+                    out.push(self.chunk(json!([{"index": 0, "delta": {"tool_calls": [call]}}]), None)?);
+                }
                 Ok(true)
             }
             Some(Event::Started { .. }) => Ok(true),
