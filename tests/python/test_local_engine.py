@@ -75,6 +75,8 @@ def test_greedy_answer_is_repeatable_with_exact_usage(oai):
     assert first.usage.completion_tokens == 8
     assert first.usage.prompt_tokens == again.usage.prompt_tokens > 0
     assert first.usage.total_tokens == first.usage.prompt_tokens + 8
+    # The second time, the prompt (all but its last token) comes from the engine's prompt cache.
+    assert again.usage.prompt_tokens_details.cached_tokens == again.usage.prompt_tokens - 1
 
 
 def test_stream_adds_up_to_the_whole_answer(oai):
@@ -120,4 +122,7 @@ def test_anthropic_sdk_gets_the_same_answer(oai, local_gateway):
     assert msg.content[0].text == whole.choices[0].message.content
     assert msg.stop_reason == "max_tokens"
     assert msg.usage.output_tokens == 8
-    assert msg.usage.input_tokens == whole.usage.prompt_tokens
+    # The prompt was read before (the OpenAI call above), so the engine's prompt cache holds all
+    # of it but its last token; Anthropic counts cache reads apart from the input tokens.
+    assert msg.usage.input_tokens + msg.usage.cache_read_input_tokens == whole.usage.prompt_tokens
+    assert msg.usage.cache_read_input_tokens == whole.usage.prompt_tokens - 1

@@ -98,7 +98,10 @@ async fn a_chat_completion_is_served_by_the_local_engine() {
     assert_eq!(body["choices"][0]["message"]["content"], expected.text.as_str());
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     let p = expected.usage.prompt_tokens;
-    assert_eq!(body["usage"], json!({"prompt_tokens": p, "completion_tokens": 12, "total_tokens": p + 12}));
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": p, "completion_tokens": 12, "total_tokens": p + 12, "prompt_tokens_details": {"cached_tokens": 0}})
+    );
     // Greedy: the same request, the same answer.
     let again = json_body(post(&gw, &request(false, 12)).await).await;
     assert_eq!(again["choices"], body["choices"]);
@@ -168,7 +171,41 @@ async fn a_streamed_completion_follows_the_chunk_grammar() {
     assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], "length");
     assert_eq!(chunks[n - 1]["choices"], json!([]));
     let p = expected.usage.prompt_tokens;
-    assert_eq!(chunks[n - 1]["usage"], json!({"prompt_tokens": p, "completion_tokens": 10, "total_tokens": p + 10}));
+    assert_eq!(
+        chunks[n - 1]["usage"],
+        json!({"prompt_tokens": p, "completion_tokens": 10, "total_tokens": p + 10, "prompt_tokens_details": {"cached_tokens": 0}})
+    );
+}
+
+/// The same prompt again is read from the engine's prompt cache: the answer is the same, and the
+/// reused tokens are reported as OpenAI and Anthropic report cache hits.
+#[tokio::test]
+async fn a_repeated_prompt_is_served_from_the_prompt_cache_and_reported_as_cached() {
+    let expected = direct(6).await;
+    let gw = start(&config(0, "")).await;
+    let first = json_body(post(&gw, &request(false, 6)).await).await;
+    let again = json_body(post(&gw, &request(false, 6)).await).await;
+    let p = u64::from(expected.usage.prompt_tokens);
+    assert_eq!(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{first}");
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], p - 1, "{again}");
+    assert_eq!(again["usage"]["prompt_tokens"], p);
+    assert_eq!(again["choices"][0]["message"]["content"], expected.text.as_str());
+    // Anthropic counts cache reads apart from the input tokens.
+    let body = json!({"model": "tiny", "max_tokens": 6, "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]});
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let v = json_body(resp).await;
+    assert_eq!(v["content"][0]["text"], expected.text.as_str());
+    assert_eq!(
+        (v["usage"]["input_tokens"].as_u64(), v["usage"]["cache_read_input_tokens"].as_u64()),
+        (Some(1), Some(p - 1)),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -400,7 +437,10 @@ async fn a_required_tool_call_comes_back_as_openai_tool_calls() {
     assert_eq!(arguments, expected.tool_calls[0].arguments);
     assert_weather_arguments(arguments);
     let (p, c) = (expected.usage.prompt_tokens, expected.usage.completion_tokens);
-    assert_eq!(body["usage"], json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}));
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c, "prompt_tokens_details": {"cached_tokens": 0}})
+    );
 
     // The next turn: the call and its result go back through the template (a longer prompt
     // than the first turn's, tools shown again).
@@ -451,7 +491,10 @@ async fn a_streamed_tool_call_follows_the_chunk_grammar() {
     assert_eq!(chunks[n - 2]["choices"][0]["finish_reason"], "tool_calls");
     assert_eq!(chunks[n - 1]["choices"], json!([]));
     let (p, c) = (expected.usage.prompt_tokens, expected.usage.completion_tokens);
-    assert_eq!(chunks[n - 1]["usage"], json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}));
+    assert_eq!(
+        chunks[n - 1]["usage"],
+        json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c, "prompt_tokens_details": {"cached_tokens": 0}})
+    );
 }
 
 #[tokio::test]

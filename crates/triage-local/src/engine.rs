@@ -218,6 +218,9 @@ pub struct Usage {
     pub prompt_tokens: u32,
     /// Tokens sampled, the end-of-generation token included when there is one.
     pub completion_tokens: u32,
+    /// Of `prompt_tokens`, those not decoded again because the sequence's KV cache already held
+    /// them from an earlier request that started the same way (prompt caching).
+    pub cached_tokens: u32,
 }
 
 /// What a generation reports, in order: `Started`, any number of `Text`, at most one

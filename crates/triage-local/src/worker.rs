@@ -1,6 +1,14 @@
-//! The engine's thread: one llama.cpp context with one KV-cache sequence per slot. Each step
-//! admits waiting requests into free slots (prefilling their prompts), then decodes one token of
-//! every running slot in a single batch and samples each slot's next token with its own sampler.
+//! The engine's thread: one llama.cpp context with one KV-cache sequence per slot, and one
+//! batch per step that carries the next token of every generating slot plus a chunk of the
+//! prompt of at most one slot still reading its prompt (chunked prefill, as llama.cpp's server
+//! does): a long prompt arriving never stalls the answers already streaming for more than one
+//! chunk's decode at a time.
+//!
+//! Prompt caching: a sequence keeps its KV cache when its request ends, with the tokens it holds.
+//! A new request goes to the free slot whose cached tokens share the longest prefix with its
+//! prompt, and only the rest of the prompt is decoded (the common case of an agent or chat
+//! sending the whole conversation again each turn). The reused count is reported as
+//! [`Usage::cached_tokens`].
 //!
 //! A slot whose reader is [`crate::engine::EVENT_BUFFER`] events behind pauses (is left out of
 //! the batch) until the reader catches up; a slot whose reader is gone is freed at once.
@@ -25,8 +33,13 @@ use crate::engine::{
 use crate::text::TextOut;
 use crate::tools::{ToolFormat, GRAMMAR_ROOT};
 
-/// Tokens decoded at once while reading a prompt.
+/// Tokens decoded at once while reading a prompt: llama.cpp's default batch size.
 const PREFILL_BATCH: u32 = 512;
+
+/// Prompt tokens one step may carry while other slots are generating: small enough that a
+/// generating slot waits for about one such chunk per token (a 128-token chunk is a fraction of
+/// a second on a 1–3 B model on a laptop CPU), large enough that the prompt is read in batches.
+const PREFILL_CHUNK_SHARED: usize = 128;
 
 /// How long the thread sleeps when every running slot waits for its reader.
 const PAUSED_POLL: Duration = Duration::from_millis(2);
@@ -37,6 +50,8 @@ pub(crate) struct Worker {
     parallel: u32,
     context: u32,
     threads: i32,
+    /// Per sequence: the tokens its KV cache holds while its slot is free.
+    caches: Vec<Vec<LlamaToken>>,
 }
 
 struct Slot {
@@ -51,11 +66,20 @@ struct Slot {
     tool_format: Option<ToolFormat>,
     /// Events not yet taken by the reader's channel.
     pending: VecDeque<Event>,
-    /// The token to decode at the next step; `None` once the generation has ended.
+    /// The token to decode at the next step; `None` while the prompt is read and once the
+    /// generation has ended.
     next: Option<LlamaToken>,
-    /// Position of `next` in the sequence (= tokens in its KV cache).
+    /// Tokens in the sequence's KV cache (= position of the next token decoded).
     n_past: i32,
+    /// The prompt's tokens, then each generated token once it is decoded: `history[..n_past]`
+    /// is what the KV cache holds, and what the next request may reuse.
+    history: Vec<LlamaToken>,
+    /// The prompt has been read and the first token sampled (or the generation ended early).
+    started: bool,
+    /// The KV cache no longer matches `history` (a decode failed): cleared when the slot frees.
+    kv_invalid: bool,
     prompt_tokens: u32,
+    cached_tokens: u32,
     generated: u32,
     max_tokens: u32,
     batch_index: i32,
@@ -92,7 +116,11 @@ impl Slot {
                 None => self.pending.push_back(Event::Text(captured)),
             }
         }
-        let usage = Usage { prompt_tokens: self.prompt_tokens, completion_tokens: self.generated };
+        let usage = Usage {
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens,
+        };
         self.pending.push_back(Event::Finished { reason, usage });
         self.next = None;
     }
@@ -100,6 +128,12 @@ impl Slot {
     fn fail(&mut self, e: EngineError) {
         self.pending.push_back(Event::Failed(e));
         self.next = None;
+        self.started = true;
+    }
+
+    /// Still reading its prompt.
+    fn prefilling(&self) -> bool {
+        !self.started
     }
 
     /// Hands pending events to the reader's channel, as many as it has room for; false when
@@ -124,12 +158,6 @@ impl Slot {
         }
         true
     }
-}
-
-/// Adds the time since `began` to a nanosecond counter.
-fn add_nanos(counter: &std::sync::atomic::AtomicU64, began: Instant) {
-    let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    counter.fetch_add(nanos, Ordering::Relaxed);
 }
 
 /// The request's sampler: its tool-call grammar (if any) first, so that only tokens the grammar
@@ -177,10 +205,11 @@ impl Worker {
             parallel: config.parallel,
             context: config.context,
             threads: i32::try_from(threads).unwrap_or(1),
+            caches: vec![Vec::new(); config.parallel as usize],
         }
     }
 
-    pub fn run(self, queue: Receiver<Job>, ready: SyncSender<Result<(), String>>) {
+    pub fn run(mut self, queue: Receiver<Job>, ready: SyncSender<Result<(), String>>) {
         let backend = match backend() {
             Ok(b) => b,
             Err(e) => {
@@ -196,7 +225,9 @@ impl Worker {
             .with_n_seq_max(self.parallel)
             .with_n_threads(self.threads)
             .with_n_threads_batch(self.threads);
-        let mut ctx = match self.model.llama.new_context(backend, params) {
+        // The context borrows the model: from a handle of its own, so `self` stays free to change.
+        let model = self.model.clone();
+        let mut ctx = match model.llama.new_context(backend, params) {
             Ok(c) => c,
             Err(e) => {
                 let _ = ready.send(Err(format!("cannot create the llama.cpp context: {e}")));
@@ -208,6 +239,12 @@ impl Worker {
         let mut slots: Vec<Option<Slot>> = (0..self.parallel).map(|_| None).collect();
         let mut open = true;
         loop {
+            // Free the slots whose requests ended before admitting new ones, so that a client's
+            // next turn, sent as soon as it saw the last answer end, finds that answer's slot
+            // (and its cache) free.
+            for slot in &mut slots {
+                self.service(slot, &mut ctx);
+            }
             if slots.iter().all(Option::is_none) {
                 if !open {
                     return;
@@ -224,79 +261,179 @@ impl Worker {
                     Err(TryRecvError::Disconnected) => open = false,
                 }
             }
-            for slot in &mut slots {
-                self.service(slot, &mut ctx);
-            }
 
-            batch.clear();
-            let mut stepping = Vec::with_capacity(slots.len());
-            for (i, slot) in slots.iter_mut().enumerate() {
-                let Some(s) = slot else { continue };
-                let Some(token) = s.next.filter(|_| s.pending.is_empty()) else { continue };
-                s.batch_index = batch.n_tokens();
-                if let Err(e) = batch.add(token, s.n_past, &[s.seq], true) {
-                    s.fail(EngineError::Decode(e.to_string()));
-                    continue;
-                }
-                stepping.push(i);
-            }
-            if stepping.is_empty() {
-                if slots.iter().any(Option::is_some) {
-                    // Every running slot waits for its reader: wait for a reader or a new job.
-                    if open && slots.iter().any(Option::is_none) {
-                        match queue.recv_timeout(PAUSED_POLL) {
-                            Ok(job) => self.start(job, &mut slots, &mut ctx, &mut batch),
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Err(RecvTimeoutError::Disconnected) => open = false,
-                        }
-                    } else {
-                        std::thread::sleep(PAUSED_POLL);
+            if !self.step(&mut slots, &mut ctx, &mut batch) && slots.iter().any(Option::is_some) {
+                // Every running slot waits for its reader: wait for a reader or a new job.
+                if open && slots.iter().any(Option::is_none) {
+                    match queue.recv_timeout(PAUSED_POLL) {
+                        Ok(job) => self.start(job, &mut slots, &mut ctx, &mut batch),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => open = false,
                     }
+                } else {
+                    std::thread::sleep(PAUSED_POLL);
                 }
+            }
+        }
+    }
+
+    /// One decode: the next token of every generating slot whose reader keeps up, and a chunk of
+    /// the prompt of the first slot still reading one. False when there was nothing to decode.
+    fn step(&self, slots: &mut [Option<Slot>], ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch<'_>) -> bool {
+        batch.clear();
+        let mut stepping = Vec::with_capacity(slots.len());
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(s) = slot else { continue };
+            let Some(token) = s.next.filter(|_| s.pending.is_empty()) else { continue };
+            s.batch_index = batch.n_tokens();
+            if let Err(e) = batch.add(token, s.n_past, &[s.seq], true) {
+                s.fail(EngineError::Decode(e.to_string()));
                 continue;
             }
-            let began = Instant::now();
-            let decoded = ctx.decode(&mut batch);
-            add_nanos(&self.shared.generation_nanos, began);
-            for i in stepping {
-                let Some(s) = slots[i].as_mut() else { continue };
+            stepping.push(i);
+        }
+        let generating = stepping.len();
+        let room = (ctx.n_batch() as usize).saturating_sub(generating);
+        let budget = if generating > 0 { room.min(PREFILL_CHUNK_SHARED) } else { room };
+        // (slot, prompt tokens added, the chunk ends the prompt)
+        let mut reading: Option<(usize, usize, bool)> = None;
+        if budget > 0 {
+            if let Some((i, s)) =
+                slots.iter_mut().enumerate().find_map(|(i, s)| s.as_mut().filter(|s| s.prefilling()).map(|s| (i, s)))
+            {
+                let from = usize::try_from(s.n_past).unwrap_or(0);
+                let to = s.history.len().min(from + budget);
+                let mut added = Ok(());
+                for (pos, &t) in s.history[from..to].iter().enumerate().map(|(k, t)| (from + k, t)) {
+                    let last = pos + 1 == s.history.len();
+                    if last {
+                        s.batch_index = batch.n_tokens();
+                    }
+                    let pos32 = i32::try_from(pos).unwrap_or(i32::MAX);
+                    added = batch.add(t, pos32, &[s.seq], last);
+                    if added.is_err() {
+                        break;
+                    }
+                }
+                match added {
+                    Ok(()) => reading = Some((i, to - from, to == s.history.len())),
+                    Err(e) => {
+                        s.kv_invalid = true;
+                        s.fail(EngineError::Decode(e.to_string()));
+                    }
+                }
+            }
+        }
+        if batch.n_tokens() == 0 {
+            return false;
+        }
+        let began = Instant::now();
+        let decoded = ctx.decode(batch);
+        // A mixed batch's time is split by token count between prompt and generation.
+        let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let prompt_share = reading.map_or(0, |(_, n, _)| n) as u64;
+        let total = prompt_share + generating as u64;
+        let prompt_nanos = nanos.saturating_mul(prompt_share) / total.max(1);
+        self.shared.prompt_nanos.fetch_add(prompt_nanos, Ordering::Relaxed);
+        self.shared.generation_nanos.fetch_add(nanos - prompt_nanos, Ordering::Relaxed);
+        for i in stepping {
+            let Some(s) = slots[i].as_mut() else { continue };
+            match &decoded {
+                Ok(()) => {
+                    if let Some(t) = s.next {
+                        s.history.push(t);
+                    }
+                    s.n_past += 1;
+                    let token = s.sampler.sample(ctx, s.batch_index);
+                    self.on_token(s, token);
+                }
+                Err(e) => {
+                    s.kv_invalid = true;
+                    s.fail(EngineError::Decode(e.to_string()));
+                }
+            }
+            s.flush();
+        }
+        if let Some((i, n, done)) = reading {
+            if let Some(s) = slots[i].as_mut() {
                 match &decoded {
                     Ok(()) => {
-                        s.n_past += 1;
-                        let token = s.sampler.sample(&ctx, s.batch_index);
-                        self.on_token(s, token);
+                        s.n_past += i32::try_from(n).unwrap_or(0);
+                        self.shared.prompt_tokens.fetch_add(n as u64, Ordering::Relaxed);
+                        if done {
+                            self.begin(s, ctx);
+                        }
                     }
-                    Err(e) => s.fail(EngineError::Decode(e.to_string())),
+                    Err(e) => {
+                        s.kv_invalid = true;
+                        s.fail(EngineError::Decode(e.to_string()));
+                    }
                 }
                 s.flush();
             }
         }
+        true
+    }
+
+    /// The prompt is read: reports it and samples the first token (the prompt's last logits are
+    /// at the slot's batch index).
+    fn begin(&self, s: &mut Slot, ctx: &LlamaContext<'_>) {
+        s.started = true;
+        s.pending.push_back(Event::Started { prompt_tokens: s.prompt_tokens });
+        if s.max_tokens == 0 {
+            s.finish(FinishReason::Length, true);
+        } else {
+            let token = s.sampler.sample(ctx, s.batch_index);
+            self.on_token(s, token);
+        }
     }
 
     /// Delivers a slot's events and frees it when its generation is over or its reader gone.
-    fn service(&self, slot: &mut Option<Slot>, ctx: &mut LlamaContext<'_>) {
+    fn service(&mut self, slot: &mut Option<Slot>, ctx: &mut LlamaContext<'_>) {
         let Some(s) = slot else { return };
         let reader_gone = s.events.is_closed() || !s.flush();
-        let done = s.next.is_none() && s.pending.is_empty();
+        let done = s.started && s.next.is_none() && s.pending.is_empty();
         if !(reader_gone || done) {
             return;
         }
-        let counter = if s.next.is_some() { &self.shared.cancelled } else { &self.shared.finished };
+        let running = s.next.is_some() || !s.started;
+        let counter = if running { &self.shared.cancelled } else { &self.shared.finished };
         counter.fetch_add(1, Ordering::Relaxed);
-        if s.next.is_some() {
+        if running {
             tracing::debug!(seq = s.seq, generated = s.generated, "local generation cancelled: its reader is gone");
         }
-        let _ = ctx.clear_kv_cache_seq(u32::try_from(s.seq).ok(), None, None);
+        // Keep what the KV cache holds for the next request that starts the same way.
+        let seq = usize::try_from(s.seq).unwrap_or(0);
+        let mut kept = std::mem::take(&mut s.history);
+        if s.kv_invalid {
+            let _ = ctx.clear_kv_cache_seq(u32::try_from(s.seq).ok(), None, None);
+            kept.clear();
+        } else {
+            kept.truncate(usize::try_from(s.n_past).unwrap_or(0));
+        }
+        if let Some(c) = self.caches.get_mut(seq) {
+            *c = kept;
+        }
         *slot = None;
     }
 
-    /// Reads a new request's prompt into a free slot and samples its first token.
-    fn start(&self, job: Job, slots: &mut [Option<Slot>], ctx: &mut LlamaContext<'_>, batch: &mut LlamaBatch<'_>) {
-        let Some(i) = slots.iter().position(Option::is_none) else { return };
+    /// Puts a new request in the free slot whose KV cache shares the longest prefix with its
+    /// prompt; the rest of the prompt is read by the next steps.
+    fn start(&mut self, job: Job, slots: &mut [Option<Slot>], ctx: &mut LlamaContext<'_>, _batch: &mut LlamaBatch<'_>) {
         if job.events.is_closed() {
             self.shared.cancelled.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        let prompt = self.model.render(&job.request.messages, &job.request.tools).map(|p| self.model.tokenize(&p));
+        let free = slots.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i);
+        let common = |i: usize| match (&prompt, self.caches.get(i)) {
+            (Ok(p), Some(c)) => c.iter().zip(p).take_while(|(a, b)| a == b).count(),
+            _ => 0,
+        };
+        // The longest shared prefix; the first free slot among equals.
+        let Some((i, shared)) = free.map(|i| (i, common(i))).reduce(|a, b| if b.1 > a.1 { b } else { a }) else {
+            return;
+        };
         let seq = i32::try_from(i).unwrap_or(0);
         let sampler = sampler_for(&job.request.sampling, job.tools.as_ref(), &self.model);
         let tool_format = job.tools.as_ref().map(|t| t.format);
@@ -311,69 +448,58 @@ impl Worker {
             pending: VecDeque::new(),
             next: None,
             n_past: 0,
+            history: Vec::new(),
+            started: false,
+            kv_invalid: false,
             prompt_tokens: 0,
+            cached_tokens: 0,
             generated: 0,
             max_tokens: job.request.max_tokens.unwrap_or(u32::MAX),
             batch_index: 0,
         };
-        let prefilled = sampler.and_then(|sampler| {
-            slot.sampler = sampler;
-            self.prefill(&job.request.messages, &job.request.tools, seq, ctx, batch)
+        let checked = prompt.and_then(|tokens| {
+            slot.sampler = sampler?;
+            if tokens.is_empty() {
+                return Err(EngineError::Template("the templated prompt is empty".into()));
+            }
+            if tokens.len() >= self.context as usize {
+                return Err(EngineError::ContextExceeded { prompt: tokens.len(), context: self.context });
+            }
+            Ok(tokens)
         });
-        match prefilled {
-            Ok(n) => {
-                slot.prompt_tokens = n;
-                slot.n_past = i32::try_from(n).unwrap_or(i32::MAX);
-                slot.pending.push_back(Event::Started { prompt_tokens: n });
-                if slot.max_tokens == 0 {
-                    slot.finish(FinishReason::Length, true);
+        match checked {
+            Ok(tokens) => {
+                // At least the last prompt token is decoded again: its logits pick the first token.
+                let reuse = shared.min(tokens.len() - 1);
+                let kept = self.caches.get(i).map_or(0, Vec::len);
+                let trimmed = reuse == kept
+                    || ctx
+                        .clear_kv_cache_seq(u32::try_from(seq).ok(), u32::try_from(reuse).ok(), None)
+                        .unwrap_or(false);
+                // A model whose cache cannot drop a tail (recurrent ones) starts the sequence over.
+                let reuse = if trimmed {
+                    reuse
                 } else {
-                    let token = slot.sampler.sample(ctx, batch.n_tokens() - 1);
-                    self.on_token(&mut slot, token);
-                }
+                    let _ = ctx.clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
+                    0
+                };
+                slot.prompt_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
+                slot.cached_tokens = u32::try_from(reuse).unwrap_or(0);
+                slot.n_past = i32::try_from(reuse).unwrap_or(0);
+                slot.history = tokens;
             }
             Err(e) => {
-                let _ = ctx.clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
+                // The cache of this sequence is untouched and stays usable.
+                slot.n_past = i32::try_from(self.caches.get(i).map_or(0, Vec::len)).unwrap_or(0);
+                slot.history = self.caches.get(i).cloned().unwrap_or_default();
                 slot.fail(e);
             }
         }
+        if let Some(c) = self.caches.get_mut(i) {
+            c.clear();
+        }
         slot.flush();
         slots[i] = Some(slot);
-    }
-
-    /// Templates, tokenises and decodes the prompt into sequence `seq`; returns its length in
-    /// tokens. The last token's logits are left in `batch`'s last position.
-    fn prefill(
-        &self,
-        messages: &[crate::engine::Message],
-        tools: &[crate::engine::Tool],
-        seq: i32,
-        ctx: &mut LlamaContext<'_>,
-        batch: &mut LlamaBatch<'_>,
-    ) -> Result<u32, EngineError> {
-        let tokens = self.model.tokenize(&self.model.render(messages, tools)?);
-        if tokens.is_empty() {
-            return Err(EngineError::Template("the templated prompt is empty".into()));
-        }
-        if tokens.len() >= self.context as usize {
-            return Err(EngineError::ContextExceeded { prompt: tokens.len(), context: self.context });
-        }
-        let _ = ctx.clear_kv_cache_seq(u32::try_from(seq).ok(), None, None);
-        let last = tokens.len() - 1;
-        let chunk = (ctx.n_batch() as usize).max(1);
-        for (c, part) in tokens.chunks(chunk).enumerate() {
-            batch.clear();
-            for (j, &t) in part.iter().enumerate() {
-                let pos = c * chunk + j;
-                let pos32 = i32::try_from(pos).map_err(|e| EngineError::Decode(e.to_string()))?;
-                batch.add(t, pos32, &[seq], pos == last).map_err(|e| EngineError::Decode(e.to_string()))?;
-            }
-            let began = Instant::now();
-            ctx.decode(batch).map_err(|e| EngineError::Decode(e.to_string()))?;
-            add_nanos(&self.shared.prompt_nanos, began);
-        }
-        self.shared.prompt_tokens.fetch_add(tokens.len() as u64, Ordering::Relaxed);
-        u32::try_from(tokens.len()).map_err(|e| EngineError::Decode(e.to_string()))
     }
 
     /// Takes a sampled token: ends the generation (end of turn, stop sequence, max_tokens, full

@@ -33,6 +33,13 @@ fn greedy(max_tokens: u32) -> GenerateRequest {
     }
 }
 
+/// `o` as if its prompt had been read from scratch: for comparing answers, whatever the slot's
+/// prompt cache held.
+fn uncached(mut o: Output) -> Output {
+    o.usage.cached_tokens = 0;
+    o
+}
+
 async fn run(e: &Engine, r: GenerateRequest) -> Output {
     e.generate(r).expect("admitted").collect().await.expect("generated")
 }
@@ -46,7 +53,10 @@ async fn the_chat_template_comes_from_the_gguf_and_usage_counts_its_tokens() {
         "<|im_start|>system\nYou are terse.<|im_end|>\n<|im_start|>user\nHello there, what is the answer?<|im_end|>\n<|im_start|>assistant\n"
     );
     let out = run(&e, greedy(16)).await;
-    assert_eq!(out.usage, Usage { prompt_tokens: e.count_tokens(&prompt) as u32, completion_tokens: 16 });
+    assert_eq!(
+        out.usage,
+        Usage { prompt_tokens: e.count_tokens(&prompt) as u32, completion_tokens: 16, cached_tokens: 0 }
+    );
     // BOS, 3 × <|im_start|>, 3 × <|im_end|> and at least one token per word.
     assert!(out.usage.prompt_tokens > 7 + 10, "{:?}", out.usage);
     // The engine's counters saw the same tokens, and time spent on both phases.
@@ -61,7 +71,10 @@ async fn greedy_output_is_the_same_every_time_and_max_tokens_is_exact() {
     let e = engine(1, 0, 512);
     let a = run(&e, greedy(24)).await;
     let b = run(&e, greedy(24)).await;
-    assert_eq!(a, b);
+    // The second time the prompt is in the slot's cache: all of it but the last token is reused,
+    // and the answer is the same.
+    assert_eq!((a.usage.cached_tokens, b.usage.cached_tokens), (0, b.usage.prompt_tokens - 1));
+    assert_eq!(a, uncached(b));
     assert_eq!(a.finish, FinishReason::Length);
     assert_eq!(a.usage.completion_tokens, 24);
     assert!(!a.text.is_empty());
@@ -77,7 +90,7 @@ async fn a_seed_makes_sampling_repeatable() {
     let sampled =
         |seed| GenerateRequest { sampling: Sampling { temperature: 1.0, top_p: 0.9, seed: Some(seed) }, ..greedy(24) };
     let a = run(&e, sampled(7)).await;
-    assert_eq!(a, run(&e, sampled(7)).await);
+    assert_eq!(a, uncached(run(&e, sampled(7)).await));
     assert_eq!(a.usage.completion_tokens, 24);
 }
 
@@ -106,7 +119,8 @@ async fn streaming_events_come_in_order_and_add_up_to_the_answer() {
         events.push(ev);
     }
     assert_eq!(events.first(), Some(&Event::Started { prompt_tokens: whole.usage.prompt_tokens }));
-    assert_eq!(events.last(), Some(&Event::Finished { reason: FinishReason::Length, usage: whole.usage }));
+    let cached = Usage { cached_tokens: whole.usage.prompt_tokens - 1, ..whole.usage };
+    assert_eq!(events.last(), Some(&Event::Finished { reason: FinishReason::Length, usage: cached }));
     let text: String = events[1..events.len() - 1]
         .iter()
         .map(|ev| match ev {
@@ -145,8 +159,8 @@ async fn a_dropped_generation_stops_and_frees_its_slot() {
     drop(g);
     e.until_idle().await;
     assert_eq!(e.stats().cancelled, 1);
-    // The freed sequence starts clean: the same prompt gives the same answer.
-    assert_eq!(run(&e, greedy(12)).await, expected);
+    // The freed sequence is reused: the same prompt gives the same answer.
+    assert_eq!(uncached(run(&e, greedy(12)).await), expected);
 }
 
 #[tokio::test]
@@ -156,8 +170,8 @@ async fn parallel_sequences_each_get_their_own_answer() {
     let other = GenerateRequest { messages: vec![Message::new("user", "Something else entirely.")], ..greedy(16) };
     let other_alone = run(&e, other.clone()).await;
     let (a, b) = tokio::join!(run(&e, greedy(16)), run(&e, other));
-    assert_eq!(a, alone);
-    assert_eq!(b, other_alone);
+    assert_eq!(uncached(a), alone);
+    assert_eq!(uncached(b), uncached(other_alone));
 }
 
 #[tokio::test]
@@ -278,7 +292,8 @@ async fn required_tool_choice_forces_a_call_that_satisfies_the_schema() {
         events.push(ev);
     }
     assert_eq!(events.first(), Some(&Event::Started { prompt_tokens: out.usage.prompt_tokens }));
-    assert_eq!(events.last(), Some(&Event::Finished { reason: FinishReason::ToolCalls, usage: out.usage }));
+    let cached = Usage { cached_tokens: out.usage.prompt_tokens - 1, ..out.usage };
+    assert_eq!(events.last(), Some(&Event::Finished { reason: FinishReason::ToolCalls, usage: cached }));
     let Event::ToolCalls(calls) = &events[events.len() - 2] else { panic!("{events:?}") };
     assert_eq!(
         (calls[0].name.as_str(), calls[0].arguments.as_str()),
@@ -413,4 +428,67 @@ async fn llama3_and_mistral_formats_force_well_formed_calls_too() {
             }
         }
     }
+}
+
+/// The next turn of a conversation reuses the KV cache of the turn before: the earlier prompt is
+/// not read again, and the answer is the one a fresh engine gives.
+#[tokio::test]
+async fn the_next_turn_reuses_the_cached_prompt_and_answers_the_same() {
+    let e = engine(2, 0, 512);
+    let first = run(&e, greedy(6)).await;
+    assert_eq!(first.usage.cached_tokens, 0);
+    let mut turn = messages();
+    turn.push(Message::new("assistant", first.text.clone()));
+    turn.push(Message::new("user", "And then?"));
+    let next = GenerateRequest { messages: turn, ..greedy(6) };
+    let cached = run(&e, next.clone()).await;
+    assert!(
+        cached.usage.cached_tokens >= first.usage.prompt_tokens
+            && cached.usage.cached_tokens < cached.usage.prompt_tokens,
+        "{:?} after {:?}",
+        cached.usage,
+        first.usage
+    );
+    let fresh = run(&engine(1, 0, 512), next).await;
+    assert_eq!(fresh.usage.cached_tokens, 0);
+    assert_eq!(uncached(cached), fresh);
+    // An unrelated prompt shares only what every prompt starts with; the other slot, whose
+    // cache is empty, or this one: either way the answer is right.
+    let other = GenerateRequest { messages: vec![Message::new("user", "Unrelated.")], ..greedy(6) };
+    let o = run(&e, other.clone()).await;
+    assert!(o.usage.cached_tokens <= 3, "{:?}", o.usage);
+    assert_eq!(uncached(o), run(&engine(1, 0, 512), other).await);
+}
+
+/// A long prompt is read in chunks between the tokens of a generation already running, rather
+/// than stopping it until the whole prompt is read (chunked prefill).
+#[tokio::test]
+async fn a_long_prompt_is_read_between_the_tokens_of_a_running_generation() {
+    let e = engine(2, 0, 2048);
+    let long = vec![Message::new("user", "alpha beta gamma delta ".repeat(70))];
+    let long_tokens = e.count_tokens(&e.render(&long).unwrap());
+    assert!((1000..2000).contains(&long_tokens), "{long_tokens}");
+    let mut running = e.generate(greedy(1500)).unwrap();
+    assert!(matches!(running.next().await, Some(Event::Started { .. })));
+    assert!(matches!(running.next().await, Some(Event::Text(_))));
+    // Keep reading the running generation, as a client would.
+    let reader = tokio::spawn(async move {
+        let mut texts = 0;
+        while let Some(ev) = running.next().await {
+            if matches!(ev, Event::Text(_)) {
+                texts += 1;
+            }
+        }
+        texts
+    });
+    let before = e.stats().generated_tokens;
+    let mut g = e.generate(GenerateRequest { messages: long, ..greedy(1) }).unwrap();
+    assert_eq!(g.next().await, Some(Event::Started { prompt_tokens: long_tokens as u32 }));
+    let during = e.stats().generated_tokens - before;
+    // At most 128 prompt tokens a step while the other sequence generates: one of its tokens
+    // per chunk (the long prompt's own first token is counted too).
+    let chunks = long_tokens.div_ceil(128) as u64;
+    assert!(during >= chunks - 1, "{during} tokens generated while {chunks} chunks were read");
+    drop(g);
+    reader.abort();
 }

@@ -174,11 +174,14 @@ fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// OpenAI's usage object; prompt tokens the engine's prompt cache reused are reported as
+/// OpenAI reports its own cache hits, in `prompt_tokens_details.cached_tokens`.
 fn usage_json(u: triage_local::Usage) -> Value {
     json!({
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     })
 }
 
