@@ -22,7 +22,7 @@ pub fn luhn(s: &str) -> bool {
         sum += d;
         n += 1;
     }
-    n > 0 && sum % 10 == 0
+    n > 0 && sum.is_multiple_of(10)
 }
 
 /// True when the digits of a card candidate start with an issuer prefix of a payment network
