@@ -39,9 +39,12 @@ TOOLS_FROM=${TOOLS_FROM:-llama-cpp-python==0.3.36}
 # other as the throughput example (e.g. a copy of it from an earlier build).
 ALSO=${ALSO:-}
 # Before each measurement, wait until the machine is idle (other processes below QUIET_PCT % of
-# all CPUs over 2 s), at most QUIET_WAIT seconds; the CPU use found is recorded either way.
-QUIET_PCT=${QUIET_PCT:-10}
+# all CPUs over 2 s), at most QUIET_WAIT seconds.
+QUIET_PCT=${QUIET_PCT:-5}
 QUIET_WAIT=${QUIET_WAIT:-300}
+# A measurement during which other processes took more than QUIET_PCT % of the CPUs is run
+# again, at most this many times (the rows record how much they took).
+RETRIES=${RETRIES:-3}
 # The model's shape (throughput write-gguf's options).
 SHAPE=${SHAPE:---layers 16 --embd 1024 --heads 16 --kv-heads 4 --ff 2816 --vocab 32000}
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
@@ -141,9 +144,7 @@ if [ ! -f "$model" ]; then
   fi
 fi
 
-# 5. Interleaved rounds.
-results=$CACHE/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl
-: > "$results"
+# 5. The contenders, each printing JSON lines.
 bench_llama() { # flags
   "${bin[$1]}/llama-bench" -m "$model" -t "$THREADS" -p "$PP" -n "$TG" -b 512 -ub 512 -r "$REPS" -o jsonl 2>>"$CACHE/llama-bench.log" |
     python3 -c '
@@ -186,21 +187,64 @@ wait_quiet() {
   done
   echo "$busy"
 }
+# Runs "$@" (a bench_* function, in a child bash) and prints its JSON lines, each with
+# "others_pct": the CPU time other processes took during the run, in percent of all CPUs.
+# Other processes steal cycles from a THREADS-wide decode (and from its spinning barriers), so
+# a run during which they took more than QUIET_PCT % is run again, at most RETRIES times.
+measured() {
+  local tries=0 out others
+  while :; do
+    wait_quiet > /dev/null
+    out=$(python3 - "$@" <<'PY'
+import json, os, subprocess, sys, time
+def stat():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(f) - f[3] - f[4]
+hz, ncpu = os.sysconf("SC_CLK_TCK"), os.cpu_count()
+b0, w0 = stat(), time.monotonic()
+p = subprocess.Popen(["bash", "-c", 'source "$0"; "$@"', os.environ["FUNCS"], *sys.argv[1:]], stdout=subprocess.PIPE, text=True)
+out = p.stdout.read()
+_, status, ru = os.wait4(p.pid, 0)
+b1, w1 = stat(), time.monotonic()
+ours = ru.ru_utime + ru.ru_stime
+others = max(0.0, (b1 - b0) / hz - ours) / ((w1 - w0) * ncpu) * 100
+for line in out.splitlines():
+    if line.startswith("{"):
+        d = json.loads(line); d["others_pct"] = round(others, 1); print(json.dumps(d))
+print(f"#others {others:.0f}")
+PY
+)
+    others=$(printf '%s\n' "$out" | sed -n 's/^#others //p')
+    tries=$((tries + 1))
+    if [ "${others:-100}" -le "$QUIET_PCT" ] || [ "$tries" -gt "$RETRIES" ]; then break; fi
+    log "   other processes took $others % of the CPUs during it: again"
+  done
+  log "   (other processes: $others % of the CPUs)"
+  printf '%s\n' "$out" | grep '^{'
+}
+
+# 5. Interleaved rounds (the bench_* functions run in child shells: exported through a file).
+FUNCS=$CACHE/funcs.sh
+{
+  declare -p bin model THREADS PP TG REPS CACHE
+  declare -f bench_llama bench_engine bench_also
+} > "$FUNCS"
+export FUNCS
+results=$CACHE/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl
+: > "$results"
 for round in $(seq "$ROUNDS"); do
   # Odd rounds in order, even rounds in reverse order.
   order="$LLAMA_FLAGS engine $ALSO"
   if [ $((round % 2)) = 0 ]; then order=$(printf '%s\n' $order | tac | tr '\n' ' '); fi
   for who in $order; do
-    busy=$(wait_quiet)
-    log "== round $round/$ROUNDS: $who (other CPU use before it: $busy %)"
+    log "== round $round/$ROUNDS: $who"
     case $who in
-      engine) bench_engine "$throughput" triage-local ;;
-      *=*) bench_also "$who" ;;
-      *) bench_llama "$who" ;;
+      engine) measured bench_engine "$throughput" triage-local ;;
+      *=*) measured bench_also "$who" ;;
+      *) measured bench_llama "$who" ;;
     esac | python3 -c 'import json, sys
 for l in sys.stdin:
-    d = json.loads(l); d["round"] = int(sys.argv[1]); d["busy_before"] = int(sys.argv[2]); print(json.dumps(d))' "$round" "$busy" \
-      >> "$results"
+    d = json.loads(l); d["round"] = int(sys.argv[1]); print(json.dumps(d))' "$round" >> "$results"
   done
 done
 
@@ -235,7 +279,7 @@ for t, eng, ref in [(t, e, ref) for t in tests for e in engines for ref in refs]
     print(f"| {t} | {eng} | {statistics.mean(ens):.2f} ± {sd(ens):.2f} | {ref} | {statistics.mean(lbs):.2f} ± {sd(lbs):.2f} | "
           f"{ratio:.3f} | {' '.join(f'{x:.3f}' for x in per_round)} |")
 print()
-busy = max(r.get("busy_before", 0) for r in rows)
-print(f"highest CPU use by other processes just before a measurement: {busy} %")
+others = max(r.get("others_pct", 0) for r in rows)
+print(f"most CPU time taken by other processes during one measurement: {others} % of the CPUs")
 print(f"raw results: {path}")
 PY
