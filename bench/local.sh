@@ -249,10 +249,13 @@ for l in sys.stdin:
 done
 
 # 6. Summary.
-python3 - "$results" "$model" "$THREADS" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" <<'PY'
+python3 - "$results" "$model" "$THREADS" "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" "$QUIET_PCT" <<'PY'
 import json, statistics, sys
-path, model, threads, cpu = sys.argv[1:]
-rows = [json.loads(l) for l in open(path)]
+path, model, threads, cpu, quiet = sys.argv[1:]
+every = [json.loads(l) for l in open(path)]
+# Measurements that other processes still disturbed after every retry are left out.
+rows = [r for r in every if r.get("others_pct", 0) <= float(quiet)]
+left_out = [r for r in every if r not in rows]
 tests = sorted({r["test"] for r in rows}, key=lambda t: (t[:2] != "pp", t))
 refs = sorted({r["engine"] for r in rows if r["engine"].startswith("llama-bench")})
 engines = ["triage-local"] + sorted({r["engine"] for r in rows} - set(refs) - {"triage-local"})
@@ -266,20 +269,25 @@ for t, eng, ref in [(t, e, ref) for t in tests for e in engines for ref in refs]
     lb, en = pick(ref), pick(eng)
     if not lb or not en:
         continue
-    lbs = [x for r in lb for x in r["samples_ts"]]
-    ens = [x for r in en for x in r["samples_ts"]]
+    # Only rounds in which both were kept.
+    both = {r["round"] for r in lb} & {r["round"] for r in en}
+    lbs = [x for r in lb if r["round"] in both for x in r["samples_ts"]]
+    ens = [x for r in en if r["round"] in both for x in r["samples_ts"]]
+    if not both:
+        continue
     per_round = []
-    for rnd in sorted({r["round"] for r in lb}):
+    for rnd in sorted(both):
         a = [r["avg_ts"] for r in lb if r["round"] == rnd]
         b = [r["avg_ts"] for r in en if r["round"] == rnd]
-        if a and b:
-            per_round.append(b[0] / a[0])
+        per_round.append(b[0] / a[0])
     ratio = statistics.mean(ens) / statistics.mean(lbs)
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
     print(f"| {t} | {eng} | {statistics.mean(ens):.2f} ± {sd(ens):.2f} | {ref} | {statistics.mean(lbs):.2f} ± {sd(lbs):.2f} | "
           f"{ratio:.3f} | {' '.join(f'{x:.3f}' for x in per_round)} |")
 print()
 others = max(r.get("others_pct", 0) for r in rows)
-print(f"most CPU time taken by other processes during one measurement: {others} % of the CPUs")
+print(f"most CPU time taken by other processes during a measurement kept: {others} % of the CPUs")
+for r in left_out:
+    print(f"left out (other processes took {r['others_pct']} % of the CPUs): round {r['round']} {r['engine']} {r['test']}")
 print(f"raw results: {path}")
 PY
