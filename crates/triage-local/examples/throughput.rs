@@ -83,6 +83,11 @@ enum Cmd {
         /// `samples_ts`, as llama-bench's JSON names them).
         #[arg(long)]
         json: bool,
+        /// Diagnostic: in the tg test, stop reading events after `Started` and wait for the
+        /// engine to go idle instead, so the reader is not woken for every token (the events
+        /// must fit the channel: tg at most 60).
+        #[arg(long)]
+        quiet_reader: bool,
     },
 }
 
@@ -106,9 +111,12 @@ fn main() -> Result<(), Error> {
             eprintln!("wrote {} ({:.1} M parameters)", path.display(), model.parameters() as f64 / 1e6);
             Ok(())
         }
-        Cmd::Run { model, threads, pp, tg, reps, json } => {
+        Cmd::Run { model, threads, pp, tg, reps, json, quiet_reader } => {
+            if quiet_reader && tg > 60 {
+                return Err("--quiet-reader needs --tg 60 or less".into());
+            }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(run(model, threads, pp, tg, reps, json))
+            rt.block_on(run(model, threads, pp, tg, reps, json, quiet_reader))
         }
     }
 }
@@ -200,7 +208,33 @@ fn report(test: &str, n_prompt: u32, n_gen: u32, threads: u32, samples: &[f64], 
     }
 }
 
-async fn run(model: PathBuf, threads: u32, pp: u32, tg: u32, reps: u32, json: bool) -> Result<(), Error> {
+/// Started to idle, without reading the events in between (see `--quiet-reader`).
+async fn once_quiet(engine: &Engine, req: GenerateRequest) -> Result<Duration, Error> {
+    let mut g = engine.generate(req)?;
+    match g.next().await {
+        Some(Event::Started { .. }) => {}
+        _ => return Err("no Started event".into()),
+    }
+    let s = Instant::now();
+    engine.until_idle().await;
+    let elapsed = s.elapsed();
+    while let Some(ev) = g.next().await {
+        if let Event::Failed(e) = ev {
+            return Err(e.into());
+        }
+    }
+    Ok(elapsed)
+}
+
+async fn run(
+    model: PathBuf,
+    threads: u32,
+    pp: u32,
+    tg: u32,
+    reps: u32,
+    json: bool,
+    quiet_reader: bool,
+) -> Result<(), Error> {
     let engine = Engine::load(EngineConfig {
         model_path: model,
         parallel: 1,
@@ -241,11 +275,16 @@ async fn run(model: PathBuf, threads: u32, pp: u32, tg: u32, reps: u32, json: bo
         let content = content.ok_or("the model ends every answer before tg tokens")?;
         let mut samples = Vec::new();
         for _ in 0..reps {
-            let r = once(&engine, request(&content, tg + 1)).await?;
-            if r.completion_tokens != tg + 1 {
-                return Err(format!("generated {} tokens, not {}", r.completion_tokens, tg + 1).into());
-            }
-            samples.push(f64::from(tg) / r.started_to_finished.as_secs_f64());
+            let elapsed = if quiet_reader {
+                once_quiet(&engine, request(&content, tg + 1)).await?
+            } else {
+                let r = once(&engine, request(&content, tg + 1)).await?;
+                if r.completion_tokens != tg + 1 {
+                    return Err(format!("generated {} tokens, not {}", r.completion_tokens, tg + 1).into());
+                }
+                r.started_to_finished
+            };
+            samples.push(f64::from(tg) / elapsed.as_secs_f64());
         }
         report(&format!("tg{tg}"), 0, tg, threads, &samples, json);
     }
