@@ -190,6 +190,12 @@ async fn a_repeated_prompt_is_served_from_the_prompt_cache_and_reported_as_cache
     assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"], p - 1, "{again}");
     assert_eq!(again["usage"]["prompt_tokens"], p);
     assert_eq!(again["choices"][0]["message"]["content"], expected.text.as_str());
+    // llama.cpp server's `cache_prompt: false` reads the whole prompt again.
+    let mut fresh: serde_json::Value = serde_json::from_str(&request(false, 6)).unwrap();
+    fresh["cache_prompt"] = json!(false);
+    let fresh = json_body(post(&gw, &fresh.to_string()).await).await;
+    assert_eq!(fresh["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{fresh}");
+    assert_eq!(fresh["choices"][0]["message"]["content"], expected.text.as_str());
     // Anthropic counts cache reads apart from the input tokens.
     let body = json!({"model": "tiny", "max_tokens": 6, "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]});
     let resp = client()

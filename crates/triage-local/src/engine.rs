@@ -171,11 +171,15 @@ pub struct GenerateRequest {
     pub tool_choice: ToolChoice,
     /// Whether one turn may hold several calls (Hermes and Mistral formats; Llama 3 makes one).
     pub parallel_tool_calls: bool,
+    /// Reuse the KV cache a free sequence holds from an earlier request that started the same
+    /// way, reading only the rest of the prompt (llama.cpp server's `cache_prompt`); false reads
+    /// the whole prompt again (a benchmark of prompt processing wants that).
+    pub cache_prompt: bool,
 }
 
 impl Default for GenerateRequest {
     /// No messages, no limit, no stop, default sampling, no tools (parallel calls allowed, as
-    /// OpenAI's default).
+    /// OpenAI's default), the prompt cache used.
     fn default() -> Self {
         GenerateRequest {
             messages: Vec::new(),
@@ -185,6 +189,7 @@ impl Default for GenerateRequest {
             tools: Vec::new(),
             tool_choice: ToolChoice::Auto,
             parallel_tool_calls: true,
+            cache_prompt: true,
         }
     }
 }

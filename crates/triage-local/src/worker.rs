@@ -426,8 +426,9 @@ impl Worker {
         }
         let prompt = self.model.render(&job.request.messages, &job.request.tools).map(|p| self.model.tokenize(&p));
         let free = slots.iter().enumerate().filter(|(_, s)| s.is_none()).map(|(i, _)| i);
+        let use_cache = job.request.cache_prompt;
         let common = |i: usize| match (&prompt, self.caches.get(i)) {
-            (Ok(p), Some(c)) => c.iter().zip(p).take_while(|(a, b)| a == b).count(),
+            (Ok(p), Some(c)) if use_cache => c.iter().zip(p).take_while(|(a, b)| a == b).count(),
             _ => 0,
         };
         // The longest shared prefix; the first free slot among equals.

@@ -449,7 +449,11 @@ async fn the_next_turn_reuses_the_cached_prompt_and_answers_the_same() {
         cached.usage,
         first.usage
     );
+    // Asked not to, the engine reads the whole prompt again.
+    let uncached_run = run(&e, GenerateRequest { cache_prompt: false, ..next.clone() }).await;
+    assert_eq!(uncached_run.usage.cached_tokens, 0);
     let fresh = run(&engine(1, 0, 512), next).await;
+    assert_eq!(uncached_run, fresh);
     assert_eq!(fresh.usage.cached_tokens, 0);
     assert_eq!(uncached(cached), fresh);
     // An unrelated prompt shares only what every prompt starts with; the other slot, whose

@@ -1,14 +1,21 @@
-//! A tiny llama-architecture GGUF with random weights, for tests of the local engine.
+//! A llama-architecture GGUF with random weights, tiny by default, for tests of the local engine
+//! (and, made larger, for its throughput benchmark).
 //!
 //! No real weights can be downloaded where Triage is tested, so the tests write their own model:
-//! 2 layers, 64-wide embeddings, 4 heads, a 128-wide feed-forward and a 360-token SentencePiece
-//! ("llama") vocabulary with byte fallback, so any text tokenizes. Its chat template is ChatML,
-//! which llama.cpp recognises, or ([`TinyLlama::chat_template`]) ChatML with tools. The weights come from a seeded generator: the same seed writes the
-//! same file, byte for byte, and the same model answers the same prompt the same way.
+//! by default 2 layers, 64-wide embeddings, 4 heads, a 128-wide feed-forward and a 360-token
+//! SentencePiece ("llama") vocabulary with byte fallback, so any text tokenizes. Its chat template
+//! is ChatML, which llama.cpp recognises, or ([`TinyLlama::chat_template`]) ChatML with tools.
+//! The weights come from a seeded generator: the same seed writes the same file, byte for byte,
+//! and the same model answers the same prompt the same way.
+//!
+//! Every dimension can be changed, the vocabulary padded to any size with unused tokens, and the
+//! matrices written as F16 instead of F32 (llama.cpp's `llama-quantize` takes such a file to
+//! Q8_0, Q4_K_M, ...): the speed of a model depends on its shape and number format, not on the
+//! values of its weights, so a random model of a real model's shape runs as fast as the real one.
 //!
 //! The file format is GGUF version 3 as specified in ggml's `docs/gguf.md`: magic `GGUF`, version,
 //! tensor count, metadata count, metadata key/values, tensor infos, padding to
-//! `general.alignment` (32), then the tensor data (F32 here), each tensor aligned.
+//! `general.alignment` (32), then the tensor data (F32, or F16 matrices), each tensor aligned.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -70,7 +77,16 @@ pub const CHATML_TOOLS_TEMPLATE: &str = r#"{%- if tools %}
 ' }}
 {%- endif %}"#;
 
-/// Shape of the tiny model.
+/// How the weight matrices are stored (the norms are always F32, as llama.cpp wants them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (IEEE half): half the size, and what `llama-quantize` starts from.
+    F16,
+}
+
+/// Shape of the model.
 #[derive(Debug, Clone, Copy)]
 pub struct TinyLlama {
     /// Seed of the weights.
@@ -79,8 +95,11 @@ pub struct TinyLlama {
     pub layers: u32,
     /// Embedding width.
     pub embd: u32,
-    /// Attention heads (the key/value heads are as many).
+    /// Attention heads.
     pub heads: u32,
+    /// Key/value heads (grouped-query attention when fewer than `heads`; must divide it); 0 =
+    /// as many as `heads`.
+    pub kv_heads: u32,
     /// Feed-forward width.
     pub ff: u32,
     /// Training context length written to the metadata, in tokens.
@@ -88,6 +107,11 @@ pub struct TinyLlama {
     /// `tokenizer.chat_template`: [`CHATML_TEMPLATE`] by default, [`CHATML_TOOLS_TEMPLATE`] for
     /// tool calling.
     pub chat_template: &'static str,
+    /// Vocabulary size: the tokens below, padded with unused tokens (`<pad_N>`, never produced by
+    /// the tokenizer) up to this many; a smaller number leaves the vocabulary as it is.
+    pub vocab: u32,
+    /// Number format of the matrices.
+    pub weights: Weights,
 }
 
 impl Default for TinyLlama {
@@ -97,9 +121,12 @@ impl Default for TinyLlama {
             layers: 2,
             embd: 64,
             heads: 4,
+            kv_heads: 0,
             ff: 128,
             context_length: 2048,
             chat_template: CHATML_TEMPLATE,
+            vocab: 0,
+            weights: Weights::F32,
         }
     }
 }
@@ -108,6 +135,7 @@ impl Default for TinyLlama {
 const NORMAL: i32 = 1;
 const UNKNOWN: i32 = 2;
 const CONTROL: i32 = 3;
+const UNUSED: i32 = 5;
 const BYTE: i32 = 6;
 
 /// The id of `<|im_end|>` (ChatML's end of turn) in the tiny vocabulary.
@@ -176,7 +204,16 @@ fn vocab() -> Vec<(String, f32, i32)> {
     v
 }
 
-/// Size of the tiny vocabulary.
+/// `vocab()` padded with unused tokens to `size` entries.
+fn padded_vocab(size: u32) -> Vec<(String, f32, i32)> {
+    let mut v = vocab();
+    for i in v.len()..size as usize {
+        v.push((format!("<pad_{i}>"), -1000.0, UNUSED));
+    }
+    v
+}
+
+/// Size of the tiny (unpadded) vocabulary.
 pub fn vocab_size() -> usize {
     vocab().len()
 }
@@ -196,6 +233,39 @@ impl Rng {
     }
 }
 
+/// `x` as IEEE half-precision bits, rounded to nearest even (no NaN handling: the weights are
+/// finite).
+fn f16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
+    let mant = b & 0x7f_ffff;
+    if exp >= 0x1f {
+        return sign | 0x7c00; // too large: infinity
+    }
+    if exp <= 0 {
+        if exp < -10 {
+            return sign; // too small: zero
+        }
+        // Subnormal: the implicit 1 made explicit, shifted into place, rounded.
+        let m = mant | 0x80_0000;
+        let shift = (14 - exp) as u32;
+        let half = 1u32 << (shift - 1);
+        let rest = m & ((1u32 << shift) - 1);
+        let mut h = m >> shift;
+        if rest > half || (rest == half && h & 1 == 1) {
+            h += 1;
+        }
+        return sign | h as u16;
+    }
+    let mut h = ((exp as u32) << 10) | (mant >> 13);
+    let rest = mant & 0x1fff;
+    if rest > 0x1000 || (rest == 0x1000 && h & 1 == 1) {
+        h += 1; // may carry into the exponent, which is the right answer
+    }
+    sign | h as u16
+}
+
 enum Value {
     U32(u32),
     F32(f32),
@@ -206,12 +276,36 @@ enum Value {
     I32s(Vec<i32>),
 }
 
+/// How a tensor's values are made.
+enum Init {
+    /// Uniform in [-scale, scale), from the seeded stream.
+    Random(f32),
+    /// All 1 (the norms).
+    Ones,
+}
+
 struct Tensor {
     name: String,
     /// ggml order: `dims[0]` varies fastest.
     dims: Vec<u64>,
-    data: Vec<f32>,
+    init: Init,
+    /// Stored as F16 (else F32).
+    half: bool,
 }
+
+impl Tensor {
+    fn len(&self) -> usize {
+        self.dims.iter().product::<u64>() as usize
+    }
+
+    fn bytes(&self) -> u64 {
+        (self.len() * if self.half { 2 } else { 4 }) as u64
+    }
+}
+
+// ggml tensor types.
+const GGML_F32: u32 = 0;
+const GGML_F16: u32 = 1;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
@@ -275,17 +369,20 @@ fn put_value(out: &mut Vec<u8>, v: &Value) {
 const ALIGNMENT: usize = 32;
 
 fn pad(out: &mut Vec<u8>) {
-    while out.len() % ALIGNMENT != 0 {
+    while !out.len().is_multiple_of(ALIGNMENT) {
         out.push(0);
     }
 }
 
 impl TinyLlama {
-    /// The whole GGUF file.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let vocab = vocab();
+    /// The metadata and the tensors (in file order, which is also the order their values are
+    /// drawn from the seeded stream).
+    fn layout(&self) -> (Vec<(&'static str, Value)>, Vec<Tensor>) {
+        let vocab = padded_vocab(self.vocab);
         let n_vocab = vocab.len() as u64;
+        let kv_heads = if self.kv_heads == 0 { self.heads } else { self.kv_heads };
         let (embd, ff) = (u64::from(self.embd), u64::from(self.ff));
+        let kv_embd = embd / u64::from(self.heads.max(1)) * u64::from(kv_heads);
         let kv: Vec<(&str, Value)> = vec![
             ("general.architecture", Value::Str("llama".into())),
             ("general.name", Value::Str(format!("triage-tiny-llama-seed{}", self.seed))),
@@ -295,7 +392,7 @@ impl TinyLlama {
             ("llama.block_count", Value::U32(self.layers)),
             ("llama.feed_forward_length", Value::U32(self.ff)),
             ("llama.attention.head_count", Value::U32(self.heads)),
-            ("llama.attention.head_count_kv", Value::U32(self.heads)),
+            ("llama.attention.head_count_kv", Value::U32(kv_heads)),
             ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
             ("llama.rope.dimension_count", Value::U32(self.embd / self.heads)),
             ("llama.rope.freq_base", Value::F32(10000.0)),
@@ -311,69 +408,106 @@ impl TinyLlama {
             ("tokenizer.chat_template", Value::Str(self.chat_template.into())),
         ];
 
-        let mut rng = Rng(self.seed);
-        let mut random = |dims: Vec<u64>, scale: f32| {
-            let n = dims.iter().product::<u64>() as usize;
-            let data = (0..n).map(|_| rng.next_f32() * scale).collect();
-            (dims, data)
-        };
-        let ones = |n: u64| (vec![n], vec![1.0f32; n as usize]);
-        let mut tensors = Vec::new();
-        let mut push = |name: String, (dims, data): (Vec<u64>, Vec<f32>)| tensors.push(Tensor { name, dims, data });
-        push("token_embd.weight".into(), random(vec![embd, n_vocab], 1.0));
+        let half = self.weights == Weights::F16;
+        let ones = |name: String| Tensor { name, dims: vec![embd], init: Init::Ones, half: false };
+        let random = |name: String, dims: Vec<u64>, scale: f32| Tensor { name, dims, init: Init::Random(scale), half };
+        let w = 1.0 / (embd as f32).sqrt() * 1.7;
+        let mut tensors = vec![random("token_embd.weight".into(), vec![embd, n_vocab], 1.0)];
         for i in 0..self.layers {
-            let w = 1.0 / (embd as f32).sqrt() * 1.7;
-            push(format!("blk.{i}.attn_norm.weight"), ones(embd));
-            push(format!("blk.{i}.attn_q.weight"), random(vec![embd, embd], w));
-            push(format!("blk.{i}.attn_k.weight"), random(vec![embd, embd], w));
-            push(format!("blk.{i}.attn_v.weight"), random(vec![embd, embd], w));
-            push(format!("blk.{i}.attn_output.weight"), random(vec![embd, embd], w));
-            push(format!("blk.{i}.ffn_norm.weight"), ones(embd));
-            push(format!("blk.{i}.ffn_gate.weight"), random(vec![embd, ff], w));
-            push(format!("blk.{i}.ffn_up.weight"), random(vec![embd, ff], w));
-            push(format!("blk.{i}.ffn_down.weight"), random(vec![ff, embd], 1.0 / (ff as f32).sqrt() * 1.7));
+            tensors.push(ones(format!("blk.{i}.attn_norm.weight")));
+            tensors.push(random(format!("blk.{i}.attn_q.weight"), vec![embd, embd], w));
+            tensors.push(random(format!("blk.{i}.attn_k.weight"), vec![embd, kv_embd], w));
+            tensors.push(random(format!("blk.{i}.attn_v.weight"), vec![embd, kv_embd], w));
+            tensors.push(random(format!("blk.{i}.attn_output.weight"), vec![embd, embd], w));
+            tensors.push(ones(format!("blk.{i}.ffn_norm.weight")));
+            tensors.push(random(format!("blk.{i}.ffn_gate.weight"), vec![embd, ff], w));
+            tensors.push(random(format!("blk.{i}.ffn_up.weight"), vec![embd, ff], w));
+            tensors.push(random(format!("blk.{i}.ffn_down.weight"), vec![ff, embd], 1.0 / (ff as f32).sqrt() * 1.7));
         }
-        push("output_norm.weight".into(), ones(embd));
-        push("output.weight".into(), random(vec![embd, n_vocab], 1.0 / (embd as f32).sqrt() * 3.0));
+        tensors.push(ones("output_norm.weight".into()));
+        tensors.push(random("output.weight".into(), vec![embd, n_vocab], 1.0 / (embd as f32).sqrt() * 3.0));
+        (kv, tensors)
+    }
 
-        let mut out = Vec::with_capacity(1 << 20);
-        out.extend_from_slice(b"GGUF");
-        out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(kv.len() as u64).to_le_bytes());
+    /// Writes the whole GGUF file to `out`, generating the weights as it goes (a model of
+    /// hundreds of millions of parameters never sits in memory).
+    ///
+    /// Errors: `out`'s.
+    pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        let (kv, tensors) = self.layout();
+        let mut head = Vec::with_capacity(1 << 16);
+        head.extend_from_slice(b"GGUF");
+        head.extend_from_slice(&3u32.to_le_bytes());
+        head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        head.extend_from_slice(&(kv.len() as u64).to_le_bytes());
         for (k, v) in &kv {
-            put_str(&mut out, k);
-            put_value(&mut out, v);
+            put_str(&mut head, k);
+            put_value(&mut head, v);
         }
         let mut offset = 0u64;
         for t in &tensors {
-            put_str(&mut out, &t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            put_str(&mut head, &t.name);
+            head.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
             for d in &t.dims {
-                out.extend_from_slice(&d.to_le_bytes());
+                head.extend_from_slice(&d.to_le_bytes());
             }
-            out.extend_from_slice(&0u32.to_le_bytes()); // GGML_TYPE_F32
-            out.extend_from_slice(&offset.to_le_bytes());
-            let bytes = (t.data.len() * 4) as u64;
-            offset += bytes.div_ceil(ALIGNMENT as u64) * ALIGNMENT as u64;
+            head.extend_from_slice(&(if t.half { GGML_F16 } else { GGML_F32 }).to_le_bytes());
+            head.extend_from_slice(&offset.to_le_bytes());
+            offset += t.bytes().div_ceil(ALIGNMENT as u64) * ALIGNMENT as u64;
         }
-        pad(&mut out);
+        pad(&mut head);
+        out.write_all(&head)?;
+
+        let mut rng = Rng(self.seed);
+        let mut buf = Vec::with_capacity(1 << 16);
         for t in &tensors {
-            for x in &t.data {
-                out.extend_from_slice(&x.to_le_bytes());
+            let n = t.len();
+            let mut done = 0;
+            while done < n {
+                buf.clear();
+                let m = (n - done).min(1 << 14);
+                for _ in 0..m {
+                    let x = match t.init {
+                        Init::Random(scale) => rng.next_f32() * scale,
+                        Init::Ones => 1.0,
+                    };
+                    if t.half {
+                        buf.extend_from_slice(&f16_bits(x).to_le_bytes());
+                    } else {
+                        buf.extend_from_slice(&x.to_le_bytes());
+                    }
+                }
+                out.write_all(&buf)?;
+                done += m;
             }
-            pad(&mut out);
+            let rem = (t.bytes() % ALIGNMENT as u64) as usize;
+            if rem != 0 {
+                out.write_all(&[0u8; ALIGNMENT][..ALIGNMENT - rem])?;
+            }
         }
+        Ok(())
+    }
+
+    /// The whole GGUF file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 << 20);
+        // Writing to a Vec cannot fail.
+        let _ = self.write_to(&mut out);
         out
+    }
+
+    /// Parameters of the model (weights and norms).
+    pub fn parameters(&self) -> u64 {
+        self.layout().1.iter().map(|t| t.len() as u64).sum()
     }
 
     /// Writes the model to `path`.
     ///
     /// Errors: the file cannot be written.
     pub fn write(&self, path: &Path) -> io::Result<()> {
-        let mut f = std::fs::File::create(path)?;
-        f.write_all(&self.to_bytes())?;
-        f.sync_all()
+        let mut f = io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+        self.write_to(&mut f)?;
+        f.into_inner().map_err(io::IntoInnerError::into_error)?.sync_all()
     }
 
     /// Writes the model into the temporary directory, under a name made from its content's
@@ -407,6 +541,8 @@ impl TinyLlama {
 mod tests {
     use super::*;
 
+    const DEFAULT_HASH: &str = "0d272c1398e94ef2";
+
     #[test]
     fn same_seed_same_bytes_and_the_header_is_gguf_v3() {
         let a = TinyLlama::default().to_bytes();
@@ -418,5 +554,43 @@ mod tests {
         assert_eq!(u64::from_le_bytes(a[8..16].try_into().unwrap()), 1 + 9 * 2 + 2);
         assert_eq!(a.len() % ALIGNMENT, 0);
         assert_eq!(vocab_size(), 5 + 256 + 1 + 94 + 38);
+        // The file the tests have always used (this hash names it in `write_temp`).
+        let hash = a.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        assert_eq!(format!("{hash:016x}"), DEFAULT_HASH);
+    }
+
+    #[test]
+    fn half_floats_round_to_nearest_even() {
+        for (x, bits) in [
+            (0.0f32, 0x0000u16),
+            (-0.0, 0x8000),
+            (1.0, 0x3c00),
+            (-2.0, 0xc000),
+            (0.5, 0x3800),
+            (65504.0, 0x7bff),
+            (1e6, 0x7c00),
+            (6.1035156e-5, 0x0400),       // smallest normal
+            (5.9604645e-8, 0x0001),       // smallest subnormal
+            (1.0 + 1.0 / 2048.0, 0x3c00), // a tie: to even
+            (1.0 + 3.0 / 2048.0, 0x3c02), // a tie: to even, upwards
+            (0.1, 0x2e66),
+        ] {
+            assert_eq!(f16_bits(x), bits, "{x}");
+        }
+    }
+
+    #[test]
+    fn a_larger_model_pads_its_vocabulary_and_halves_its_matrices() {
+        let m = TinyLlama { vocab: 1000, kv_heads: 2, weights: Weights::F16, ..TinyLlama::default() };
+        let bytes = m.to_bytes();
+        let (_, tensors) = m.layout();
+        assert_eq!(tensors[0].dims, vec![64, 1000]);
+        assert!(tensors[0].half);
+        assert_eq!(tensors[3].dims, vec![64, 32], "k: 2 of 4 heads of 16");
+        assert!(!tensors[1].half, "norms stay F32");
+        let data: u64 = tensors.iter().map(|t| t.bytes().div_ceil(32) * 32).sum();
+        assert!(bytes.len() as u64 > data && bytes.len().is_multiple_of(ALIGNMENT));
+        assert_eq!(m.parameters(), 2 * 64 * 1000 + 2 * (2 * 64 + 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128) + 64);
+        assert!(padded_vocab(1000)[999].0 == "<pad_999>");
     }
 }

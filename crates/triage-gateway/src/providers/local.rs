@@ -167,6 +167,8 @@ fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, CallError> {
         tools,
         tool_choice: tool_choice(req.extra.get("tool_choice"))?,
         parallel_tool_calls: req.extra.get("parallel_tool_calls").and_then(Value::as_bool).unwrap_or(true),
+        // llama.cpp server's extension field: `"cache_prompt": false` reads the whole prompt again.
+        cache_prompt: req.extra.get("cache_prompt").and_then(Value::as_bool).unwrap_or(true),
     })
 }
 
