@@ -109,3 +109,26 @@ def gateway(tmp_path_factory):
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def serve_local(tmp_path_factory, config: str, tools: bool = False):
+    """`triage serve` on the tiny random-weight GGUF that `triage-tiny-gguf` writes (with the
+    ChatML + tools template when `tools`); `config` is formatted with `model` = its path.
+    Yields the gateway's base URL (without /v1) and stops it afterwards."""
+    d = tmp_path_factory.mktemp("local")
+    model = d / "tiny.gguf"
+    subprocess.run([str(TARGET / "triage-tiny-gguf"), str(model)] + (["--tools"] if tools else []), check=True)
+    cfg = d / "triage.toml"
+    cfg.write_text(config.format(model=model))
+    port = free_port()
+    env = dict(os.environ, TRIAGE_LOG="warn")
+    proc = subprocess.Popen([str(TARGET / "triage"), "serve", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

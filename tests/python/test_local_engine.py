@@ -5,13 +5,12 @@ answers are nonsense, but greedy decoding makes them repeatable, so a streamed a
 the whole one, and token counts are exact.
 """
 
-import subprocess
 
 import anthropic
 import openai
 import pytest
 
-from conftest import TARGET, free_port, wait_http
+from conftest import serve_local
 
 CONFIG = """
 tiers = ["local", "mid", "frontier"]
@@ -21,7 +20,7 @@ database = ""
 
 [providers.engine]
 kind = "local"
-model_path = "{path}"
+model_path = "{model}"
 parallel = 2
 queue = 4
 context = 512
@@ -40,25 +39,7 @@ QUESTION = [{"role": "user", "content": "Name three colours."}]
 
 @pytest.fixture(scope="module")
 def local_gateway(tmp_path_factory):
-    d = tmp_path_factory.mktemp("local")
-    model = d / "tiny.gguf"
-    subprocess.run([str(TARGET / "triage-tiny-gguf"), str(model)], check=True)
-    cfg = d / "triage.toml"
-    cfg.write_text(CONFIG.format(path=model))
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(TARGET / "triage"), "serve", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"],
-        env={"PATH": "/usr/bin:/bin", "TRIAGE_LOG": "warn"},
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    yield from serve_local(tmp_path_factory, CONFIG, tools=False)
 
 
 @pytest.fixture()

@@ -3,14 +3,12 @@ random-weight GGUF (written by `triage-tiny-gguf --tools`, ChatML + tools templa
 and `tool_choice` forces a call, so the answer is a real call whatever the random weights say."""
 
 import json
-import os
-import subprocess
 
 import anthropic
 import openai
 import pytest
 
-from conftest import TARGET, free_port, wait_http
+from conftest import serve_local
 
 PARAMETERS = {
     "type": "object",
@@ -43,23 +41,7 @@ capabilities = ["tools"]
 
 @pytest.fixture(scope="module")
 def local_gateway(tmp_path_factory):
-    d = tmp_path_factory.mktemp("local")
-    model = d / "tiny-tools.gguf"
-    subprocess.run([str(TARGET / "triage-tiny-gguf"), str(model), "--tools"], check=True)
-    cfg = d / "triage.toml"
-    cfg.write_text(CONFIG.format(model=model))
-    port = free_port()
-    env = dict(os.environ, TRIAGE_LOG="warn")
-    proc = subprocess.Popen([str(TARGET / "triage"), "serve", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"], env=env)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    yield from serve_local(tmp_path_factory, CONFIG, tools=True)
 
 
 def check_arguments(args: dict) -> None:

@@ -13,6 +13,17 @@ use serde_json::json;
 use triage_local::{Engine, EngineConfig, GenerateRequest, Message, Output, Sampling, Tool, ToolChoice};
 use triage_testkit::gguf::TinyLlama;
 
+/// POSTs an Anthropic Messages request.
+async fn post_messages(gw: &Gateway, body: &serde_json::Value) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 fn model_file() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| TinyLlama::default().write_temp().expect("write the tiny GGUF")).clone()
@@ -198,13 +209,7 @@ async fn a_repeated_prompt_is_served_from_the_prompt_cache_and_reported_as_cache
     assert_eq!(fresh["choices"][0]["message"]["content"], expected.text.as_str());
     // Anthropic counts cache reads apart from the input tokens.
     let body = json!({"model": "tiny", "max_tokens": 6, "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]});
-    let resp = client()
-        .post(gw.url("/v1/messages"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&gw, &body).await;
     let v = json_body(resp).await;
     assert_eq!(v["content"][0]["text"], expected.text.as_str());
     assert_eq!(
@@ -219,13 +224,7 @@ async fn an_anthropic_client_is_served_by_the_local_engine() {
     let expected = direct(8).await;
     let gw = start(&config(0, "")).await;
     let body = json!({"model": "tiny", "max_tokens": 8, "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]});
-    let resp = client()
-        .post(gw.url("/v1/messages"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&gw, &body).await;
     assert_eq!(resp.status(), 200);
     let v = json_body(resp).await;
     assert_eq!(v["type"], "message");
@@ -516,13 +515,7 @@ async fn an_anthropic_client_gets_a_tool_use_block() {
         "tools": [{"name": "get_weather", "description": f["description"], "input_schema": f["parameters"]}],
         "tool_choice": {"type": "any"},
     });
-    let resp = client()
-        .post(gw.url("/v1/messages"))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_messages(&gw, &body).await;
     assert_eq!(resp.status(), 200);
     let v = json_body(resp).await;
     assert_eq!(v["stop_reason"], "tool_use");
