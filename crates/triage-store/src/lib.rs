@@ -17,11 +17,9 @@ mod report;
 mod time;
 
 use std::borrow::Cow;
-use std::future::Future;
-use std::pin::Pin;
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 use sqlx::AnyPool;
 
 pub use budget::{BudgetLine, Exceeded, Period, Reservation};
@@ -53,35 +51,9 @@ pub enum Backend {
     Postgres,
 }
 
-/// The migrations in `migrations/`, embedded in the binary.
-#[derive(Debug)]
-struct Embedded;
-
-impl<'s> MigrationSource<'s> for Embedded {
-    fn resolve(
-        self,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>> + Send + 's>>
-    {
-        Box::pin(async {
-            Ok(vec![
-                Migration::new(
-                    1,
-                    Cow::Borrowed("init"),
-                    MigrationType::Simple,
-                    Cow::Borrowed(include_str!("../migrations/0001_init.sql")),
-                    false,
-                ),
-                Migration::new(
-                    2,
-                    Cow::Borrowed("cache write tokens"),
-                    MigrationType::Simple,
-                    Cow::Borrowed(include_str!("../migrations/0002_cache_write.sql")),
-                    false,
-                ),
-            ])
-        })
-    }
-}
+/// The migrations in `migrations/` (`NNNN_name.sql`, applied in order of `NNNN`), embedded in
+/// the binary at build time: a new migration is a new file, nothing else to edit.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
 /// A connection pool to the database.
 #[derive(Debug, Clone)]
@@ -118,13 +90,12 @@ impl Store {
             });
         }
         let pool = opts.connect(&url).await?;
-        let migrator = Migrator::new(Embedded).await?;
-        if let Err(first) = migrator.run(&pool).await {
+        if let Err(first) = MIGRATOR.run(&pool).await {
             // Another process (a second gateway, or `triage keys` beside a running one) may be
             // applying the same migration right now; once it has, this run finds it applied.
             tracing::debug!(error = %first, "migration raced another process; retrying");
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            migrator.run(&pool).await?;
+            MIGRATOR.run(&pool).await?;
         }
         Ok(Store { pool, backend })
     }

@@ -281,3 +281,51 @@ async fn a_full_ledger_queue_drops_and_counts_rows() {
         assert!(store.request_summary(&format!("{team}-4")).await.unwrap().is_none());
     }
 }
+
+#[test]
+fn every_file_in_migrations_is_embedded_in_order() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut on_disk: Vec<(i64, String)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+            let version = name.split('_').next().unwrap().parse().unwrap();
+            (version, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    on_disk.sort_by_key(|(v, _)| *v);
+    let embedded: Vec<(i64, String)> = MIGRATOR.iter().map(|m| (m.version, m.sql.to_string())).collect();
+    assert_eq!(embedded.len(), on_disk.len());
+    assert_eq!(embedded, on_disk);
+    assert_eq!(embedded[0].0, 1);
+}
+
+/// Databases created before `sqlx::migrate!` recorded the second migration under the description
+/// "cache write tokens" (the hand-written list); the embedded migrator must still accept them
+/// (sqlx compares versions and checksums, not descriptions).
+#[tokio::test]
+async fn a_database_migrated_by_the_old_hand_list_still_opens() {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!("triage-store-old-migrations-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    std::fs::copy(src.join("0001_init.sql"), dir.join("0001_init.sql")).unwrap();
+    std::fs::copy(src.join("0002_cache_write.sql"), dir.join("0002_cache_write_tokens.sql")).unwrap();
+    let db = std::env::temp_dir().join(format!("triage-store-old-{id}.db"));
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let old = sqlx::migrate::Migrator::new(dir.as_path()).await.unwrap();
+    old.run(&pool).await.unwrap();
+    let described: Vec<String> =
+        sqlx::query_scalar("SELECT description FROM _sqlx_migrations ORDER BY version").fetch_all(&pool).await.unwrap();
+    assert_eq!(described, ["init", "cache write tokens"]);
+    pool.close().await;
+    let store = Store::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    assert!(store.find_key("tk-nothing-here").await.unwrap().is_none());
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&db);
+}
