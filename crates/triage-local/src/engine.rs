@@ -554,6 +554,9 @@ pub(crate) fn probe_tools(jinja: &ChatTemplate) -> Result<ToolFormat, String> {
     })
 }
 
+/// A request's tool-call format and the tools a call is forced to (`None`: the model chooses).
+pub(crate) type ToolSelection<'r> = (ToolFormat, Option<&'r [Tool]>);
+
 /// The checks of a request's tools that need no model: `None` when it calls no tools, else the
 /// model's call format and the tools a call is forced to (`None` = the model may choose).
 ///
@@ -562,7 +565,7 @@ pub(crate) fn probe_tools(jinja: &ChatTemplate) -> Result<ToolFormat, String> {
 pub(crate) fn tool_selection<'r>(
     request: &'r GenerateRequest,
     support: &Result<ToolFormat, String>,
-) -> Result<Option<(ToolFormat, Option<&'r [Tool]>)>, EngineError> {
+) -> Result<Option<ToolSelection<'r>>, EngineError> {
     let forced = match &request.tool_choice {
         ToolChoice::None => return Ok(None),
         ToolChoice::Auto if request.tools.is_empty() => return Ok(None),
@@ -573,7 +576,9 @@ pub(crate) fn tool_selection<'r>(
         ToolChoice::Required => Some(request.tools.as_slice()),
         ToolChoice::Function(name) => match request.tools.iter().position(|t| &t.name == name) {
             Some(i) => Some(&request.tools[i..=i]),
-            None => return Err(EngineError::Tools(format!("tool_choice names {name:?}, which is not among the tools"))),
+            None => {
+                return Err(EngineError::Tools(format!("tool_choice names {name:?}, which is not among the tools")))
+            }
         },
     };
     let format = support.clone().map_err(|why| EngineError::Tools(format!("this model cannot call tools: {why}")))?;

@@ -546,12 +546,8 @@ impl PrivateDir {
     fn new() -> std::io::Result<PrivateDir> {
         use std::os::unix::fs::DirBuilderExt;
         static N: AtomicU64 = AtomicU64::new(0);
-        let name = format!(
-            "triage-engine-{}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            fastrand::u32(..)
-        );
+        let name =
+            format!("triage-engine-{}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), fastrand::u32(..));
         // A socket path holds at most 107 bytes: a long TMPDIR falls back to /tmp.
         let mut base = std::env::temp_dir();
         if base.as_os_str().len() + name.len() + 16 > 100 {

@@ -175,7 +175,7 @@ mod tests {
         }
         assert!(read::<FromWorker, _>(&mut r).await.unwrap().is_none(), "a clean end");
         let cut = &bytes[..bytes.len() - 1];
-        let mut r = &cut[..];
+        let mut r = cut;
         let _: FromWorker = read(&mut r).await.unwrap().unwrap();
         let _: FromWorker = read(&mut r).await.unwrap().unwrap();
         assert!(read::<FromWorker, _>(&mut r).await.is_err(), "ends inside a frame");
