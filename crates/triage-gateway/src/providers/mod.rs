@@ -9,6 +9,7 @@
 pub mod anthropic;
 pub mod local;
 pub mod openai;
+mod scrub;
 mod stream;
 
 use std::fmt;
@@ -19,7 +20,9 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderName, HeaderValue, StatusCode};
 use triage_core::catalog::{Provider, ProviderKind, Timeouts};
 use triage_core::openai::ChatCompletion;
+use triage_core::retry;
 
+pub use scrub::Scrubber;
 pub use stream::{Batch, ChunkStream, StreamItem};
 
 /// The wire format of a request or answer.
@@ -153,25 +156,6 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// Replaces every occurrence of `key` in `body` with `[REDACTED]`, so that an upstream that
-/// echoes the key in an error message never passes it on.
-pub fn scrub(body: Bytes, key: Option<&ApiKey>) -> Bytes {
-    let Some(key) = key else { return body };
-    let k = key.expose().as_bytes();
-    if k.len() < 8 || !body.windows(k.len()).any(|w| w == k) {
-        return body;
-    }
-    let mut out = Vec::with_capacity(body.len());
-    let mut rest: &[u8] = &body;
-    while let Some(pos) = rest.windows(k.len()).position(|w| w == k) {
-        out.extend_from_slice(&rest[..pos]);
-        out.extend_from_slice(b"[REDACTED]");
-        rest = &rest[pos + k.len()..];
-    }
-    out.extend_from_slice(rest);
-    Bytes::from(out)
-}
-
 fn classify(e: &reqwest::Error, request_timeout: Duration) -> UpstreamError {
     if e.is_timeout() {
         UpstreamError::Timeout(TimeoutKind::Request(request_timeout))
@@ -194,11 +178,27 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 /// The message of an `{"error": ...}` body (OpenAI or Anthropic), if `body` is one.
 pub(crate) fn in_band_error(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let e = v.get("error")?;
+    let e = v.get("error").filter(|e| !e.is_null())?;
     Some(match e.get("message").and_then(|m| m.as_str()) {
         Some(m) => m.to_owned(),
         None => e.to_string(),
     })
+}
+
+/// The most of an upstream error body that is read (and may be passed on), in bytes.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The first `limit` bytes of `resp`'s body (what arrived, if the body breaks off).
+async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Bytes {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = limit - out.len();
+        out.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Bytes::from(out)
 }
 
 /// An HTTP client of one provider: URL, auth headers, timeouts, connection pool.
@@ -209,9 +209,11 @@ pub struct HttpProvider {
     /// `call_url` parsed once (`None` if it does not parse: each call then reports the error).
     call_target: Option<reqwest::Url>,
     models_url: String,
-    key: Option<ApiKey>,
+    /// Removes the key from every upstream text this provider passes on.
+    scrubber: Scrubber,
     headers: Vec<(HeaderName, HeaderValue)>,
-    needs_key: bool,
+    /// False when the provider needs a key and its variable is unset.
+    has_key: bool,
     timeouts: Timeouts,
     format: WireFormat,
 }
@@ -234,9 +236,9 @@ impl HttpProvider {
             call_target: reqwest::Url::parse(&call_url).ok(),
             call_url,
             models_url: format!("{}/models", p.base_url),
-            key,
+            scrubber: Scrubber::new(key.as_ref()),
             headers,
-            needs_key: p.api_key_env.is_some(),
+            has_key: p.api_key_env.is_none() || key.is_some(),
             timeouts: p.timeouts,
             format: WireFormat::of(p.kind),
         })
@@ -250,9 +252,19 @@ impl HttpProvider {
     }
 
     /// Sends `body` (already in this provider's format); `stream` says whether it asks for SSE.
+    /// Every upstream text in an error (bodies, messages, in-stream error events later read
+    /// from the returned stream) has the provider's key scrubbed out.
     ///
     /// Errors: [`CallError`].
     pub async fn call(&self, body: Vec<u8>, stream: bool) -> Result<Reply, CallError> {
+        match self.call_unscrubbed(body, stream).await {
+            Ok(Reply::Stream(s)) => Ok(Reply::Stream(s.scrubbed_by(self.scrubber.clone()))),
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.scrubber.call_error(e)),
+        }
+    }
+
+    async fn call_unscrubbed(&self, body: Vec<u8>, stream: bool) -> Result<Reply, CallError> {
         // A parsed URL is cloned, not re-parsed on every call.
         let post = match &self.call_target {
             Some(url) => self.http.post(url.clone()),
@@ -270,15 +282,21 @@ impl HttpProvider {
         };
         let status = resp.status();
         if !status.is_success() {
-            let retry_after = resp.headers().get(RETRY_AFTER).cloned();
-            let retry_after_ms = resp.headers().get("retry-after-ms").cloned();
-            let body = resp.bytes().await.unwrap_or_default();
-            return Err(CallError::Status {
-                status,
-                body: scrub(body, self.key.as_ref()),
-                retry_after,
-                retry_after_ms,
-            });
+            // Only well-formed values are kept: the header is passed on to the client.
+            let retry_after = resp
+                .headers()
+                .get(RETRY_AFTER)
+                .filter(|v| {
+                    v.to_str().ok().and_then(|t| retry::parse_retry_after(t, std::time::SystemTime::now())).is_some()
+                })
+                .cloned();
+            let retry_after_ms = resp
+                .headers()
+                .get("retry-after-ms")
+                .filter(|v| v.to_str().ok().and_then(retry::parse_retry_after_ms).is_some())
+                .cloned();
+            let body = read_capped(resp, MAX_ERROR_BODY).await;
+            return Err(CallError::Status { status, body, retry_after, retry_after_ms });
         }
         let failed = |e: reqwest::Error| CallError::Failed(classify(&e, self.timeouts.request));
         if stream {
@@ -289,13 +307,20 @@ impl HttpProvider {
                 .is_some_and(|v| v.starts_with("text/event-stream"));
             if !is_sse {
                 // Some servers answer errors to a streamed request as a 200 JSON body.
-                let body = resp.bytes().await.map_err(failed)?;
+                let body = read_capped(resp, MAX_ERROR_BODY).await;
                 let msg = in_band_error(&body).unwrap_or_else(|| "a streamed request got a non-SSE answer".to_owned());
                 return Err(CallError::Failed(UpstreamError::InBand(msg)));
             }
             return Ok(Reply::Stream(ChunkStream::new(Box::pin(resp.bytes_stream()), self.format, self.timeouts.idle)));
         }
         let bytes = resp.bytes().await.map_err(failed)?;
+        // A 200 whose body is an error object (some proxies answer failures so) is a failure,
+        // never a completion with no choices.
+        if bytes.first() == Some(&b'{') {
+            if let Some(msg) = in_band_error(&bytes) {
+                return Err(CallError::Failed(UpstreamError::InBand(msg)));
+            }
+        }
         let parsed = match self.format {
             WireFormat::OpenAi => serde_json::from_slice::<ChatCompletion>(&bytes).map(Completion::OpenAi),
             WireFormat::Anthropic => serde_json::from_slice(&bytes).map(Completion::Anthropic),
@@ -314,13 +339,13 @@ impl HttpProvider {
         let req = self.with_headers(self.http.get(&self.models_url)).timeout(limit);
         match req.send().await {
             Ok(r) => Ok(r.status()),
-            Err(e) => Err(classify(&e, limit)),
+            Err(e) => Err(self.scrubber.upstream_error(classify(&e, limit))),
         }
     }
 
     /// True when the provider needs no key or has one.
     pub fn has_key(&self) -> bool {
-        !self.needs_key || self.key.is_some()
+        self.has_key
     }
 
     /// The wire format this provider speaks.
@@ -419,11 +444,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scrub_removes_every_occurrence() {
-        let key = ApiKey("sk-test-PLACEHOLDER-0001".into());
-        let body =
-            Bytes::from_static(b"{\"error\":\"bad key sk-test-PLACEHOLDER-0001 and sk-test-PLACEHOLDER-0001!\"}");
-        assert_eq!(&scrub(body, Some(&key))[..], b"{\"error\":\"bad key [REDACTED] and [REDACTED]!\"}");
-        assert_eq!(format!("{key:?}"), "ApiKey(***)");
+    fn api_keys_never_print() {
+        assert_eq!(format!("{:?}", ApiKey("sk-test-PLACEHOLDER-0001".into())), "ApiKey(***)");
     }
 }

@@ -11,7 +11,7 @@ use triage_core::openai::ChatChunk;
 use triage_core::sse::{SseDecoder, SseEvent};
 
 use super::local::LocalChunks;
-use super::{in_band_error, root_cause, TimeoutKind, UpstreamError, WireFormat};
+use super::{in_band_error, root_cause, Scrubber, TimeoutKind, UpstreamError, WireFormat};
 
 /// One decoded item of an upstream stream.
 #[derive(Debug)]
@@ -51,18 +51,32 @@ pub struct ChunkStream {
     format: WireFormat,
     idle: Duration,
     done: bool,
+    /// Removes the provider's key from the messages of failures (in-stream error events).
+    scrubber: Scrubber,
 }
 
 impl ChunkStream {
     pub(super) fn new(body: ByteStream, format: WireFormat, idle: Duration) -> Self {
         let source = Source::Sse { body, decoder: SseDecoder::new(), events: Vec::new() };
-        ChunkStream { source, format, idle, done: false }
+        ChunkStream { source, format, idle, done: false, scrubber: Scrubber::default() }
+    }
+
+    /// The stream, with `scrubber` applied to the message of every failure it reports.
+    pub(super) fn scrubbed_by(mut self, scrubber: Scrubber) -> Self {
+        self.scrubber = scrubber;
+        self
     }
 
     /// The chunks of a local generation (OpenAI format), with `idle` as the longest wait for
     /// the next one.
     pub(super) fn local(chunks: LocalChunks, idle: Duration) -> Self {
-        ChunkStream { source: Source::Local(Box::new(chunks)), format: WireFormat::OpenAi, idle, done: false }
+        ChunkStream {
+            source: Source::Local(Box::new(chunks)),
+            format: WireFormat::OpenAi,
+            idle,
+            done: false,
+            scrubber: Scrubber::default(),
+        }
     }
 
     /// The wire format of the items.
@@ -73,8 +87,16 @@ impl ChunkStream {
     /// Waits for the next network read and decodes every complete event in it into `out`.
     /// Reads with no complete event (a split line, a comment) reset the idle timer and are
     /// followed by the next read before returning. After `[DONE]` / `message_stop`, nothing more
-    /// is read.
+    /// is read. A failure's message (an upstream error event's text) is scrubbed of the
+    /// provider's key.
     pub async fn next_batch(&mut self, out: &mut Vec<StreamItem>) -> Batch {
+        match self.next_batch_unscrubbed(out).await {
+            Batch::Failed(e) => Batch::Failed(self.scrubber.upstream_error(e)),
+            b => b,
+        }
+    }
+
+    async fn next_batch_unscrubbed(&mut self, out: &mut Vec<StreamItem>) -> Batch {
         let (body, decoder, events) = match &mut self.source {
             Source::Sse { body, decoder, events } => (body, decoder, events),
             Source::Local(chunks) => {
@@ -122,7 +144,9 @@ impl ChunkStream {
                 }
                 let item = match self.format {
                     WireFormat::OpenAi => match serde_json::from_str::<ChatChunk>(data) {
-                        Ok(c) if !c.extra.contains_key("error") => Ok(StreamItem::Chunk(c)),
+                        Ok(c) if c.extra.get("error").is_none_or(serde_json::Value::is_null) => {
+                            Ok(StreamItem::Chunk(c))
+                        }
                         _ => Err(in_band_error(data.as_bytes()).map(UpstreamError::InBand).unwrap_or_else(|| {
                             UpstreamError::Protocol("an event of the stream is not a chat completion chunk".into())
                         })),
