@@ -4,7 +4,9 @@
 # run, with the engine/llama-bench ratio.
 #
 # - The in-process engine is measured by crates/triage-local/examples/throughput.rs (release
-#   build, through the public Engine API; see that file for what is timed).
+#   build, through the public Engine API; see that file for what is timed); with ISOLATED=1 (the
+#   default) also as the gateway runs it, in a worker process (`throughput run --isolated`,
+#   labelled triage-process), and the summary gives worker process / in-process per test.
 # - llama-bench and llama-quantize are built from the llama.cpp source vendored in the
 #   llama-cpp-sys-2 crate that the engine links (the library code is the engine's, file for file),
 #   with the same CMake options the Rust build used (read from its CMakeCache.txt: build type,
@@ -38,6 +40,8 @@ TOOLS_FROM=${TOOLS_FROM:-llama-cpp-python==0.3.36}
 # More contenders, as "label=path" words: a path ending in llama-bench runs as llama-bench, any
 # other as the throughput example (e.g. a copy of it from an earlier build).
 ALSO=${ALSO:-}
+# Also measure the engine in a worker process (1) or not (0).
+ISOLATED=${ISOLATED:-1}
 # Before each measurement, wait until the machine is idle (other processes below QUIET_PCT % of
 # all CPUs over 2 s), at most QUIET_WAIT seconds.
 QUIET_PCT=${QUIET_PCT:-5}
@@ -155,11 +159,12 @@ for line in sys.stdin:
     print(json.dumps({"engine": "llama-bench:" + sys.argv[1], "test": test, "avg_ts": d["avg_ts"], "stddev_ts": d["stddev_ts"],
                       "samples_ts": d["samples_ts"], "n_threads": d["n_threads"]}))' "$1"
 }
-bench_engine() { # throughput binary, label
-  "$1" run --model "$model" --threads "$THREADS" --pp "$PP" --tg "$TG" --reps "$REPS" --json 2>>"$CACHE/engine.log" |
+bench_engine() { # throughput binary, label, extra arguments
+  local exe=$1 label=$2; shift 2
+  "$exe" run --model "$model" --threads "$THREADS" --pp "$PP" --tg "$TG" --reps "$REPS" --json "$@" 2>>"$CACHE/engine.log" |
     grep '^{' | python3 -c 'import json, sys
 for l in sys.stdin:
-    d = json.loads(l); d["engine"] = sys.argv[1]; print(json.dumps(d))' "$2"
+    d = json.loads(l); d["engine"] = sys.argv[1]; print(json.dumps(d))' "$label"
 }
 bench_also() { # label=path
   local label=${1%%=*} path=${1#*=}
@@ -235,11 +240,13 @@ results=$CACHE/results-$(date -u +%Y%m%dT%H%M%SZ).jsonl
 for round in $(seq "$ROUNDS"); do
   # Odd rounds in order, even rounds in reverse order.
   order="$LLAMA_FLAGS engine $ALSO"
+  if [ "$ISOLATED" = 1 ]; then order="$order isolated"; fi
   if [ $((round % 2)) = 0 ]; then order=$(printf '%s\n' $order | tac | tr '\n' ' '); fi
   for who in $order; do
     log "== round $round/$ROUNDS: $who"
     case $who in
       engine) measured bench_engine "$throughput" triage-local ;;
+      isolated) measured bench_engine "$throughput" triage-process --isolated ;;
       *=*) measured bench_also "$who" ;;
       *) measured bench_llama "$who" ;;
     esac | python3 -c 'import json, sys
@@ -284,6 +291,22 @@ for t, eng, ref in [(t, e, ref) for t in tests for e in engines for ref in refs]
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0
     print(f"| {t} | {eng} | {statistics.mean(ens):.2f} ± {sd(ens):.2f} | {ref} | {statistics.mean(lbs):.2f} ± {sd(lbs):.2f} | "
           f"{ratio:.3f} | {' '.join(f'{x:.3f}' for x in per_round)} |")
+# The worker process against the in-process engine, in the rounds where both were kept.
+pairs = [(t, [r for r in rows if r["test"] == t and r["engine"] == "triage-process"],
+          [r for r in rows if r["test"] == t and r["engine"] == "triage-local"]) for t in tests]
+if any(p and i for _, p, i in pairs):
+    print()
+    print("| test | worker process t/s | in-process t/s | worker process / in-process | per-round ratios |")
+    print("|---|---|---|---|---|")
+    for t, p, i in pairs:
+        both = sorted({r["round"] for r in p} & {r["round"] for r in i})
+        if not both:
+            continue
+        ps = [x for r in p if r["round"] in both for x in r["samples_ts"]]
+        ins = [x for r in i if r["round"] in both for x in r["samples_ts"]]
+        per = [next(r["avg_ts"] for r in p if r["round"] == n) / next(r["avg_ts"] for r in i if r["round"] == n) for n in both]
+        print(f"| {t} | {statistics.mean(ps):.2f} | {statistics.mean(ins):.2f} | {statistics.mean(ps) / statistics.mean(ins):.3f} | "
+              f"{' '.join(f'{x:.3f}' for x in per)} |")
 print()
 others = max(r.get("others_pct", 0) for r in rows)
 print(f"most CPU time taken by other processes during a measurement kept: {others} % of the CPUs")

@@ -69,7 +69,7 @@ impl Default for Timeouts {
     }
 }
 
-/// How a `kind = "local"` provider runs its model (the in-process llama.cpp engine).
+/// How a `kind = "local"` provider runs its model (llama.cpp in a supervised worker process).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalEngine {
     /// The GGUF file.
@@ -83,6 +83,10 @@ pub struct LocalEngine {
     pub context: u32,
     /// CPU threads per decode step; 0 (the default) = every core.
     pub threads: u32,
+    /// The command that runs the engine's worker process (program, then arguments; the worker
+    /// finds its socket in its environment, so the command may be wrapped, e.g. in `nice`).
+    /// `None` (the default): the running executable with its hidden `engine-worker` subcommand.
+    pub worker: Option<Vec<String>>,
 }
 
 /// An upstream API endpoint.

@@ -292,6 +292,7 @@ struct RawProvider {
     queue: Option<Spanned<u32>>,
     context: Option<Spanned<u32>>,
     threads: Option<Spanned<u32>>,
+    worker: Option<Spanned<Vec<String>>>,
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -435,6 +436,7 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
                 ("queue", p.queue.as_ref().map(Spanned::span)),
                 ("context", p.context.as_ref().map(Spanned::span)),
                 ("threads", p.threads.as_ref().map(Spanned::span)),
+                ("worker", p.worker.as_ref().map(Spanned::span)),
             ]
             .into_iter()
             .find_map(|(n, s)| s.map(|s| (n, s)));
@@ -846,7 +848,19 @@ fn local_engine(ctx: &Ctx<'_>, p: &RawProvider, field: &str) -> Result<LocalEngi
         Some(v) => Ok(*v.get_ref()),
         None => Ok(default),
     };
+    let worker = match &p.worker {
+        Some(w) if w.get_ref().first().is_none_or(|prog| prog.trim().is_empty()) => {
+            return Err(ctx.err(
+                &w.span(),
+                format!("{field}.worker"),
+                "must name a program, then its arguments, e.g. [\"/usr/bin/triage\", \"engine-worker\"]",
+            ))
+        }
+        Some(w) => Some(w.get_ref().clone()),
+        None => None,
+    };
     Ok(LocalEngine {
+        worker,
         model_path: path.get_ref().clone(),
         parallel: positive(&p.parallel, "parallel", 2)?,
         queue: p.queue.as_ref().map_or(8, |q| *q.get_ref()),
@@ -1114,7 +1128,8 @@ context_window = 2048
                 parallel: 3,
                 queue: 8,
                 context: 2048,
-                threads: 0
+                threads: 0,
+                worker: None,
             })
         );
         assert_eq!(parse(BASE, "t.toml").unwrap().providers()[0].engine, None);
@@ -1137,6 +1152,15 @@ context_window = 2048
         assert!(e.starts_with("t.toml:6: providers.up.model_path: only a kind = \"local\" provider"), "{e}");
         let e = err_of(&BASE.replace("base_url = \"http://127.0.0.1:9/v1/\"\n", ""));
         assert_eq!(e, "t.toml:5: providers.up.base_url: is required for this kind");
+        // The worker command: a program and its arguments.
+        let e = err_of(&LOCAL.replace("parallel = 3", "worker = []"));
+        assert!(e.starts_with("t.toml:7: providers.engine.worker: must name a program"), "{e}");
+        let c =
+            parse(&LOCAL.replace("parallel = 3", "worker = [\"nice\", \"triage\", \"engine-worker\"]"), "t").unwrap();
+        let worker = c.providers()[0].engine.as_ref().unwrap().worker.clone();
+        assert_eq!(worker, Some(vec!["nice".into(), "triage".into(), "engine-worker".into()]));
+        let e = err_of(&BASE.replace("kind = \"openai\"", "kind = \"openai\"\nworker = [\"x\"]"));
+        assert!(e.starts_with("t.toml:6: providers.up.worker: only a kind = \"local\" provider"), "{e}");
     }
 
     #[test]

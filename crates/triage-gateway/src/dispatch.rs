@@ -165,6 +165,8 @@ fn classify(e: &AttemptError) -> Class {
         }
         // A full local engine is no fault of the provider: go to the next deployment at once.
         AttemptError::Call(CallError::Failed(UpstreamError::Busy(_))) => Class::NextDeployment { cooldown: None },
+        // A dead engine worker is restarted by its supervisor: no point retrying it now.
+        AttemptError::Call(CallError::Failed(UpstreamError::Crashed(_))) => Class::NextDeployment { cooldown: None },
         AttemptError::Call(CallError::Failed(_)) => Class::Retryable { retry_after: None, provider_fault: true },
     }
 }
@@ -182,6 +184,7 @@ fn outcome_of(e: &AttemptError) -> String {
             UpstreamError::InBand(_) => "in_band_error",
             UpstreamError::Truncated => "truncated",
             UpstreamError::Busy(_) => "busy",
+            UpstreamError::Crashed(_) => "crashed",
         }
         .to_owned(),
     }

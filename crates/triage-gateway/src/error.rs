@@ -119,7 +119,7 @@ impl GatewayError {
             GatewayError::UpstreamStatus { status, .. } => upstream_status_to_client(*status),
             GatewayError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                UpstreamError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+                UpstreamError::Busy(_) | UpstreamError::Crashed(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_GATEWAY,
             },
         }

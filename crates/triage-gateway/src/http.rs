@@ -56,9 +56,10 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 }
 
 async fn metrics(State(state): State<SharedState>) -> Response {
+    // The recorder first: series recorded before it is installed would be lost.
+    let handle = telemetry::handle();
     telemetry::record_local_engines(&state);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], telemetry::handle().render())
-        .into_response()
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
 }
 
 /// 200 when at least one model's provider can take calls, else 503; the body lists providers.

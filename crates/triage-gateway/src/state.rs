@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use triage_core::breaker::{Admission, Breaker, BreakerState};
 use triage_core::catalog::{Catalog, DeploymentId, ModelId, ProviderId};
 
+use triage_local::EngineState;
+
 use crate::providers::ProviderClient;
 
 /// Reachability of a provider, from the background probe.
@@ -90,6 +92,10 @@ pub enum Unavailable {
     CoolingDown(Duration),
     /// A local engine's parallel slots and queue are all taken.
     Busy,
+    /// A local engine's model cannot be loaded (the engine's state says why).
+    EngineFailed,
+    /// A local engine's worker process died and is being restarted.
+    EngineCrashed,
 }
 
 impl Unavailable {
@@ -101,6 +107,8 @@ impl Unavailable {
             Unavailable::BreakerOpen(_) => "breaker_open",
             Unavailable::CoolingDown(_) => "cooling_down",
             Unavailable::Busy => "busy",
+            Unavailable::EngineFailed => "failed",
+            Unavailable::EngineCrashed => "crashed",
         }
     }
 }
@@ -241,6 +249,12 @@ impl AppState {
         if !self.providers[p].has_key() {
             return Some(Unavailable::NoKey);
         }
+        // A local engine's own state says more than its probe.
+        match self.providers[p].local_state() {
+            Some(EngineState::Failed(_)) => return Some(Unavailable::EngineFailed),
+            Some(EngineState::Crashed(_)) => return Some(Unavailable::EngineCrashed),
+            _ => {}
+        }
         if self.health[p].reachability() == Reachability::Down || !self.providers[p].loaded() {
             return Some(Unavailable::Unreachable);
         }
@@ -340,12 +354,18 @@ impl AppState {
             h.breaker.lock().map(|b| (b.state(now), b.error_rate())).unwrap_or((BreakerState::Closed, 0.0));
         let unavailable = self.deployment_unavailable(d, now);
         let p = &self.health[dep.provider];
-        serde_json::json!({
+        let engine = self.providers[dep.provider].local_engine().map(|e| e.health());
+        // A local engine's reason says why in words: `failed: <reason>`, `crashed: <how>`.
+        let reason = match (unavailable, &engine) {
+            (Some(Unavailable::EngineFailed | Unavailable::EngineCrashed), Some(h)) => Some(h.state.describe()),
+            (u, _) => u.map(|u| u.as_str().to_owned()),
+        };
+        let mut report = serde_json::json!({
             "model": self.catalog.models()[dep.model].id,
             "provider": self.catalog.providers()[dep.provider].name,
             "upstream_model": dep.upstream_model,
             "available": unavailable.is_none(),
-            "reason": unavailable.map(Unavailable::as_str),
+            "reason": reason,
             "wait_secs": match unavailable {
                 Some(Unavailable::BreakerOpen(r) | Unavailable::CoolingDown(r)) => Some(r.as_secs_f64()),
                 _ => None,
@@ -357,19 +377,35 @@ impl AppState {
             "latency_ms": h.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
             "probe": match p.reachability() { Reachability::Up => "up", Reachability::Down => "down", Reachability::Unknown => "unknown" },
             "probe_latency_ms": p.probe_latency_us() as f64 / 1000.0,
-        })
+        });
+        if let Some(h) = engine {
+            // `state`: loading (calls wait for it), ready, busy, failed: <reason>, crashed: <how>.
+            let state = match (&h.state, unavailable) {
+                (EngineState::Ready, Some(Unavailable::Busy)) => "busy".to_owned(),
+                (s, _) => s.describe(),
+            };
+            report["engine"] = serde_json::json!({
+                "state": state,
+                "crashes": h.crashes,
+                "restarts": h.restarts,
+                "last_crash": h.last_crash,
+                "pid": h.pid,
+            });
+        }
+        report
     }
 
-    /// Why provider `p` cannot take calls now, or `None` if it can.
-    pub fn provider_unavailable(&self, p: ProviderId) -> Option<&'static str> {
+    /// Why provider `p` cannot take calls now, or `None` if it can (a local engine still
+    /// loading can: calls wait for it).
+    pub fn provider_unavailable(&self, p: ProviderId) -> Option<String> {
         if !self.providers[p].has_key() {
-            return Some("no API key");
+            return Some("no API key".into());
         }
-        if !self.providers[p].loaded() {
-            return Some("model not loaded");
+        if let Some(s @ (EngineState::Failed(_) | EngineState::Crashed(_))) = self.providers[p].local_state() {
+            return Some(s.describe());
         }
         match self.health[p].reachability() {
-            Reachability::Down => Some("unreachable"),
+            Reachability::Down => Some("unreachable".into()),
             _ => None,
         }
     }

@@ -22,7 +22,11 @@
 //!   `triage_local_prompt_seconds_total{provider}` (prompt processing), and
 //!   `triage_local_generated_tokens_total{provider}` and
 //!   `triage_local_generation_seconds_total{provider}` (generation): a rate of tokens over a
-//!   rate of seconds is tokens per second.
+//!   rate of seconds is tokens per second. The engine runs in a worker process:
+//!   `triage_local_up{provider}` is 1 while its model is loaded and it takes requests, 0 while
+//!   it loads, failed or is down after a crash; `triage_local_crashes_total{provider}` counts
+//!   worker processes that died, `triage_local_restarts_total{provider}` those started again,
+//!   and requests failed by a death are `triage_local_requests_total{outcome="crashed"}`.
 
 use std::sync::OnceLock;
 
@@ -61,7 +65,14 @@ pub fn record_local_engines(state: &crate::state::AppState) {
         let name = provider.name.clone();
         metrics::gauge!("triage_local_in_flight", "provider" => name.clone()).set(s.in_flight as f64);
         metrics::gauge!("triage_local_capacity", "provider" => name.clone()).set(s.capacity as f64);
-        for (outcome, n) in [("finished", s.finished), ("cancelled", s.cancelled), ("busy", s.busy)] {
+        let h = engine.health();
+        let up = if h.state == triage_local::EngineState::Ready { 1.0 } else { 0.0 };
+        metrics::gauge!("triage_local_up", "provider" => name.clone()).set(up);
+        metrics::counter!("triage_local_crashes_total", "provider" => name.clone()).absolute(h.crashes);
+        metrics::counter!("triage_local_restarts_total", "provider" => name.clone()).absolute(h.restarts);
+        for (outcome, n) in
+            [("finished", s.finished), ("cancelled", s.cancelled), ("busy", s.busy), ("crashed", s.crashed)]
+        {
             metrics::counter!("triage_local_requests_total", "provider" => name.clone(), "outcome" => outcome)
                 .absolute(n);
         }

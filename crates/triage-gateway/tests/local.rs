@@ -1,6 +1,9 @@
 //! Provider `kind = "local"` end to end: the real server in front of the real llama.cpp engine
 //! running a tiny random-weight GGUF that the test writes (no download, no network). Answers are
 //! checked against the engine run directly on the same file: same text, same token counts.
+//!
+//! The server runs in this test process; its engine runs in a worker process, which is this test
+//! binary started again with only [`engine_worker`] selected (the `worker` line of the config).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -10,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use common::*;
 use serde_json::json;
-use triage_local::{Engine, EngineConfig, GenerateRequest, Message, Output, Sampling, Tool, ToolChoice};
+use triage_local::{Engine, EngineConfig, EngineError, GenerateRequest, Message, Output, Sampling, Tool, ToolChoice};
 use triage_testkit::gguf::TinyLlama;
 
 /// POSTs an Anthropic Messages request.
@@ -22,6 +25,22 @@ async fn post_messages(gw: &Gateway, body: &serde_json::Value) -> reqwest::Respo
         .send()
         .await
         .unwrap()
+}
+
+/// The engine worker's entry point: the gateway starts this test binary with only this test
+/// selected and the worker's environment set; run as a plain test it returns at once.
+#[test]
+#[ignore = "the engine worker's entry point, started by the gateway under test"]
+fn engine_worker() {
+    triage_local::run_test_worker_if_asked();
+}
+
+/// The `worker` line of a local provider: this test binary, running [`engine_worker`].
+fn worker_line() -> String {
+    let exe = std::env::current_exe().unwrap().display().to_string();
+    let args = ["engine_worker", "--exact", "--ignored", "--nocapture", "--test-threads", "1", "-q"];
+    let quoted: Vec<String> = std::iter::once(exe.as_str()).chain(args).map(|a| format!("{a:?}")).collect();
+    format!("worker = [{}]", quoted.join(", "))
 }
 
 fn model_file() -> PathBuf {
@@ -45,6 +64,7 @@ parallel = 1
 queue = {queue}
 context = 512
 threads = 1
+{worker}
 
 [[models]]
 id = "tiny"
@@ -54,7 +74,8 @@ price = {{ input = 0.0, output = 0.0 }}
 context_window = 512
 {extra}
 "#,
-        model_file().display()
+        model_file().display(),
+        worker = worker_line(),
     )
 }
 
@@ -235,13 +256,21 @@ async fn an_anthropic_client_is_served_by_the_local_engine() {
 }
 
 #[tokio::test]
-async fn a_missing_model_file_leaves_the_provider_down_not_the_gateway() {
+async fn a_missing_model_file_leaves_the_provider_failed_not_the_gateway() {
     let text = config(0, "").replace(&model_file().display().to_string(), "/nonexistent/tiny.gguf");
-    let gw = start(&text).await;
+    let (gw, state) = start_with_state(&text).await;
+    let engine = state.providers.iter().find_map(|p| p.local_engine()).expect("a local engine").clone();
+    let err = engine.ready().await.unwrap_err();
+    assert_eq!(err.to_string(), "cannot load /nonexistent/tiny.gguf: no such file");
     let resp = post(&gw, &request(false, 4)).await;
     assert_eq!(resp.status(), 503);
-    assert_eq!(resp.headers()["x-triage-attempts"], "tiny@engine:unreachable");
+    assert_eq!(resp.headers()["x-triage-attempts"], "tiny@engine:failed");
     assert_eq!(json_body(resp).await["error"]["code"], "provider_unavailable");
+    let health = json_body(client().get(gw.url("/v1/health/deployments")).send().await.unwrap()).await;
+    let tiny = &health["deployments"][0];
+    assert_eq!(tiny["reason"], "failed: no such file");
+    assert_eq!(tiny["engine"]["state"], "failed: no such file");
+    assert_eq!(tiny["engine"]["crashes"], 0);
 }
 
 /// The server on a state the test keeps a handle on (to fill the engine's slot itself).
@@ -322,7 +351,9 @@ async fn a_client_that_disconnects_mid_stream_frees_the_slot() {
 /// prompt processing and generation (a provider name of its own: the recorder is process-wide).
 #[tokio::test]
 async fn metrics_report_the_engines_tokens_and_places() {
-    let text = config(0, "\n[spend]\ndatabase = \"\"\n").replace("engine", "metered");
+    let text = config(0, "\n[spend]\ndatabase = \"\"\n")
+        .replace("[providers.engine]", "[providers.metered]")
+        .replace("provider = \"engine\"", "provider = \"metered\"");
     let (gw, _state) = start_with_state(&text).await;
     let resp = post(&gw, &request(false, 5)).await;
     assert_eq!(resp.status(), 200);
@@ -536,4 +567,166 @@ async fn tools_for_a_template_without_tool_support_are_a_400_saying_why() {
         v["error"]["message"],
         "tools: this model cannot call tools: its chat template does not show tools to the model"
     );
+}
+
+// ---- A crash of the engine's worker process, under cloud and local traffic. ----
+
+/// A prompt the tiny model answers at full length (`tokens` tokens, greedy, in a context of
+/// `context`), found by running the engine in-process.
+async fn long_prompt(context: u32, tokens: u32) -> String {
+    let e =
+        Engine::load(EngineConfig { model_path: model_file(), parallel: 1, queue: 0, context, threads: 1 }).unwrap();
+    for i in 0..40 {
+        let prompt = format!("Tell me a long story, number {i}.");
+        let req = GenerateRequest {
+            messages: vec![Message::new("user", &prompt)],
+            max_tokens: Some(tokens),
+            sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+            ..GenerateRequest::default()
+        };
+        if e.generate(req).unwrap().collect().await.unwrap().usage.completion_tokens == tokens {
+            return prompt;
+        }
+    }
+    panic!("no prompt answered at full length");
+}
+
+/// Polls `cond` every 5 ms for at most 10 s.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    for _ in 0..2000 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_engine_leaves_cloud_traffic_untouched_and_comes_back() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cloud = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let extra = format!(
+        "fallback = [\"cloud-model\"]\n\n[providers.cloud]\nkind = \"openai\"\nbase_url = \"{}\"\n\n[[models]]\nid = \"cloud-model\"\nprovider = \"cloud\"\ntier = \"mid\"\nprice = {{ input = 1.0, output = 2.0 }}\ncontext_window = 100000\n\n[spend]\ndatabase = \"\"\n\n[router]\nscorer = \"cheapest\"\n",
+        cloud.url()
+    );
+    let text = config(2, &extra)
+        .replace("parallel = 1", "parallel = 2")
+        .replace("context = 512", "context = 2048")
+        .replace("context_window = 512", "context_window = 2048");
+    let (gw, state) = start_with_state(&text).await;
+    let engine = state.providers.iter().find_map(|p| p.local_engine()).expect("a local engine").clone();
+    engine.ready().await.unwrap();
+    let prompt = long_prompt(2048, 1500).await;
+    let gw = Arc::new(gw);
+
+    // Cloud traffic through the crash and the restart: two loops, at most 3,000 requests each.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cloud_loop = |gw: Arc<Gateway>, stop: Arc<AtomicBool>| {
+        tokio::spawn(async move {
+            let body = json!({"model": "cloud-model", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+            let mut seen = Vec::new();
+            for _ in 0..3000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let r = post(&gw, &body).await;
+                let model = r.headers().get("x-triage-model").map(|v| v.to_str().unwrap().to_owned());
+                seen.push((r.status().as_u16(), model));
+            }
+            seen
+        })
+    };
+    let loops = [cloud_loop(gw.clone(), stop.clone()), cloud_loop(gw.clone(), stop.clone())];
+
+    // Slot 1: a generation nobody reads (paused by flow control).
+    let long = |max| GenerateRequest {
+        messages: vec![Message::new("user", &prompt)],
+        max_tokens: Some(max),
+        sampling: Sampling { temperature: 0.0, top_p: 1.0, seed: None },
+        ..GenerateRequest::default()
+    };
+    let held = engine.generate(long(1500)).unwrap();
+    // Slot 2: a stream whose first chunk the client has.
+    let body = json!({"model": "tiny", "stream": true, "temperature": 0, "max_tokens": 1500,
+        "messages": [{"role": "user", "content": prompt}]});
+    let mut stream = post(&gw, &body.to_string()).await;
+    assert_eq!(stream.status(), 200);
+    let mut streamed = String::from_utf8(stream.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    // Waiting in the queue: plain work (which may fall back) and sensitive work (which may not).
+    let plain = tokio::spawn({
+        let gw = gw.clone();
+        async move { post(&gw, &request(false, 4)).await }
+    });
+    eventually("the plain request queued", || engine.in_flight() == 3).await;
+    let secret = json!({"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": "Mail dana.quill@corp-mail.net the summary."}]}).to_string();
+    let sensitive = tokio::spawn({
+        let gw = gw.clone();
+        async move { post(&gw, &secret).await }
+    });
+    eventually("the sensitive request queued", || engine.in_flight() == 4).await;
+
+    engine.crash_for_test();
+
+    // Everything in flight on the engine fails cleanly.
+    let Err(EngineError::Crashed(how)) = held.collect().await else { panic!("the held generation did not fail") };
+    assert!(how.contains("killed by signal 6 (SIGABRT)"), "{how}");
+    while let Some(c) = stream.chunk().await.unwrap() {
+        streamed.push_str(std::str::from_utf8(&c).unwrap());
+    }
+    let data = sse_data(&streamed);
+    assert!(!data.iter().any(|d| d == "[DONE]"), "a broken stream ends without [DONE]");
+    let last: serde_json::Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert!(last["error"]["message"].as_str().unwrap().contains("the local engine crashed"), "{last}");
+    let plain = plain.await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.headers()["x-triage-model"], "cloud-model");
+    assert_eq!(plain.headers()["x-triage-attempts"], "tiny@engine:crashed, cloud-model@cloud:200");
+    let sensitive = sensitive.await.unwrap();
+    assert_eq!(sensitive.status(), 503);
+    assert!(json_body(sensitive).await["error"]["message"].as_str().unwrap().contains("the local engine crashed"));
+    assert!(
+        !cloud.requests().iter().any(|r| r.json().to_string().contains("corp-mail.net")),
+        "the sensitive request never reached the cloud"
+    );
+
+    // The crash shows in the health report and the metrics; the engine comes back.
+    let report = || async {
+        let h = json_body(client().get(gw.url("/v1/health/deployments")).send().await.unwrap()).await;
+        h["deployments"].as_array().unwrap().iter().find(|d| d["model"] == "tiny").unwrap().clone()
+    };
+    let tiny = report().await;
+    assert_eq!(tiny["engine"]["crashes"], 1);
+    assert!(tiny["engine"]["last_crash"].as_str().unwrap().contains("SIGABRT"), "{tiny}");
+    let state_now = tiny["engine"]["state"].as_str().unwrap().to_owned();
+    assert!(state_now.starts_with("crashed: ") || state_now == "loading" || state_now == "ready", "{state_now}");
+    tokio::time::timeout(std::time::Duration::from_secs(30), engine.ready()).await.unwrap().unwrap();
+    let tiny = report().await;
+    assert_eq!(
+        (&tiny["engine"]["state"], &tiny["engine"]["restarts"], &tiny["available"]),
+        (&json!("ready"), &json!(1), &json!(true))
+    );
+    let metrics = client().get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in [
+        "triage_local_crashes_total{provider=\"engine\"} 1",
+        "triage_local_restarts_total{provider=\"engine\"} 1",
+        "triage_local_up{provider=\"engine\"} 1",
+        "triage_local_requests_total{provider=\"engine\",outcome=\"crashed\"} 4",
+    ] {
+        assert!(metrics.lines().any(|l| l == series), "{series} in\n{metrics}");
+    }
+    let resp = post(&gw, &request(false, 4)).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-triage-model"], "tiny");
+
+    // The cloud traffic did not notice.
+    stop.store(true, Ordering::Relaxed);
+    let mut n = 0;
+    for l in loops {
+        for (status, model) in l.await.unwrap() {
+            assert_eq!((status, model.as_deref()), (200, Some("cloud-model")));
+            n += 1;
+        }
+    }
+    assert!(n >= 20, "only {n} cloud requests ran through the crash");
 }

@@ -15,9 +15,14 @@
 //! Like llama-bench, one untimed warm-up run of each test comes first, and every sample is
 //! tokens / seconds of one repetition; the mean and the sample standard deviation are printed.
 //!
+//! With `--isolated`, the engine runs as the gateway runs it: in a worker process
+//! ([`EngineProcess`]; this example started again with its hidden `worker` subcommand), every
+//! event crossing the Unix socket; the times are taken on this side of it.
+//!
 //! ```text
 //! cargo run --release -p triage-local --example throughput -- write-gguf /tmp/model-f16.gguf
 //! cargo run --release -p triage-local --example throughput -- run --model /tmp/model.gguf --threads 2
+//! cargo run --release -p triage-local --example throughput -- run --model /tmp/model.gguf --isolated
 //! ```
 
 #![allow(missing_docs)]
@@ -26,7 +31,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use triage_local::{Engine, EngineConfig, Event, FinishReason, GenerateRequest, Message, Sampling};
+use triage_local::{
+    Engine, EngineConfig, EngineError, EngineProcess, Event, FinishReason, GenerateRequest, Generation, Message,
+    Sampling, WorkerCommand, WorkerOptions,
+};
 use triage_testkit::gguf::{TinyLlama, Weights};
 
 #[derive(Parser)]
@@ -88,7 +96,13 @@ enum Cmd {
         /// must fit the channel: tg at most 60).
         #[arg(long)]
         quiet_reader: bool,
+        /// Run the engine in a worker process, as the gateway does.
+        #[arg(long)]
+        isolated: bool,
     },
+    /// The engine worker process of `run --isolated` (started by it, not by hand).
+    #[command(hide = true)]
+    Worker,
 }
 
 type Error = Box<dyn std::error::Error>;
@@ -112,12 +126,42 @@ fn main() -> Result<(), Error> {
             eprintln!("wrote {} ({:.1} M parameters)", path.display(), model.parameters() as f64 / 1e6);
             Ok(())
         }
-        Cmd::Run { model, threads, pp, tg, reps, json, quiet_reader } => {
+        Cmd::Run { model, threads, pp, tg, reps, json, quiet_reader, isolated } => {
             if quiet_reader && tg > 60 {
                 return Err("--quiet-reader needs --tg 60 or less".into());
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(run(model, threads, pp, tg, reps, json, quiet_reader))
+            rt.block_on(run(model, threads, pp, tg, reps, json, quiet_reader, isolated))
+        }
+        Cmd::Worker => {
+            let code = triage_local::worker_main(WorkerOptions::default());
+            if code == std::process::ExitCode::SUCCESS {
+                Ok(())
+            } else {
+                Err("the worker failed".into())
+            }
+        }
+    }
+}
+
+/// The engine measured: in this process, or in a worker process.
+enum Bench {
+    InProcess(Engine),
+    Isolated(EngineProcess),
+}
+
+impl Bench {
+    fn generate(&self, req: GenerateRequest) -> Result<Generation, EngineError> {
+        match self {
+            Bench::InProcess(e) => e.generate(req),
+            Bench::Isolated(e) => e.generate(req),
+        }
+    }
+
+    async fn until_idle(&self) {
+        match self {
+            Bench::InProcess(e) => e.until_idle().await,
+            Bench::Isolated(e) => e.until_idle().await,
         }
     }
 }
@@ -168,7 +212,7 @@ struct Run {
     finish: FinishReason,
 }
 
-async fn once(engine: &Engine, req: GenerateRequest) -> Result<Run, Error> {
+async fn once(engine: &Bench, req: GenerateRequest) -> Result<Run, Error> {
     let t0 = Instant::now();
     let mut g = engine.generate(req)?;
     let mut started = None;
@@ -215,7 +259,7 @@ fn report(test: &str, n_prompt: u32, n_gen: u32, threads: u32, samples: &[f64], 
 }
 
 /// Started to idle, without reading the events in between (see `--quiet-reader`).
-async fn once_quiet(engine: &Engine, req: GenerateRequest) -> Result<Duration, Error> {
+async fn once_quiet(engine: &Bench, req: GenerateRequest) -> Result<Duration, Error> {
     let mut g = engine.generate(req)?;
     match g.next().await {
         Some(Event::Started { .. }) => {}
@@ -240,19 +284,30 @@ async fn run(
     reps: u32,
     json: bool,
     quiet_reader: bool,
+    isolated: bool,
 ) -> Result<(), Error> {
-    let engine = Engine::load(EngineConfig {
+    let config = EngineConfig {
         model_path: model,
         parallel: 1,
         queue: 0,
         // Room for the pp prompt, or for a short prompt and tg tokens.
         context: pp.max(tg + 64) + 16,
         threads,
-    })?;
+    };
+    let local = Engine::load(config.clone())?;
+    // The pp prompt is made with an in-process engine (templating and token counts).
+    let pp_content = if pp > 0 { Some(prompt_of(&local, pp)?) } else { None };
+    let engine = if isolated {
+        drop(local);
+        let e = EngineProcess::start(config, WorkerCommand::current_exe(&["worker"])?, "throughput");
+        e.ready().await?;
+        Bench::Isolated(e)
+    } else {
+        Bench::InProcess(local)
+    };
     let reps = reps.max(1);
 
-    if pp > 0 {
-        let content = prompt_of(&engine, pp)?;
+    if let Some(content) = pp_content {
         let mut samples = Vec::new();
         for rep in 0..=reps {
             let r = once(&engine, request(&content, 1)).await?;

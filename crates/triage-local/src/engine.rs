@@ -10,13 +10,13 @@ use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::template::ChatTemplate;
 use crate::tools::ToolFormat;
 
 /// How to run one model.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EngineConfig {
     /// The GGUF file.
     pub model_path: PathBuf,
@@ -33,7 +33,7 @@ pub struct EngineConfig {
 }
 
 /// Why the engine cannot serve a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum EngineError {
     /// The model file cannot be loaded, or the context cannot be created.
     #[error("cannot load {path}: {reason}")]
@@ -72,10 +72,14 @@ pub enum EngineError {
     /// The engine's thread is gone.
     #[error("the local engine has stopped")]
     Stopped,
+    /// The engine's worker process died (a crash in native code, an abort, the OOM killer) or
+    /// is being restarted after such a death: `0` says how it died and when it comes back.
+    #[error("the local engine crashed: {0}")]
+    Crashed(String),
 }
 
 /// One chat message, its content already flattened to text.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     /// `system`, `user`, `assistant`, `tool`, ...: passed to the template as is.
     pub role: String,
@@ -97,7 +101,7 @@ impl Message {
 }
 
 /// A function the model may call.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Tool {
     /// The function's name.
     pub name: String,
@@ -108,7 +112,7 @@ pub struct Tool {
 }
 
 /// One call of a tool, generated or from an earlier assistant turn.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ToolCall {
     /// The call's id (`call_` and 24 letters and digits, or 9 letters and digits for Mistral).
     pub id: String,
@@ -119,7 +123,7 @@ pub struct ToolCall {
 }
 
 /// Whether and which tools the model must call (OpenAI's `tool_choice`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum ToolChoice {
     /// The model decides; once it opens a call (the format's marker), a lazy grammar keeps the
     /// call well-formed.
@@ -134,7 +138,7 @@ pub enum ToolChoice {
 }
 
 /// How the next token is picked.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sampling {
     /// Softmax temperature; 0 (or less) is greedy: always the most likely token, so the same
     /// prompt always gives the same answer.
@@ -154,7 +158,7 @@ impl Default for Sampling {
 }
 
 /// One request to the engine.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GenerateRequest {
     /// The conversation, put through the model's chat template with the assistant's turn opened.
     pub messages: Vec<Message>,
@@ -195,7 +199,7 @@ impl Default for GenerateRequest {
 }
 
 /// Why a generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FinishReason {
     /// The model ended its turn (an end-of-generation token) or a stop sequence appeared.
     Stop,
@@ -217,7 +221,7 @@ impl FinishReason {
 }
 
 /// Token counts of one generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     /// Tokens of the templated prompt, as this model tokenises it (special tokens included).
     pub prompt_tokens: u32,
@@ -230,7 +234,7 @@ pub struct Usage {
 
 /// What a generation reports, in order: `Started`, any number of `Text`, at most one
 /// `ToolCalls`, then `Finished` or `Failed`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// The prompt was read (prefill done); the first token is being generated.
     Started {
@@ -270,7 +274,7 @@ pub struct Output {
 /// Counters of an engine since it was loaded (the figures llama.cpp's own server exports as
 /// metrics: tokens and seconds of prompt processing and of generation, so that a rate of one
 /// over the other is tokens per second).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct EngineStats {
     /// Requests admitted and not yet done (running or waiting for a slot).
     pub in_flight: usize,
@@ -282,6 +286,9 @@ pub struct EngineStats {
     pub cancelled: u64,
     /// Requests refused because every place was taken.
     pub busy: u64,
+    /// Requests that failed because the engine's worker process died under them (always 0 for
+    /// an in-process [`Engine`]; see [`crate::EngineProcess`]).
+    pub crashed: u64,
     /// Prompt tokens read (prefilled).
     pub prompt_tokens: u64,
     /// Time spent in llama.cpp decoding prompts, in nanoseconds.
@@ -294,15 +301,52 @@ pub struct EngineStats {
 }
 
 /// The events of one request. Dropping it stops the generation and frees its slot.
+///
+/// The same type for both engines: an in-process [`Engine`]'s generation reads the engine
+/// thread's channel; an [`crate::EngineProcess`]'s reads what the worker process sent, and on
+/// drop asks the worker to stop it.
 #[derive(Debug)]
 pub struct Generation {
-    rx: mpsc::Receiver<Event>,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    /// The events, and what resolves once the engine gave the request's place back.
+    Local(mpsc::Receiver<Event>, oneshot::Receiver<()>),
+    Remote(crate::process::RemoteGeneration),
 }
 
 impl Generation {
+    pub(crate) fn local(rx: mpsc::Receiver<Event>, released: oneshot::Receiver<()>) -> Generation {
+        Generation { source: Source::Local(rx, released) }
+    }
+
+    pub(crate) fn remote(r: crate::process::RemoteGeneration) -> Generation {
+        Generation { source: Source::Remote(r) }
+    }
+
     /// The next event; `None` after `Finished` / `Failed`.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        match &mut self.source {
+            Source::Local(rx, _) => rx.recv().await,
+            Source::Remote(r) => r.next().await,
+        }
+    }
+
+    /// Stops an in-process generation and waits until the engine thread has let go of it (its
+    /// slot or queue place is free); the events not read are dropped.
+    pub(crate) async fn stop(self) {
+        match self.source {
+            Source::Local(mut rx, released) => {
+                // Closing makes the engine drop the request at its next step (or when it takes
+                // it from its queue); the place is free once the permit is gone.
+                rx.close();
+                while rx.recv().await.is_some() {}
+                let _ = released.await;
+            }
+            Source::Remote(r) => drop(r),
+        }
     }
 
     /// Reads the whole answer.
@@ -340,9 +384,10 @@ pub(crate) struct Shared {
     pub generation_nanos: AtomicU64,
 }
 
-/// One admitted request's place; dropping it gives the place back.
+/// One admitted request's place; dropping it gives the place back, then resolves the
+/// generation's `released` (the field is dropped after `drop` ran).
 #[derive(Debug)]
-pub(crate) struct Permit(Arc<Shared>);
+pub(crate) struct Permit(Arc<Shared>, #[allow(dead_code)] oneshot::Sender<()>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
@@ -354,8 +399,10 @@ impl Drop for Permit {
 #[derive(Debug)]
 pub(crate) struct Job {
     pub request: GenerateRequest,
-    pub events: mpsc::Sender<Event>,
+    /// Before `events`: a job dropped unstarted gives its place back before its reader can see
+    /// the channel close.
     pub permit: Permit,
+    pub events: mpsc::Sender<Event>,
     /// How tool calls are generated and read, when the request may call tools.
     pub tools: Option<ToolPlan>,
 }
@@ -507,6 +554,37 @@ pub(crate) fn probe_tools(jinja: &ChatTemplate) -> Result<ToolFormat, String> {
     })
 }
 
+/// A request's tool-call format and the tools a call is forced to (`None`: the model chooses).
+pub(crate) type ToolSelection<'r> = (ToolFormat, Option<&'r [Tool]>);
+
+/// The checks of a request's tools that need no model: `None` when it calls no tools, else the
+/// model's call format and the tools a call is forced to (`None` = the model may choose).
+///
+/// Errors: [`EngineError::Tools`] when `tool_choice` names no given tool, `required` comes
+/// without tools, or the model cannot call tools (`support` says why).
+pub(crate) fn tool_selection<'r>(
+    request: &'r GenerateRequest,
+    support: &Result<ToolFormat, String>,
+) -> Result<Option<ToolSelection<'r>>, EngineError> {
+    let forced = match &request.tool_choice {
+        ToolChoice::None => return Ok(None),
+        ToolChoice::Auto if request.tools.is_empty() => return Ok(None),
+        ToolChoice::Auto => None,
+        ToolChoice::Required if request.tools.is_empty() => {
+            return Err(EngineError::Tools("tool_choice \"required\" needs at least one tool".into()))
+        }
+        ToolChoice::Required => Some(request.tools.as_slice()),
+        ToolChoice::Function(name) => match request.tools.iter().position(|t| &t.name == name) {
+            Some(i) => Some(&request.tools[i..=i]),
+            None => {
+                return Err(EngineError::Tools(format!("tool_choice names {name:?}, which is not among the tools")))
+            }
+        },
+    };
+    let format = support.clone().map_err(|why| EngineError::Tools(format!("this model cannot call tools: {why}")))?;
+    Ok(Some((format, forced)))
+}
+
 /// The process's llama.cpp backend: initialised once, llama.cpp's log sent to `tracing`.
 pub(crate) fn backend() -> Result<&'static LlamaBackend, EngineError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
@@ -615,10 +693,11 @@ impl Engine {
             self.shared.busy.fetch_add(1, Ordering::Relaxed);
             return Err(EngineError::Busy { capacity });
         }
-        let permit = Permit(self.shared.clone());
+        let (released_tx, released) = oneshot::channel();
+        let permit = Permit(self.shared.clone(), released_tx);
         let (events, rx) = mpsc::channel(EVENT_BUFFER);
         match self.jobs.try_send(Job { request, events, permit, tools }) {
-            Ok(()) => Ok(Generation { rx }),
+            Ok(()) => Ok(Generation::local(rx, released)),
             // The channel holds `capacity` jobs and at most `capacity` are admitted, so it is
             // never full here; a full one would be a bookkeeping fault, reported as busy.
             Err(TrySendError::Full(_)) => Err(EngineError::Busy { capacity }),
@@ -628,26 +707,7 @@ impl Engine {
 
     /// How `request` calls tools, or why it cannot.
     fn tool_plan(&self, request: &GenerateRequest) -> Result<Option<ToolPlan>, EngineError> {
-        let forced = match &request.tool_choice {
-            ToolChoice::None => return Ok(None),
-            ToolChoice::Auto if request.tools.is_empty() => return Ok(None),
-            ToolChoice::Auto => None,
-            ToolChoice::Required if request.tools.is_empty() => {
-                return Err(EngineError::Tools("tool_choice \"required\" needs at least one tool".into()))
-            }
-            ToolChoice::Required => Some(request.tools.as_slice()),
-            ToolChoice::Function(name) => match request.tools.iter().position(|t| &t.name == name) {
-                Some(i) => Some(&request.tools[i..=i]),
-                None => {
-                    return Err(EngineError::Tools(format!("tool_choice names {name:?}, which is not among the tools")))
-                }
-            },
-        };
-        let format = self
-            .model
-            .tool_support
-            .clone()
-            .map_err(|why| EngineError::Tools(format!("this model cannot call tools: {why}")))?;
+        let Some((format, forced)) = tool_selection(request, &self.model.tool_support)? else { return Ok(None) };
         let grammar = format
             .grammar(forced.unwrap_or(&request.tools), request.parallel_tool_calls)
             .map_err(EngineError::Tools)?;
@@ -686,6 +746,7 @@ impl Engine {
             finished: load(&self.shared.finished),
             cancelled: load(&self.shared.cancelled),
             busy: load(&self.shared.busy),
+            crashed: 0,
             prompt_tokens: load(&self.shared.prompt_tokens),
             prompt_nanos: load(&self.shared.prompt_nanos),
             generated_tokens: load(&self.shared.generated_tokens),

@@ -22,10 +22,15 @@
 //! well-formed: from the first token when a call is required, from the format's opening marker
 //! on when the model may choose. The call text is never streamed; it is parsed when the
 //! generation ends and reported as [`Event::ToolCalls`] (malformed output stays plain text).
+//!
+//! Isolation: the gateway runs the engine in a supervised worker process ([`EngineProcess`]),
+//! the same executable started again, so that a crash in native code ends the worker, not the
+//! gateway; [`Engine`] is the engine inside that worker (and in tests and benchmarks).
 #![deny(missing_docs)]
 
 mod engine;
 mod info;
+mod process;
 mod template;
 mod text;
 mod tools;
@@ -36,4 +41,8 @@ pub use engine::{
     Sampling, Tool, ToolCall, ToolChoice, Usage,
 };
 pub use info::{InfoError, ModelInfo};
+pub use process::{
+    run_test_worker_if_asked, worker_main, EngineHealth, EngineProcess, EngineState, WorkerCommand, WorkerOptions,
+    WORKER_SUBCOMMAND,
+};
 pub use tools::ToolFormat;

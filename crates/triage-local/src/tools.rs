@@ -21,7 +21,7 @@ use crate::engine::{Tool, ToolCall};
 pub(crate) const GRAMMAR_ROOT: &str = "tool-calls-root";
 
 /// How a model writes tool calls, as its chat template teaches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ToolFormat {
     /// `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` (Hermes 2 Pro, Qwen 2.5 / 3 and
     /// other ChatML-based templates).

@@ -56,10 +56,11 @@ pub(crate) struct Worker {
 
 struct Slot {
     seq: i32,
-    events: Sender<Event>,
     /// Given back just before the last event is handed over, so a reader that saw its answer
-    /// end can be admitted again at once.
+    /// end can be admitted again at once. Declared before `events` so that a dropped slot gives
+    /// its place back before its reader can see the channel close.
     permit: Option<Permit>,
+    events: Sender<Event>,
     sampler: LlamaSampler,
     text: TextOut,
     /// The tool-call format whose calls are captured and parsed, when the request may call tools.

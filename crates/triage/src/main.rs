@@ -156,6 +156,10 @@ enum Command {
         #[command(flatten)]
         hp: TrainFlags,
     },
+    /// The local engine's worker process, started by `triage serve` (not by hand): it connects
+    /// to the socket its environment names and runs the model it is given.
+    #[command(name = "engine-worker", hide = true)]
+    EngineWorker,
     /// Set a model's thresholds from a sample of prompts, for target shares per tier or a target cost.
     Calibrate {
         /// Data folder(s) holding the sample.
@@ -316,6 +320,9 @@ fn load_lexical(path: Option<&Path>) -> Result<triage_core::router::LexicalModel
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    if let Command::EngineWorker = cli.command {
+        return triage_local::worker_main(triage_local::WorkerOptions::default());
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
@@ -425,9 +432,17 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Models { action: Some(action), .. } => models_action(action),
         Command::Models { action: None, json, gateway } => {
             let catalog = load_catalog(cli.config.as_deref())?;
-            let state = triage_gateway::AppState::new(catalog).map_err(|e| e.to_string())?;
             let rt = runtime()?;
-            rt.block_on(triage_gateway::health::probe_all(&state));
+            // Local engines start their worker on the runtime; wait for their models to load
+            // (or fail) so that the table says whether they can serve.
+            let state = rt.block_on(async {
+                let state = triage_gateway::AppState::new(catalog)?;
+                for e in state.providers.iter().filter_map(|p| p.local_engine()) {
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(120), e.ready()).await;
+                }
+                triage_gateway::health::probe_all(&state).await;
+                Ok::<_, String>(state)
+            })?;
             print_models(&state, json);
             if !json {
                 let found = local_models::find_all(
@@ -509,6 +524,7 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", out.map_err(|e| e.to_string())?);
             Ok(())
         }
+        Command::EngineWorker => Err("engine-worker is run by `triage serve`".into()),
         Command::Calibrate {
             data,
             sample,
@@ -774,5 +790,17 @@ fn print_models(state: &triage_gateway::AppState, json: bool) {
     println!("{}", line(HEAD.to_vec()));
     for r in &rows {
         println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    #[test]
+    fn the_hidden_worker_subcommand_is_the_one_the_gateway_starts() {
+        let cli = super::Cli::try_parse_from(["triage", triage_local::WORKER_SUBCOMMAND]).unwrap();
+        assert!(matches!(cli.command, super::Command::EngineWorker));
     }
 }

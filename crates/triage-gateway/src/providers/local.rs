@@ -1,12 +1,17 @@
-//! Provider `kind = "local"`: a GGUF model run in-process by llama.cpp ([`triage_local::Engine`]).
+//! Provider `kind = "local"`: a GGUF model run by llama.cpp in a supervised worker process of
+//! this same executable ([`triage_local::EngineProcess`]), so that a crash in native inference
+//! code ends the worker, not the gateway.
 //!
 //! It speaks OpenAI Chat Completions like an OpenAI-compatible server on loopback would, so
 //! everything above it (translation for Anthropic clients, stream priming, accounting) is the
 //! same: the body it gets is an OpenAI request, the answer a [`ChatCompletion`] or a stream of
 //! [`ChatChunk`]s ending with a usage chunk. When the engine's queue is full a call fails at
 //! once with [`UpstreamError::Busy`], and [`LocalProvider::busy`] makes the deployment show as
-//! unavailable, so routing and fallback go elsewhere. A model file that cannot be loaded leaves
-//! the provider down (its probe fails), never the gateway.
+//! unavailable, so routing and fallback go elsewhere. While the worker loads its model, calls
+//! wait for it; a model file that cannot be loaded leaves the provider `failed` with the reason;
+//! a worker that dies fails its requests in flight with [`UpstreamError::Crashed`] (fallback
+//! where the policy allows, 503 otherwise) and is restarted with a backoff. Never the gateway
+//! down.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,16 +22,16 @@ use serde_json::{json, Value};
 use triage_core::catalog::{Provider, Timeouts};
 use triage_core::openai::{ChatChunk, ChatCompletion, ChatRequest, Content, ContentPart, Role};
 use triage_local::{
-    Engine, EngineConfig, EngineError, Event, GenerateRequest, Generation, Message, Sampling, Tool, ToolCall,
-    ToolChoice,
+    EngineConfig, EngineError, EngineProcess, EngineState, Event, GenerateRequest, Generation, Message, Sampling, Tool,
+    ToolCall, ToolChoice, WorkerCommand,
 };
 
 use super::{CallError, ChunkStream, Completion, Reply, StreamItem, TimeoutKind, UpstreamError};
 
-/// The in-process engine of one `local` provider.
+/// The engine of one `local` provider.
 #[derive(Debug)]
 pub struct LocalProvider {
-    engine: Result<Arc<Engine>, String>,
+    engine: Result<Arc<EngineProcess>, String>,
     timeouts: Timeouts,
 }
 
@@ -49,6 +54,7 @@ fn engine_failure(e: EngineError) -> CallError {
         EngineError::ContextExceeded { .. } => client_error(e.to_string(), "context_length_exceeded"),
         EngineError::Template(_) | EngineError::Tools(_) => client_error(e.to_string(), "invalid_request"),
         EngineError::Busy { .. } => CallError::Failed(UpstreamError::Busy(e.to_string())),
+        EngineError::Crashed(_) => CallError::Failed(UpstreamError::Crashed(e.to_string())),
         EngineError::Load { .. } | EngineError::Stopped => CallError::Failed(UpstreamError::Connect(e.to_string())),
         EngineError::Decode(_) => CallError::Failed(UpstreamError::InBand(e.to_string())),
     }
@@ -188,30 +194,49 @@ fn usage_json(u: triage_local::Usage) -> Value {
 }
 
 impl LocalProvider {
-    /// Loads `p`'s model (blocking; done once at start-up). A model that cannot be loaded is
-    /// logged and leaves the provider unreachable.
+    /// Starts `p`'s engine worker (it loads the model in the background; calls wait for it).
+    /// Without a `worker` command in the config, the worker is this executable run with
+    /// [`triage_local::WORKER_SUBCOMMAND`] (the `triage` binary's hidden subcommand).
     pub fn new(p: &Provider) -> LocalProvider {
-        let engine = match &p.engine {
-            Some(e) => Engine::load(EngineConfig {
+        let Some(e) = &p.engine else {
+            return LocalProvider { engine: Err("the provider has no model_path".to_owned()), timeouts: p.timeouts };
+        };
+        let command = match &e.worker {
+            Some(cmd) => match cmd.split_first() {
+                Some((program, args)) => {
+                    Ok(WorkerCommand { program: program.into(), args: args.iter().map(Into::into).collect() })
+                }
+                None => Err("the worker command is empty".to_owned()),
+            },
+            None => WorkerCommand::current_exe(&[triage_local::WORKER_SUBCOMMAND]),
+        };
+        let engine = command.map(|command| {
+            let config = EngineConfig {
                 model_path: e.model_path.clone().into(),
                 parallel: e.parallel,
                 queue: e.queue,
                 context: e.context,
                 threads: e.threads,
-            })
-            .map(Arc::new)
-            .map_err(|e| e.to_string()),
-            None => Err("the provider has no model_path".to_owned()),
-        };
-        if let Err(e) = &engine {
-            tracing::error!(provider = %p.name, error = %e, "local model not loaded; the provider is unavailable");
+            };
+            Arc::new(EngineProcess::start(config, command, &p.name))
+        });
+        if let Err(why) = &engine {
+            tracing::error!(provider = %p.name, error = %why, "cannot start the local engine; the provider is unavailable");
         }
         LocalProvider { engine, timeouts: p.timeouts }
     }
 
-    /// The engine, when the model loaded.
-    pub fn engine(&self) -> Option<&Arc<Engine>> {
+    /// The engine (absent only when it could not be started at all).
+    pub fn engine(&self) -> Option<&Arc<EngineProcess>> {
         self.engine.as_ref().ok()
+    }
+
+    /// Where the engine is: loading, ready, failed (with the reason) or crashed (restarting).
+    pub fn state(&self) -> EngineState {
+        match &self.engine {
+            Ok(e) => e.state(),
+            Err(why) => EngineState::Failed(why.clone()),
+        }
     }
 
     /// True when the engine's slots and queue are all taken.
@@ -219,13 +244,13 @@ impl LocalProvider {
         self.engine().is_some_and(|e| e.is_busy())
     }
 
-    /// "Reachable" when the model is loaded.
+    /// "Reachable" unless the model failed to load or the worker is down after a crash.
     ///
-    /// Errors: [`UpstreamError::Connect`] with the load error.
+    /// Errors: [`UpstreamError::Connect`] with the reason.
     pub fn probe(&self) -> Result<StatusCode, UpstreamError> {
-        match &self.engine {
-            Ok(_) => Ok(StatusCode::OK),
-            Err(e) => Err(UpstreamError::Connect(e.clone())),
+        match self.state() {
+            EngineState::Loading | EngineState::Ready => Ok(StatusCode::OK),
+            s => Err(UpstreamError::Connect(s.describe())),
         }
     }
 

@@ -21,6 +21,7 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use triage_core::catalog::{Provider, ProviderKind, Timeouts};
 use triage_core::openai::ChatCompletion;
 use triage_core::retry;
+use triage_local::EngineState;
 
 pub use scrub::Scrubber;
 pub use stream::{Batch, ChunkStream, StreamItem};
@@ -97,6 +98,10 @@ pub enum UpstreamError {
     /// A local engine's slots and queue are all taken: go elsewhere now.
     #[error("{0}")]
     Busy(String),
+    /// A local engine's worker process died under the call, or is down after such a death
+    /// (it is restarted): go elsewhere now.
+    #[error("{0}")]
+    Crashed(String),
 }
 
 /// Why a call did not produce an answer.
@@ -393,11 +398,21 @@ impl ProviderClient {
         }
     }
 
-    /// False for a `local` provider whose model did not load (always true over HTTP).
+    /// False for a `local` provider whose model cannot be loaded or whose worker is down after
+    /// a crash (always true over HTTP; a local engine still loading counts as loaded: calls
+    /// wait for it).
     pub fn loaded(&self) -> bool {
         match self {
             ProviderClient::Http(_) => true,
-            ProviderClient::Local(l) => l.engine().is_some(),
+            ProviderClient::Local(l) => matches!(l.state(), EngineState::Loading | EngineState::Ready),
+        }
+    }
+
+    /// A `local` provider's engine state (`None` over HTTP).
+    pub fn local_state(&self) -> Option<EngineState> {
+        match self {
+            ProviderClient::Http(_) => None,
+            ProviderClient::Local(l) => Some(l.state()),
         }
     }
 
@@ -409,8 +424,8 @@ impl ProviderClient {
         }
     }
 
-    /// The local engine, for a `local` provider whose model loaded.
-    pub fn local_engine(&self) -> Option<&std::sync::Arc<triage_local::Engine>> {
+    /// The local engine of a `local` provider.
+    pub fn local_engine(&self) -> Option<&std::sync::Arc<triage_local::EngineProcess>> {
         match self {
             ProviderClient::Http(_) => None,
             ProviderClient::Local(l) => l.engine(),
@@ -426,8 +441,8 @@ impl ProviderClient {
     }
 }
 
-/// Builds the client for `p`, reading its key from the environment; a `local` provider loads
-/// its model here (blocking).
+/// Builds the client for `p`, reading its key from the environment; a `local` provider starts
+/// its engine worker here (on the current tokio runtime; the model loads in the background).
 ///
 /// Errors: the HTTP client cannot be built (TLS backend failure).
 pub fn client_for(p: &Provider) -> Result<ProviderClient, reqwest::Error> {

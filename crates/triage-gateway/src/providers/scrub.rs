@@ -132,6 +132,7 @@ impl Scrubber {
             UpstreamError::Protocol(m) => UpstreamError::Protocol(self.text(m)),
             UpstreamError::InBand(m) => UpstreamError::InBand(self.text(m)),
             UpstreamError::Busy(m) => UpstreamError::Busy(self.text(m)),
+            UpstreamError::Crashed(m) => UpstreamError::Crashed(self.text(m)),
             e @ (UpstreamError::Timeout(_) | UpstreamError::Truncated) => e,
         }
     }
