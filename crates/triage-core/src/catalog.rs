@@ -359,6 +359,74 @@ pub struct BudgetSpec {
     pub limit: crate::cost::NanoUsd,
 }
 
+/// Shadow evaluation (`[evals]`): a sample of requests answered by a model cheaper than the
+/// reference is answered again by the reference in the background, and a judge model compares
+/// the two answers (docs/ROUTING.md, "Production evaluation").
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalSettings {
+    /// Probability in [0, 1] that an eligible request is shadowed; 0 turns evaluation off.
+    pub sample_rate: f64,
+    /// The model answers are compared against; `Some` whenever `sample_rate > 0`.
+    pub reference: Option<ModelId>,
+    /// The model that judges; defaults to the reference.
+    pub judge: Option<ModelId>,
+    /// Daily budget of the evaluation's own spend (reference and judge calls), a budget line of
+    /// its own (scope `evals`), never charged to a user's, key's or team's budget.
+    pub max_usd_per_day: crate::cost::NanoUsd,
+    /// Store the prompt and both answers with each result (default false: only the router's
+    /// representation of the request is kept).
+    pub store_text: bool,
+    /// Shadow jobs run at most this many at a time (default 2).
+    pub concurrency: usize,
+    /// Shadow jobs waiting beyond those running; a sampled request finding the queue full is
+    /// dropped and counted, never waited for (default 64).
+    pub queue: usize,
+    /// `max_tokens` of each judge call (default 1,024).
+    pub judge_max_tokens: u64,
+    /// Virtual key ids whose requests are never evaluated (`[evals.keys] ID = false`).
+    pub opt_out_keys: std::collections::BTreeSet<String>,
+    /// Users whose requests are never evaluated (`[evals.users]`).
+    pub opt_out_users: std::collections::BTreeSet<String>,
+    /// Teams whose requests are never evaluated (`[evals.teams]`).
+    pub opt_out_teams: std::collections::BTreeSet<String>,
+    /// Roles (`role:NAME` requests) that are never evaluated (`[evals.roles]`).
+    pub opt_out_roles: std::collections::BTreeSet<String>,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        EvalSettings {
+            sample_rate: 0.0,
+            reference: None,
+            judge: None,
+            max_usd_per_day: crate::cost::NanoUsd(1_000_000_000),
+            store_text: false,
+            concurrency: 2,
+            queue: 64,
+            judge_max_tokens: 1024,
+            opt_out_keys: Default::default(),
+            opt_out_users: Default::default(),
+            opt_out_teams: Default::default(),
+            opt_out_roles: Default::default(),
+        }
+    }
+}
+
+impl EvalSettings {
+    /// True when requests are sampled for shadow evaluation.
+    pub fn enabled(&self) -> bool {
+        self.sample_rate > 0.0 && self.reference.is_some()
+    }
+
+    /// True when a request of this key id, user, team and role (any may be absent) opted out.
+    pub fn opted_out(&self, key: Option<&str>, user: Option<&str>, team: Option<&str>, role: Option<&str>) -> bool {
+        key.is_some_and(|k| self.opt_out_keys.contains(k))
+            || user.is_some_and(|u| self.opt_out_users.contains(u))
+            || team.is_some_and(|t| self.opt_out_teams.contains(t))
+            || role.is_some_and(|r| self.opt_out_roles.contains(r))
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
@@ -377,6 +445,7 @@ pub struct Catalog {
     pub(crate) guard: GuardPolicy,
     pub(crate) spend: SpendSettings,
     pub(crate) budgets: Vec<BudgetSpec>,
+    pub(crate) evals: EvalSettings,
 }
 
 impl Catalog {
@@ -447,6 +516,10 @@ impl Catalog {
     /// Budgets from the config file.
     pub fn budgets(&self) -> &[BudgetSpec] {
         &self.budgets
+    }
+    /// Shadow evaluation settings (`[evals]`).
+    pub fn evals(&self) -> &EvalSettings {
+        &self.evals
     }
     /// The provider of `model`'s primary deployment.
     pub fn provider_of(&self, model: ModelId) -> &Provider {

@@ -21,6 +21,8 @@ use crate::catalog::{
 use crate::cost::{PerMillion, Price};
 use crate::router::ScorerKind;
 
+mod evals;
+
 /// The built-in default configuration, also what `triage init` writes.
 pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
 
@@ -191,6 +193,8 @@ struct RawConfig {
     spend: RawSpend,
     #[serde(default)]
     budgets: Vec<Spanned<RawBudget>>,
+    #[serde(default)]
+    evals: evals::RawEvals,
 }
 
 #[derive(Deserialize, Default)]
@@ -803,6 +807,7 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         }
         budgets.push(BudgetSpec { scope, period, tier, limit: crate::cost::NanoUsd((usd * 1e9).round() as u64) });
     }
+    let evals = evals::validate(&ctx, raw.evals, &models, &roles, spend.database.is_some())?;
 
     Ok(Catalog {
         source: file.to_owned(),
@@ -820,6 +825,7 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         guard,
         spend,
         budgets,
+        evals,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod catalog;
 pub mod config;
 pub mod cost;
+pub mod evals;
 pub mod guard;
 pub mod openai;
 pub mod retry;

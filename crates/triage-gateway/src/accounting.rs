@@ -278,6 +278,8 @@ pub struct Accounting {
     /// Set once recorded; a request dropped before (a client that went away) records itself
     /// as `cancelled` and releases its reservation.
     pub done: bool,
+    /// The ticket of a request sampled for production evaluation ([`crate::evals`]).
+    pub shadow: Option<crate::evals::Ticket>,
 }
 
 impl Drop for Accounting {
@@ -306,6 +308,7 @@ impl Accounting {
             score: None,
             sensitivity: None,
             done: true,
+            shadow: None,
         }
     }
 
@@ -368,6 +371,24 @@ impl Accounting {
                 });
             }
         }
+        if let (Some(ticket), Some(r)) = (self.shadow.take(), route) {
+            let meta = crate::evals::Meta {
+                request_id: self.request_id.clone(),
+                ts_ms: self.started_ms,
+                key_id: self.key.as_ref().map(|k| k.id.clone()),
+                user: self.key.as_ref().map(|k| k.user.clone()),
+                team: self.key.as_ref().map(|k| k.team.clone()),
+                role: self.requested_model.strip_prefix("role:").map(str::to_owned),
+                endpoint: self.format.endpoint(),
+                requested_model: self.requested_model.clone(),
+                reason: r.reason.clone(),
+                model: r.model,
+                tier: r.tier,
+                cost,
+                score: self.score,
+            };
+            crate::evals::finished(st, ticket, status, meta);
+        }
         let Some(ledger) = &st.ledger else { return };
         let attempts = route.map(|r| r.attempts.as_slice()).unwrap_or_default();
         let dep = attempts.last().map(|a| &c.deployments()[a.deployment]);
@@ -378,10 +399,7 @@ impl Accounting {
             user: self.key.as_ref().map(|k| k.user.clone()),
             team: self.key.as_ref().map(|k| k.team.clone()),
             role: self.requested_model.strip_prefix("role:").map(str::to_owned),
-            endpoint: match self.format {
-                Format::OpenAi => "chat_completions".into(),
-                Format::Anthropic => "messages".into(),
-            },
+            endpoint: self.format.endpoint().into(),
             requested_model: self.requested_model.clone(),
             tier: route.map(|r| c.tiers()[r.tier].clone()),
             model: route.map(|r| c.models()[r.model].id.clone()),
@@ -398,6 +416,7 @@ impl Accounting {
             status: status.to_owned(),
             stream: self.stream,
             attempts: attempts.iter().map(|a| attempt_record(st, a)).collect(),
+            kind: String::new(),
         });
     }
 }

@@ -28,6 +28,9 @@ pub enum GatewayError {
     /// The key may not use the model or tier asked for (403).
     #[error("{0}")]
     Forbidden(String),
+    /// Something the request names does not exist, e.g. the request id of feedback (404).
+    #[error("{0}")]
+    NotFound(String),
     /// A hard budget limit would be passed (429, code `budget_exceeded`).
     #[error("{message}")]
     BudgetExceeded {
@@ -105,6 +108,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) | GatewayError::SensitiveBlocked(_) | GatewayError::SensitiveNeedsLocal(_) => {
                 StatusCode::FORBIDDEN
             }
+            GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::BudgetExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::BudgetStore | GatewayError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Route(RouteError::ModelNotFound { .. }) => StatusCode::NOT_FOUND,
@@ -129,6 +133,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => {
                 ("invalid_request_error", Some("model_not_allowed"), Some("model".to_owned()))
             }
+            GatewayError::NotFound(_) => ("invalid_request_error", Some("not_found"), None),
             GatewayError::SensitiveBlocked(_) => ("invalid_request_error", Some("sensitive_content_blocked"), None),
             GatewayError::SensitiveNeedsLocal(_) => {
                 ("invalid_request_error", Some("sensitive_content_requires_local_model"), None)

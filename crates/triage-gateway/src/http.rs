@@ -6,6 +6,7 @@
 //! - `GET /healthz`: the process is up; `GET /readyz`: some model can take calls now;
 //! - `GET /v1/health/deployments`: breaker state, latency and error rate per deployment;
 //! - `GET /v1/spend`: the spend report (admin key when `auth = "keys"`);
+//! - `POST /v1/feedback` and `GET /v1/evals` (admin): [`crate::evals::http`];
 //! - `GET /metrics`: Prometheus text format.
 
 use axum::extract::{Query, State};
@@ -35,6 +36,8 @@ pub fn app(state: SharedState) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/health/deployments", get(deployments))
         .route("/v1/spend", get(spend))
+        .route("/v1/feedback", post(crate::evals::http::feedback))
+        .route("/v1/evals", get(crate::evals::http::report))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)

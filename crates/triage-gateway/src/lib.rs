@@ -6,6 +6,7 @@
 pub mod accounting;
 pub mod dispatch;
 pub mod error;
+pub mod evals;
 pub mod guarding;
 pub mod health;
 pub mod http;
@@ -52,7 +53,9 @@ pub async fn serve(
     }
     let state = Arc::new(state);
     let ledger = state.ledger.clone();
-    let probes = health::spawn(state.clone());
+    let mut probes = health::spawn(state.clone());
+    probes.extend(evals::spawn(&state));
+    probes.push(scoring::spawn_reloader(state.clone()));
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
     // Small SSE writes must leave at once: without TCP_NODELAY, Nagle's algorithm meeting the

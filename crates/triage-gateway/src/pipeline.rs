@@ -104,6 +104,7 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         score: None,
         sensitivity: None,
         done: false,
+        shadow: None,
     };
     let request_id = acct.request_id.clone();
     let mut route: Option<RouteInfo> = None;
@@ -229,9 +230,9 @@ async fn serve(
                 (d, None)
             }),
             Target::Auto => {
-                let scored = match &state.router {
+                let scored = match state.router.get() {
                     Some(r) => {
-                        crate::scoring::decide(r, &state.scoring_slots, &inbound.openai, catalog.tiers().len()).await
+                        crate::scoring::decide(&r, &state.scoring_slots, &inbound.openai, catalog.tiers().len()).await
                     }
                     None => None,
                 };
@@ -268,6 +269,19 @@ async fn serve(
     acct.reservation = reservation;
     acct.prompt_estimate = prompt_estimate;
     acct.score = score;
+    // Production evaluation: a sampled request carries a ticket; its release queues the job once
+    // the client has the whole answer.
+    let release = state.evals.as_ref().and_then(|shadow| {
+        let sender = [
+            key_ref.map(|k| k.id.as_str()),
+            key_ref.map(|k| k.user.as_str()),
+            key_ref.map(|k| k.team.as_str()),
+            inbound.openai.model.strip_prefix("role:"),
+        ];
+        let (ticket, release) = shadow.sample(state, &inbound.openai, !sensitivity.kinds.is_empty(), sender)?;
+        acct.shadow = Some(ticket);
+        Some(release)
+    });
 
     let typed = |kind, d: DeploymentId| {
         let mut p = route::typed_plan(catalog, catalog.deployments()[d].model, kind, needs);
@@ -303,11 +317,19 @@ async fn serve(
                     Completion::Anthropic(a) => guarding::restore_anthropic(a, r),
                 }
             }
-            Ok(complete_response(completion, &info, acct))
+            let mut acct = acct;
+            if let Some(t) = acct.shadow.as_mut() {
+                t.set_answer(&completion);
+            }
+            let resp = complete_response(completion, &info, acct);
+            Ok(match release {
+                Some(r) => resp.map(|body| crate::evals::with_release(body, r)),
+                None => resp,
+            })
         }
         Answer::Stream(PrimedStream { stream, held, ended }) => {
             let format = acct.format;
-            let ctx = Finisher::new(acct, info, served.deployment, in_flight);
+            let ctx = Finisher::new(acct, info, served.deployment, in_flight).with_release(release);
             let restore = restore.map(guarding::StreamRestore::new);
             let body = match format {
                 Format::OpenAi => {

@@ -245,12 +245,28 @@ pub struct Finisher {
     info: RouteInfo,
     deployment: DeploymentId,
     ttft_ms: Option<f64>,
+    /// A sampled request's evaluation, queued when the stream (this) is dropped: after the
+    /// client has the last byte. Declared last, so it drops after the accounting.
+    _release: Option<crate::evals::Release>,
 }
 
 impl Finisher {
     /// Bookkeeping for a stream of `deployment`.
     pub fn new(acct: Accounting, info: RouteInfo, deployment: DeploymentId, in_flight: InFlight) -> Self {
-        Finisher { acct: Some(acct), _in_flight: in_flight, info, deployment, ttft_ms: None }
+        Finisher { acct: Some(acct), _in_flight: in_flight, info, deployment, ttft_ms: None, _release: None }
+    }
+
+    /// Queues `release`'s evaluation job once the stream is dropped (production evaluation).
+    pub fn with_release(mut self, release: Option<crate::evals::Release>) -> Self {
+        self._release = release;
+        self
+    }
+
+    /// Copies the text of an item the client gets into a sampled request's ticket.
+    fn observe(&mut self, item: &StreamItem) {
+        if let Some(t) = self.acct.as_mut().and_then(|a| a.shadow.as_mut()) {
+            t.observe(item);
+        }
     }
 
     fn first_chunk(&mut self) {
@@ -381,6 +397,7 @@ impl<E: Encoder> Relay<E> {
                         StreamItem::Done => {}
                     }
                 }
+                self.ctx.observe(&item);
                 self.encoder.item(item, &mut buf);
             }
             if !buf.is_empty() {

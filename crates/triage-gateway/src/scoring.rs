@@ -1,12 +1,14 @@
-//! The difficulty router in the gateway: building it from the `[router]` configuration, and
-//! scoring a request for `model: "auto"` without stalling the event loop.
+//! The difficulty router in the gateway: building it from the `[router]` configuration, scoring
+//! a request for `model: "auto"` without stalling the event loop, and reloading a changed model
+//! file while the gateway runs.
 //!
 //! The `lexical` and `random` scorers take microseconds and run inline. The `embedding` scorer
 //! runs a neural encoder (milliseconds of CPU per request, docs/BENCHMARKS.md), so it runs on
 //! tokio's blocking pool behind a semaphore with one permit per core: a burst of `auto`
 //! requests queues for the encoder instead of starving the threads that relay other traffic.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::Semaphore;
 use triage_core::catalog::AutoRouting;
@@ -65,4 +67,104 @@ pub async fn decide(router: &Arc<Router>, slots: &Semaphore, req: &ChatRequest, 
             None
         }
     }
+}
+
+/// The router in use, replaceable while requests run: a request takes the current one
+/// ([`RouterSlot::get`], an `Arc` clone under a read lock) and keeps it to its end, so a reload
+/// never changes a decision half-way and never makes a request wait or fail.
+#[derive(Debug, Default)]
+pub struct RouterSlot(RwLock<Option<Arc<Router>>>);
+
+impl RouterSlot {
+    /// A slot holding `router`.
+    pub fn new(router: Option<Arc<Router>>) -> RouterSlot {
+        RouterSlot(RwLock::new(router))
+    }
+
+    /// The current router (`None`: cheapest capable tier).
+    pub fn get(&self) -> Option<Arc<Router>> {
+        self.0.read().map(|r| r.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Replaces the router; requests already routed keep theirs.
+    pub fn set(&self, router: Option<Arc<Router>>) {
+        match self.0.write() {
+            Ok(mut g) => *g = router,
+            Err(e) => *e.into_inner() = router,
+        }
+    }
+}
+
+/// How often the router's model file is checked for a change.
+pub const RELOAD_POLL: Duration = Duration::from_secs(1);
+
+/// The model file's modification time and length, to notice a change.
+fn stamp(path: &str) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// Rebuilds the router from `[router]` (the model file as it is now) and puts it in the slot.
+/// A file that does not load leaves the current router in place.
+///
+/// Errors: the message of [`build_router`], already logged.
+pub async fn reload(state: &crate::AppState, why: &str) -> Result<(), String> {
+    let auto = state.catalog.auto_routing().clone();
+    let built = tokio::task::spawn_blocking(move || build_router(&auto)).await.map_err(|e| e.to_string())?;
+    match built {
+        Ok(r) => {
+            state.router.set(r);
+            metrics::counter!("triage_router_reloads_total", "outcome" => "ok").increment(1);
+            tracing::info!(why, "router model reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            metrics::counter!("triage_router_reloads_total", "outcome" => "failed").increment(1);
+            tracing::error!(why, error = %e, "router model not reloaded; the previous one stays in use");
+            Err(e)
+        }
+    }
+}
+
+/// Reloads the router when its model file (`[router] model_file`) changes (checked every
+/// [`RELOAD_POLL`]) and on SIGHUP. Write a new model file atomically (to a temporary file, then
+/// rename it over the old one, as `triage train` and `triage calibrate` do) so that a reload
+/// never reads half a file; one that does not parse is logged and skipped.
+pub fn spawn_reloader(state: crate::SharedState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let path = match state.catalog.auto_routing() {
+            AutoRouting::Scorer { model_file: Some(p), .. } => Some(p.clone()),
+            _ => None,
+        };
+        let mut last = path.as_deref().and_then(stamp);
+        #[cfg(unix)]
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(RELOAD_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            #[cfg(unix)]
+            let hangup = async {
+                match hup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hangup = std::future::pending::<Option<()>>();
+            tokio::select! {
+                _ = tick.tick() => {
+                    let Some(p) = &path else { continue };
+                    let now = stamp(p);
+                    if now.is_some() && now != last {
+                        last = now;
+                        let _ = reload(&state, "the model file changed").await;
+                    }
+                }
+                _ = hangup => {
+                    last = path.as_deref().and_then(stamp);
+                    let _ = reload(&state, "SIGHUP").await;
+                }
+            }
+        }
+    })
 }

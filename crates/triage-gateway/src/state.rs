@@ -132,8 +132,11 @@ pub struct AppState {
     pub keys: crate::accounting::KeyCache,
     /// The sensitive-content guard (`None` when the policy allows everything).
     pub guard: Option<triage_core::guard::Guard>,
-    /// The difficulty router for `model: "auto"` (`None`: cheapest capable tier).
-    pub router: Option<Arc<triage_core::router::Router>>,
+    /// The difficulty router for `model: "auto"` (holding `None`: cheapest capable tier);
+    /// replaced when its model file changes or on SIGHUP ([`crate::scoring::spawn_reloader`]).
+    pub router: crate::scoring::RouterSlot,
+    /// Production evaluation (`[evals]`); `None` when off or without a database.
+    pub evals: Option<crate::evals::Shadow>,
     /// Permits for concurrent blocking scorers (the embedding encoder): one per core.
     pub scoring_slots: Arc<tokio::sync::Semaphore>,
     /// Metric handles of the series every answered request touches.
@@ -201,7 +204,8 @@ impl AppState {
             store: None,
             ledger: None,
             keys: Default::default(),
-            router,
+            router: crate::scoring::RouterSlot::new(router),
+            evals: None,
             scoring_slots: crate::scoring::scoring_slots(),
             guard,
             stop: tokio::sync::watch::Sender::new(false),
@@ -227,10 +231,14 @@ impl AppState {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Attaches the database and starts the ledger writer on it.
+    /// Attaches the database and starts the ledger writer on it; with `[evals]` on, prepares
+    /// shadow evaluation's queue (its workers start with [`crate::evals::spawn`]).
     pub fn with_store(mut self, store: triage_store::Store) -> AppState {
         self.ledger = Some(triage_store::Ledger::spawn(store.clone()));
         self.store = Some(store);
+        if self.catalog.evals().enabled() {
+            self.evals = Some(crate::evals::Shadow::new(self.catalog.evals()));
+        }
         self
     }
 

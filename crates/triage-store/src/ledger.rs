@@ -33,7 +33,7 @@ pub const QUEUE_CAPACITY: usize = 8192;
 /// Rows per transaction.
 const BATCH_ROWS: usize = 1000;
 
-/// Rows per `INSERT` statement, at most. 64 request rows bind 1,792 parameters (SQLite allows
+/// Rows per `INSERT` statement, at most. 64 request rows bind 1,856 parameters (SQLite allows
 /// 32,766, PostgreSQL 65,535). Shorter remainders are written in power-of-two pieces, so each
 /// table has at most 7 statement shapes for the statement caches.
 const ROWS_PER_STATEMENT: usize = 64;
@@ -103,6 +103,9 @@ pub struct RequestRecord {
     pub stream: bool,
     /// Every attempt.
     pub attempts: Vec<AttemptRecord>,
+    /// The ledger kind: `request` (a client's request; also when empty) or `eval` (a call made
+    /// by production evaluation, paid from its own budget and kept apart in spend reports).
+    pub kind: String,
 }
 
 enum Msg {
@@ -263,11 +266,11 @@ fn multi_insert(head: &str, row: &str, rows: usize, tail: &str) -> String {
     sql
 }
 
-const REQUEST_HEAD: &str = "INSERT INTO requests (request_id, ts, day, key_id, user_id, team, role, endpoint, requested_model, tier, model, provider, route_reason, score, sensitivity, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_nanos, baseline_cost_nanos, usage_estimated, latency_ms, ttft_ms, status, attempts, stream, cache_write_tokens)";
+const REQUEST_HEAD: &str = "INSERT INTO requests (request_id, ts, day, key_id, user_id, team, role, endpoint, requested_model, tier, model, provider, route_reason, score, sensitivity, input_tokens, cached_input_tokens, output_tokens, reasoning_tokens, cost_nanos, baseline_cost_nanos, usage_estimated, latency_ms, ttft_ms, status, attempts, stream, cache_write_tokens, kind)";
 // Optional numbers go through NULLIF: PostgreSQL caches a statement's parameter types, and a
 // NULL bound first would fix the wrong one.
 const REQUEST_ROW: &str =
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?)";
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, -1.0), ?, ?, ?, ?, ?)";
 const REQUEST_TAIL: &str = "ON CONFLICT (request_id) DO NOTHING";
 const ATTEMPT_HEAD: &str = "INSERT INTO attempts (request_id, n, model, provider, outcome, latency_ms)";
 const ATTEMPT_ROW: &str = "(?, ?, ?, ?, ?, ?)";
@@ -397,7 +400,8 @@ impl Store {
                     .bind(r.status.as_str())
                     .bind(r.attempts.len() as i32)
                     .bind(i32::from(r.stream))
-                    .bind(r.usage.cache_write as i64);
+                    .bind(r.usage.cache_write as i64)
+                    .bind(if r.kind.is_empty() { "request" } else { r.kind.as_str() });
             }
             q.execute(&mut *tx).await?;
         }
@@ -431,7 +435,7 @@ impl Store {
     pub async fn spend(&self, by: GroupBy, since: Option<&str>) -> Result<Vec<SpendRow>, StoreError> {
         let col = by.column();
         let sql = format!(
-            "SELECT {col} AS k, COUNT(*) AS n, CAST(SUM(input_tokens) AS BIGINT) AS i, CAST(SUM(cached_input_tokens) AS BIGINT) AS ci, CAST(SUM(output_tokens) AS BIGINT) AS o, CAST(SUM(cost_nanos) AS BIGINT) AS c, CAST(SUM(baseline_cost_nanos) AS BIGINT) AS b FROM requests WHERE ts >= ? GROUP BY {col} ORDER BY {col}"
+            "SELECT {col} AS k, COUNT(*) AS n, CAST(SUM(input_tokens) AS BIGINT) AS i, CAST(SUM(cached_input_tokens) AS BIGINT) AS ci, CAST(SUM(output_tokens) AS BIGINT) AS o, CAST(SUM(cost_nanos) AS BIGINT) AS c, CAST(SUM(baseline_cost_nanos) AS BIGINT) AS b FROM requests WHERE ts >= ? AND kind = 'request' GROUP BY {col} ORDER BY {col}"
         );
         let rows = sqlx::query(&self.sql(&sql)).bind(since.unwrap_or("")).fetch_all(&self.pool).await?;
         let u = |r: &sqlx::any::AnyRow, c: &str| -> Result<u64, StoreError> {

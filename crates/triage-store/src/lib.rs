@@ -1,4 +1,5 @@
-//! Triage's database: the spend ledger, virtual keys and budget counters.
+//! Triage's database: the spend ledger, virtual keys, budget counters, and production
+//! evaluation's results and feedback.
 //!
 //! One code path for SQLite (the embedded default, a file in WAL mode) and PostgreSQL (for
 //! several gateway instances sharing budgets), through sqlx's `Any` driver. The schema lives in
@@ -11,6 +12,8 @@
 #![deny(missing_docs)]
 
 mod budget;
+mod evals;
+mod evals_report;
 mod keys;
 mod ledger;
 mod report;
@@ -23,10 +26,12 @@ use sqlx::migrate::Migrator;
 use sqlx::AnyPool;
 
 pub use budget::{BudgetLine, Exceeded, Period, Reservation};
+pub use evals::{EvalRecord, EvalTexts, Feedback, FeedbackRow, RequestOwner};
+pub use evals_report::{EvalGroup, EvalGroupBy, EvalReport};
 pub use keys::{KeyRecord, NewKey};
 pub use ledger::{AttemptRecord, GroupBy, Ledger, RequestRecord, SpendRow};
 pub use report::Report;
-pub use time::{now_ms, rfc3339, Utc};
+pub use time::{iso_week, ms_of_rfc3339, now_ms, rfc3339, Utc};
 
 /// A database error.
 #[derive(Debug, thiserror::Error)]
@@ -132,5 +137,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+mod evals_tests;
 #[cfg(test)]
 mod tests;

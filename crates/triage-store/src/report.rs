@@ -15,6 +15,9 @@ pub struct Report {
     pub rows: Vec<SpendRow>,
     /// (tier, requests) for the same period.
     pub tiers: Vec<(String, u64)>,
+    /// Production evaluation's own spend in the period (ledger kind `eval`: reference and judge
+    /// calls), not part of `rows`: it is paid from the evaluation's budget, never a user's.
+    pub eval_spend: NanoUsd,
 }
 
 fn usd(n: NanoUsd) -> String {
@@ -58,7 +61,8 @@ impl Report {
     pub async fn build(store: &Store, by: GroupBy, since: Option<&str>) -> Result<Report, StoreError> {
         let rows = store.spend(by, since).await?;
         let tiers = store.spend(GroupBy::Tier, since).await?.into_iter().map(|r| (r.key, r.requests)).collect();
-        Ok(Report { by, rows, tiers })
+        let eval_spend = store.eval_spend(since).await?;
+        Ok(Report { by, rows, tiers, eval_spend })
     }
 
     fn total(&self) -> SpendRow {
@@ -83,7 +87,8 @@ impl Report {
     }
 
     /// The report as JSON: `rows`, `total` (each with `cost_usd`, `baseline_cost_usd`,
-    /// `saving_usd`, `baseline_over_cost`), and `tier_share` (fraction of requests per tier).
+    /// `saving_usd`, `baseline_over_cost`), `tier_share` (fraction of requests per tier) and
+    /// `eval_spend_usd` (production evaluation's own spend, not in the totals).
     pub fn to_json(&self) -> Value {
         let row = |r: &SpendRow| {
             json!({
@@ -97,7 +102,7 @@ impl Report {
         let n: u64 = self.tiers.iter().map(|t| t.1).sum();
         let share: serde_json::Map<String, Value> =
             self.tiers.iter().map(|(t, k)| (t.clone(), json!(*k as f64 / n.max(1) as f64))).collect();
-        json!({"by": self.by.name(), "rows": self.rows.iter().map(row).collect::<Vec<_>>(), "total": row(&self.total()), "tier_share": share})
+        json!({"by": self.by.name(), "rows": self.rows.iter().map(row).collect::<Vec<_>>(), "total": row(&self.total()), "tier_share": share, "eval_spend_usd": self.eval_spend.as_usd_f64()})
     }
 
     /// The report as CSV with a header line.
@@ -167,6 +172,12 @@ impl Report {
             let shares: Vec<String> =
                 self.tiers.iter().map(|(t, k)| format!("{t} {:.0} %", *k as f64 * 100.0 / n as f64)).collect();
             out.push_str(&format!("requests per tier: {}\n", shares.join(", ")));
+        }
+        if self.eval_spend.0 > 0 {
+            out.push_str(&format!(
+                "evaluation spend (reference and judge calls, its own budget, not in the totals): ${}\n",
+                usd(self.eval_spend)
+            ));
         }
         out
     }

@@ -7,7 +7,7 @@ use triage_core::cost::{NanoUsd, TokenUsage};
 
 use crate::*;
 
-async fn stores() -> Vec<Store> {
+pub(crate) async fn stores() -> Vec<Store> {
     let path = std::env::temp_dir().join(format!("triage-store-test-{}.db", uuid::Uuid::new_v4().simple()));
     let mut out = vec![Store::connect(&format!("sqlite://{}", path.display())).await.unwrap()];
     if let Ok(url) = std::env::var("TRIAGE_TEST_POSTGRES_URL") {
@@ -18,7 +18,7 @@ async fn stores() -> Vec<Store> {
     out
 }
 
-fn unique(prefix: &str) -> String {
+pub(crate) fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 

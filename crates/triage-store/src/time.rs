@@ -79,6 +79,42 @@ pub fn rfc3339(ms: u64) -> String {
     format!("{}T{:02}:{:02}:{:02}.{:03}Z", t.date(), s / 3600, s / 60 % 60, s % 60, t.millis)
 }
 
+/// Milliseconds since the epoch of an RFC 3339 UTC time as [`rfc3339`] writes it
+/// (`2026-11-30T04:24:44.123Z`; the fraction and `Z` optional), or of a date `YYYY-MM-DD`.
+/// `None` for anything else.
+pub fn ms_of_rfc3339(s: &str) -> Option<u64> {
+    let num = |a: usize, b: usize| s.get(a..b).and_then(|x| x.parse::<u64>().ok());
+    let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    if s.get(4..5) != Some("-") || s.get(7..8) != Some("-") || !(1..=12).contains(&mo) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let day = ms_of_date(y as i64, mo as u32, d as u32);
+    if s.len() == 10 {
+        return Some(day);
+    }
+    let (h, mi, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let ms = match s.get(19..20) {
+        Some(".") => {
+            let frac: String = s[20..].chars().take_while(char::is_ascii_digit).take(3).collect();
+            format!("{frac:0<3}").parse::<u64>().ok()?
+        }
+        _ => 0,
+    };
+    Some(day + ((h * 60 + mi) * 60 + sec) * 1000 + ms)
+}
+
+/// The ISO 8601 week of `ms`, e.g. `2026-W48` (weeks start on Monday; week 1 holds the year's
+/// first Thursday).
+pub fn iso_week(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    // 1970-01-01 was a Thursday: weekday 0 = Monday.
+    let weekday = (days + 3).rem_euclid(7);
+    let thursday = days - weekday + 3;
+    let year = Utc::from_ms((thursday.max(0) as u64) * 86_400_000).year;
+    let jan1 = (ms_of_date(year, 1, 1) / 86_400_000) as i64;
+    format!("{year:04}-W{:02}", (thursday - jan1) / 7 + 1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +130,23 @@ mod tests {
         assert_eq!(Utc::from_ms(1_797_000_000_000).next_month(), "2027-01-01");
         assert_eq!(ms_of_date(2026, 11, 30), 1_796_012_684_000 - (4 * 3600 + 24 * 60 + 44) * 1000);
         assert_eq!(ms_of_date(2000, 3, 1), 951_868_800_000);
+    }
+
+    #[test]
+    fn rfc3339_parses_back_and_weeks_follow_iso_8601() {
+        for ms in [0, 951_827_696_789, 1_796_012_684_000, 1_796_012_684_007] {
+            assert_eq!(ms_of_rfc3339(&rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(ms_of_rfc3339("2026-11-30"), Some(ms_of_date(2026, 11, 30)));
+        assert_eq!(ms_of_rfc3339("2026-11-30T04:24:44Z"), Some(1_796_012_684_000));
+        assert_eq!(ms_of_rfc3339("not a time"), None);
+        assert_eq!(ms_of_rfc3339("2026-13-01"), None);
+        // 2026-11-30 is a Monday of week 49; 2027-01-01 (a Friday) is in 2026-W53;
+        // 2024-12-30 (a Monday) starts 2025-W01.
+        assert_eq!(iso_week(ms_of_date(2026, 11, 30)), "2026-W49");
+        assert_eq!(iso_week(ms_of_date(2026, 11, 29)), "2026-W48");
+        assert_eq!(iso_week(ms_of_date(2027, 1, 1)), "2026-W53");
+        assert_eq!(iso_week(ms_of_date(2024, 12, 30)), "2025-W01");
+        assert_eq!(iso_week(0), "1970-W01");
     }
 }

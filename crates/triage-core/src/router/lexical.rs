@@ -177,6 +177,26 @@ impl LexicalModel {
     pub fn score_text(&self, rt: &RequestText) -> f32 {
         sigmoid(self.logit_text(rt))
     }
+
+    /// The logit of a stored representation (`None` if it is not this model's kind and size):
+    /// the same sum as [`LexicalModel::logit_text`], from the features instead of the text.
+    pub fn logit_representation(&self, r: &super::Representation) -> Option<f32> {
+        if r.kind != format!("lexical/{FORMAT}")
+            || r.dim != self.buckets + DENSE_LEN as u32
+            || r.dense.len() != DENSE_LEN
+        {
+            return None;
+        }
+        let hashed: f32 = r.sparse.iter().map(|&(i, v)| self.weights.get(i as usize).copied().unwrap_or(0.0) * v).sum();
+        let dense: f32 = r.dense.iter().zip(&self.dense_weights).map(|(d, w)| d * w).sum();
+        Some(self.bias + hashed + dense)
+    }
+
+    /// The model's weights as floats: intercept, dense weights, hashed weights (dequantised),
+    /// the starting point (the prior) of fine-tuning on production labels.
+    pub fn weights(&self) -> (f32, [f32; DENSE_LEN], [f32; DENSE_LEN], &[f32]) {
+        (self.bias, self.dense_weights, self.dense_means, &self.weights)
+    }
 }
 
 /// The logistic function.
@@ -195,6 +215,11 @@ impl Scorer for LexicalModel {
 
     fn thresholds(&self) -> Option<&Thresholds> {
         Some(&self.file.thresholds)
+    }
+
+    fn representation(&self, req: &ChatRequest) -> Option<super::Representation> {
+        let f = features::extract(req, self.buckets);
+        Some(super::Representation::lexical(f.hashed.iter().map(|h| (h.index, h.value)), &f.dense, self.buckets))
     }
 
     /// The `top` features whose contribution to the logit is largest in absolute value; hashed
@@ -253,6 +278,13 @@ impl Scorer for LexicalModel {
 mod tests {
     use super::*;
 
+    struct Router;
+    impl Router {
+        fn default_model_lexical() -> LexicalModel {
+            LexicalModel::from_json(super::super::DEFAULT_MODEL_JSON).unwrap()
+        }
+    }
+
     fn tiny() -> LexicalModel {
         let mut w = vec![0f32; 1024];
         // Put weight on the bucket of the word "prove".
@@ -293,6 +325,24 @@ mod tests {
         f.weights_q.pop();
         let e = LexicalModel::from_json(&serde_json::to_string(&f).unwrap()).unwrap_err();
         assert_eq!(e.to_string(), "invalid router model: weights_q has 1023 entries, buckets = 1024");
+    }
+
+    #[test]
+    fn a_stored_representation_scores_like_the_text() {
+        let m = Router::default_model_lexical();
+        let r: ChatRequest = serde_json::from_str(
+            r#"{"model":"auto","messages":[{"role":"system","content":"You are a DBA."},{"role":"user","content":"Write a SQL query joining orders and customers; explain the index it needs."}]}"#,
+        )
+        .unwrap();
+        let rep = m.representation(&r).unwrap();
+        rep.validate().unwrap();
+        let from_text = m.logit_text(&RequestText::of(&r));
+        let from_rep = m.logit_representation(&rep).unwrap();
+        assert!((from_text - from_rep).abs() < 1e-4, "{from_text} vs {from_rep}");
+        let json: super::super::Representation = serde_json::from_str(&serde_json::to_string(&rep).unwrap()).unwrap();
+        assert!((m.logit_representation(&json).unwrap() - from_text).abs() < 1e-4);
+        let other = super::super::Representation { kind: "embedding/x".into(), ..rep };
+        assert_eq!(m.logit_representation(&other), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 pub mod features;
 pub mod lexical;
 pub mod random;
+pub mod representation;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::openai::ChatRequest;
 pub use lexical::LexicalModel;
 pub use random::RandomScorer;
+pub use representation::Representation;
 
 /// The shipped default model file (`models/lexical-v1.json` at the repository root). Rebuild it
 /// with the command in docs/ROUTING.md.
@@ -73,6 +75,12 @@ pub trait Scorer: Send + Sync {
     /// false for scorers that take microseconds.
     fn is_blocking(&self) -> bool {
         false
+    }
+
+    /// The request's representation (the features this scorer reads, not the text), for
+    /// production evaluation to store and retrain on; `None` for scorers without features.
+    fn representation(&self, _req: &ChatRequest) -> Option<Representation> {
+        None
     }
 }
 

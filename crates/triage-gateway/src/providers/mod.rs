@@ -36,6 +36,14 @@ pub enum WireFormat {
 }
 
 impl WireFormat {
+    /// The ledger's name of the client endpoint of this format: `chat_completions` or `messages`.
+    pub fn endpoint(self) -> &'static str {
+        match self {
+            WireFormat::OpenAi => "chat_completions",
+            WireFormat::Anthropic => "messages",
+        }
+    }
+
     /// The format a provider kind speaks.
     pub fn of(kind: ProviderKind) -> WireFormat {
         match kind {
