@@ -46,6 +46,48 @@ impl MessagesRequest {
     pub fn is_stream(&self) -> bool {
         self.stream == Some(true)
     }
+
+    /// Moves every `system`-role message out of `messages` into the top-level `system`, after
+    /// what is already there and in their order; text blocks keep their `cache_control`.
+    /// Anthropic rejects a `system` role inside `messages` with a 400 (shared case C16), and
+    /// Claude Code sends one. Non-text blocks of such a message are dropped (the top-level
+    /// `system` takes text only). Returns how many messages were moved.
+    pub fn fold_system_messages(&mut self) -> usize {
+        if !self.messages.iter().any(|m| m.role == Role::System) {
+            return 0;
+        }
+        let mut moved: Vec<Block> = Vec::new();
+        let mut count = 0;
+        self.messages.retain_mut(|m| {
+            if m.role != Role::System {
+                return true;
+            }
+            count += 1;
+            match std::mem::replace(&mut m.content, Content::Text(String::new())) {
+                Content::Text(t) => moved.push(Block::Text { text: t, extra: Map::new() }),
+                Content::Blocks(bs) => moved.extend(bs.into_iter().filter(|b| matches!(b, Block::Text { .. }))),
+            }
+            false
+        });
+        moved.retain(|b| !matches!(b, Block::Text { text, .. } if text.is_empty()));
+        if moved.is_empty() {
+            return count;
+        }
+        self.system = Some(match self.system.take() {
+            None => System::Blocks(moved),
+            Some(System::Text(t)) if t.is_empty() => System::Blocks(moved),
+            Some(System::Text(t)) => {
+                let mut all = vec![Block::Text { text: t, extra: Map::new() }];
+                all.extend(moved);
+                System::Blocks(all)
+            }
+            Some(System::Blocks(mut b)) => {
+                b.extend(moved);
+                System::Blocks(b)
+            }
+        });
+        count
+    }
 }
 
 /// The `system` field.
@@ -66,6 +108,10 @@ pub enum Role {
     User,
     /// The model.
     Assistant,
+    /// A system instruction inside `messages`, as agent harnesses (Claude Code) send it. The
+    /// Messages API has no such role: [`MessagesRequest::fold_system_messages`] moves these into
+    /// the top-level `system` before anything else reads the request.
+    System,
 }
 
 /// One message.
@@ -580,6 +626,42 @@ mod tests {
         let body = r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"Question one","cache_control":{"type":"ephemeral"}},{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}},{"type":"document","source":{"type":"text","media_type":"text/plain","data":"doc"}}]},{"role":"assistant","content":[{"type":"thinking","thinking":"hmm","signature":"sig"},{"type":"tool_use","id":"toolu_1","name":"lookup","input":{}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":[{"type":"text","text":"r"}],"is_error":false}]}],"max_tokens":64,"system":[{"type":"text","text":"LONG","cache_control":{"type":"ephemeral","ttl":"1h"}}],"tools":[{"name":"lookup","input_schema":{"type":"object","properties":{"q":{"type":"string"}}},"cache_control":{"type":"ephemeral"}}],"top_k":5,"metadata":{"user_id":"u-PLACEHOLDER"},"thinking":{"type":"enabled","budget_tokens":1024}}"#;
         let req: MessagesRequest = serde_json::from_str(body).unwrap();
         assert_eq!(serde_json::to_value(&req).unwrap(), serde_json::from_str::<Value>(body).unwrap());
+    }
+
+    #[test]
+    fn system_role_messages_fold_into_the_system_prompt_in_order() {
+        // Claude Code's shape: a system prompt as blocks, and a `system` message inside `messages`.
+        let body = r#"{"model":"claude-sonnet-4-6","max_tokens":32000,"system":[{"type":"text","text":"You are a coding agent.","cache_control":{"type":"ephemeral"}}],"messages":[{"role":"user","content":"hi"},{"role":"system","content":[{"type":"text","text":"Reminder: be brief.","cache_control":{"type":"ephemeral"}}]},{"role":"assistant","content":"ok"},{"role":"system","content":"Second note."},{"role":"user","content":"go"}]}"#;
+        let mut req: MessagesRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(req.fold_system_messages(), 2);
+        let v = serde_json::to_value(&req).unwrap();
+        assert_eq!(
+            v["system"],
+            serde_json::json!([
+                {"type":"text","text":"You are a coding agent.","cache_control":{"type":"ephemeral"}},
+                {"type":"text","text":"Reminder: be brief.","cache_control":{"type":"ephemeral"}},
+                {"type":"text","text":"Second note."}
+            ])
+        );
+        let roles: Vec<&str> = v["messages"].as_array().unwrap().iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["user", "assistant", "user"]);
+        // A string system prompt becomes the first block; a request without system messages is untouched.
+        let mut req: MessagesRequest = serde_json::from_str(
+            r#"{"model":"m","max_tokens":8,"system":"Base.","messages":[{"role":"system","content":"Extra."},{"role":"user","content":"q"}]}"#,
+        )
+        .unwrap();
+        req.fold_system_messages();
+        assert_eq!(
+            serde_json::to_value(&req.system).unwrap(),
+            serde_json::json!([{"type":"text","text":"Base."},{"type":"text","text":"Extra."}])
+        );
+        let mut plain: MessagesRequest = serde_json::from_str(
+            r#"{"model":"m","max_tokens":8,"system":"Base.","messages":[{"role":"user","content":"q"}]}"#,
+        )
+        .unwrap();
+        let before = plain.clone();
+        assert_eq!(plain.fold_system_messages(), 0);
+        assert_eq!(plain, before);
     }
 
     #[test]

@@ -427,6 +427,60 @@ impl EvalSettings {
     }
 }
 
+/// What an alias names: a model, a tier, a role or the router (`auto`). Aliases to tiers, roles
+/// and `auto` turn a harness's own model names into routing hints (Claude Code's
+/// `claude-*haiku*` sub-agents to `role:search`, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AliasTarget {
+    /// A catalog model.
+    Model(ModelId),
+    /// A tier.
+    Tier(TierId),
+    /// A role (its name, and its tier).
+    Role(String, TierId),
+    /// The router decides, as for `model: "auto"`.
+    Auto,
+}
+
+/// A glob alias: `*` matches any run of characters, `?` one character; ASCII case is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasPattern {
+    /// The pattern, as configured.
+    pub pattern: String,
+    /// What a matching name resolves to.
+    pub target: AliasTarget,
+}
+
+/// True when `name` matches the glob `pattern` (`*` any run, `?` one character, ASCII case
+/// ignored). Iterative with one backtrack point, so linear in practice, never exponential.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut i, mut j) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while j < n.len() {
+        if i < p.len() && (p[i] == '?' || p[i].eq_ignore_ascii_case(&n[j])) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some((i, j));
+            i += 1;
+        } else if let Some((si, sj)) = star {
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
+}
+
+/// True when an alias key is a glob pattern (holds `*` or `?`).
+pub fn is_pattern(key: &str) -> bool {
+    key.contains(['*', '?'])
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Catalog {
@@ -434,7 +488,8 @@ pub struct Catalog {
     pub(crate) server: ServerSettings,
     pub(crate) tiers: Vec<String>,
     pub(crate) roles: BTreeMap<String, TierId>,
-    pub(crate) aliases: BTreeMap<String, ModelId>,
+    pub(crate) aliases: BTreeMap<String, AliasTarget>,
+    pub(crate) alias_patterns: Vec<AliasPattern>,
     pub(crate) providers: Vec<Provider>,
     pub(crate) models: Vec<Model>,
     pub(crate) deployments: Vec<Deployment>,
@@ -469,9 +524,21 @@ impl Catalog {
     pub fn roles(&self) -> &BTreeMap<String, TierId> {
         &self.roles
     }
-    /// Alias → model.
-    pub fn aliases(&self) -> &BTreeMap<String, ModelId> {
+    /// Exact alias → what it names.
+    pub fn aliases(&self) -> &BTreeMap<String, AliasTarget> {
         &self.aliases
+    }
+    /// Glob aliases (`claude-*haiku*`), most specific first (most literal characters, then name).
+    pub fn alias_patterns(&self) -> &[AliasPattern] {
+        &self.alias_patterns
+    }
+    /// What `name` names through an exact alias, else through the first glob alias it matches.
+    /// Returns the target and the alias (or pattern) that matched.
+    pub fn alias_for(&self, name: &str) -> Option<(&AliasTarget, &str)> {
+        if let Some((k, t)) = self.aliases.get_key_value(name) {
+            return Some((t, k.as_str()));
+        }
+        self.alias_patterns.iter().find(|p| glob_match(&p.pattern, name)).map(|p| (&p.target, p.pattern.as_str()))
     }
     /// Providers.
     pub fn providers(&self) -> &[Provider] {

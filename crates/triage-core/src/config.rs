@@ -14,9 +14,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::catalog::{
-    AuthMode, AutoRouting, BreakerPolicy, BudgetPeriod, BudgetScope, BudgetSpec, Capabilities, Catalog, Deployment,
-    GuardAction, GuardPolicy, LocalEngine, Model, ModelId, Provider, ProviderKind, RetryPolicy, ServerSettings,
-    SpendSettings, Timeouts,
+    AliasPattern, AliasTarget, AuthMode, AutoRouting, BreakerPolicy, BudgetPeriod, BudgetScope, BudgetSpec,
+    Capabilities, Catalog, Deployment, GuardAction, GuardPolicy, LocalEngine, Model, ModelId, Provider, ProviderKind,
+    RetryPolicy, ServerSettings, SpendSettings, Timeouts,
 };
 use crate::cost::{PerMillion, Price};
 use crate::router::ScorerKind;
@@ -647,19 +647,47 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
     }
 
     let mut aliases = BTreeMap::new();
+    let mut alias_patterns = Vec::new();
     for (alias, target) in raw.aliases {
-        if alias == "auto" || tiers.contains(&alias) || models.iter().any(|m| m.id == alias) {
+        let pattern = crate::catalog::is_pattern(&alias);
+        if !pattern && (alias == "auto" || tiers.contains(&alias) || models.iter().any(|m| m.id == alias)) {
             return Err(ctx.err(
                 &target.span(),
                 format!("aliases.{alias}"),
                 "an alias may not shadow auto, a tier or a model id",
             ));
         }
-        let m = models.iter().position(|m| &m.id == target.get_ref()).ok_or_else(|| {
-            ctx.err(&target.span(), format!("aliases.{alias}"), format!("unknown model \"{}\"", target.get_ref()))
-        })?;
-        aliases.insert(alias, m);
+        let name = target.get_ref();
+        let resolved = if name == "auto" {
+            AliasTarget::Auto
+        } else if let Some(t) = tiers.iter().position(|t| t == name) {
+            AliasTarget::Tier(t)
+        } else if let Some(role) = name.strip_prefix("role:") {
+            let t = roles.get(role).copied().ok_or_else(|| {
+                ctx.err(&target.span(), format!("aliases.{alias}"), format!("unknown role \"{role}\""))
+            })?;
+            AliasTarget::Role(role.to_owned(), t)
+        } else {
+            let m = models.iter().position(|m| &m.id == name).ok_or_else(|| {
+                ctx.err(
+                    &target.span(),
+                    format!("aliases.{alias}"),
+                    format!("unknown model \"{name}\" (an alias names a model id, a tier, role:<name> or auto)"),
+                )
+            })?;
+            AliasTarget::Model(m)
+        };
+        if pattern {
+            alias_patterns.push(AliasPattern { pattern: alias, target: resolved });
+        } else {
+            aliases.insert(alias, resolved);
+        }
     }
+    // Most specific pattern first: the one with the most literal characters, then by name.
+    alias_patterns.sort_by(|a: &AliasPattern, b: &AliasPattern| {
+        let lit = |p: &str| p.chars().filter(|c| !matches!(c, '*' | '?')).count();
+        lit(&b.pattern).cmp(&lit(&a.pattern)).then_with(|| a.pattern.cmp(&b.pattern))
+    });
 
     let d = RetryPolicy::default();
     let r = raw.retry;
@@ -815,6 +843,7 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         tiers,
         roles,
         aliases,
+        alias_patterns,
         providers,
         models,
         deployments,
@@ -1021,7 +1050,12 @@ context_window = 1000
         let e = err_of(&format!("{BASE}\n[roles]\nsearch = \"mid\"\n"));
         assert_eq!(e, "t.toml:16: roles.search: unknown tier \"mid\" (tiers: local, frontier)");
         let e = err_of(&format!("{BASE}\n[aliases]\nfast = \"big\"\n"));
-        assert_eq!(e, "t.toml:16: aliases.fast: unknown model \"big\"");
+        assert_eq!(
+            e,
+            "t.toml:16: aliases.fast: unknown model \"big\" (an alias names a model id, a tier, role:<name> or auto)"
+        );
+        let e = err_of(&format!("{BASE}\n[aliases]\n\"claude-*\" = \"role:nope\"\n"));
+        assert_eq!(e, "t.toml:16: aliases.claude-*: unknown role \"nope\"");
     }
 
     #[test]

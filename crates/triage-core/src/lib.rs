@@ -16,6 +16,7 @@ pub mod cost;
 pub mod evals;
 pub mod guard;
 pub mod openai;
+pub mod responses;
 pub mod retry;
 pub mod route;
 pub mod router;

@@ -6,7 +6,7 @@
 //! scorer lands, `auto` picks the cheapest tier that has a capable model, and inside a tier the
 //! model with the lowest blended (input + output) price.
 
-use crate::catalog::{Catalog, DeploymentId, ModelId, TierId};
+use crate::catalog::{AliasTarget, Catalog, DeploymentId, ModelId, TierId};
 use crate::openai::ChatRequest;
 use crate::tokens::PromptSize;
 
@@ -246,7 +246,8 @@ pub fn typed_plan(catalog: &Catalog, model: ModelId, kind: TypedFallback, needs:
         .collect()
 }
 
-/// Resolves the `model` field.
+/// Resolves the `model` field: `auto`, `role:<name>`, a tier, a model id, an exact alias, then
+/// the most specific glob alias that matches (an alias may name a model, a tier, a role or `auto`).
 ///
 /// Errors: [`RouteError::ModelNotFound`] with the list of valid names.
 pub fn resolve(catalog: &Catalog, name: &str) -> Result<Target, RouteError> {
@@ -261,8 +262,13 @@ pub fn resolve(catalog: &Catalog, name: &str) -> Result<Target, RouteError> {
         return Ok(Target::Tier(tier));
     } else if let Some(model) = catalog.model_by_id(name) {
         return Ok(Target::Model { model, via_alias: None });
-    } else if let Some(&model) = catalog.aliases().get(name) {
-        return Ok(Target::Model { model, via_alias: Some(name.to_owned()) });
+    } else if let Some((target, _)) = catalog.alias_for(name) {
+        return Ok(match target {
+            AliasTarget::Model(model) => Target::Model { model: *model, via_alias: Some(name.to_owned()) },
+            AliasTarget::Tier(t) => Target::Tier(*t),
+            AliasTarget::Role(role, t) => Target::Role(role.clone(), *t),
+            AliasTarget::Auto => Target::Auto,
+        });
     }
     Err(RouteError::ModelNotFound { name: name.to_owned(), valid: catalog.valid_model_names() })
 }
@@ -485,6 +491,40 @@ capabilities = ["tools", "vision", "json_schema"]
             }
             e => panic!("{e:?}"),
         }
+    }
+
+    #[test]
+    fn aliases_and_patterns_name_models_tiers_roles_and_auto() {
+        // Claude Code's model names as routing hints (issue 19).
+        let text = CAT.replace(
+            "[aliases]\nfast = \"mid-a\"",
+            "[aliases]\nfast = \"mid-a\"\n\"claude-sonnet-4-6\" = \"mid\"\n\"claude-*haiku*\" = \"role:search\"\n\"claude-*opus*\" = \"auto\"\n\"claude-*\" = \"frontier\"\n\"claude-3-5-haiku-2024*\" = \"big\"",
+        );
+        let c = parse(&text, "t").unwrap();
+        assert_eq!(resolve(&c, "claude-sonnet-4-6").unwrap(), Target::Tier(1));
+        assert_eq!(resolve(&c, "claude-haiku-4-5-20251001").unwrap(), Target::Role("search".into(), 0));
+        assert_eq!(resolve(&c, "Claude-Opus-4-1").unwrap(), Target::Auto);
+        assert_eq!(resolve(&c, "claude-sonnet-4-5-20250929").unwrap(), Target::Tier(2));
+        // The more literal pattern wins over the shorter one that also matches.
+        assert_eq!(
+            resolve(&c, "claude-3-5-haiku-20241022").unwrap(),
+            Target::Model { model: 3, via_alias: Some("claude-3-5-haiku-20241022".into()) }
+        );
+        assert!(matches!(resolve(&c, "gpt-4o"), Err(RouteError::ModelNotFound { .. })));
+        let r = req(r#"{"model":"claude-haiku-4-5","messages":[{"role":"user","content":"x"}]}"#);
+        let d = route(&c, &r, |_| true).unwrap();
+        assert_eq!((id(&c, &d), d.reason.as_str()), ("tiny".into(), "role:search -> tier local, cheapest model tiny"));
+    }
+
+    #[test]
+    fn glob_matching() {
+        use crate::catalog::glob_match;
+        assert!(glob_match("claude-*haiku*", "claude-haiku-4-5"));
+        assert!(glob_match("claude-*haiku*", "claude-3-5-haiku-latest"));
+        assert!(!glob_match("claude-*haiku*", "claude-sonnet-4"));
+        assert!(glob_match("a?c", "abc") && !glob_match("a?c", "ac"));
+        assert!(glob_match("*", "") && glob_match("**x", "yx") && !glob_match("x*", "yx"));
+        assert!(glob_match("*a*a*a*b", &"a".repeat(40).replace("aaaa", "aaab")));
     }
 
     #[test]

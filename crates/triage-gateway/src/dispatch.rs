@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use triage_core::anthropic::Event;
 use triage_core::breaker::{Admission, BreakerState};
-use triage_core::catalog::DeploymentId;
+use triage_core::catalog::{DeploymentId, ProviderKind};
 use triage_core::retry;
 use triage_core::route::{Candidate, TypedFallback};
 
@@ -123,7 +123,10 @@ fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> C
         429 if quota => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
         429 => Class::Retryable { retry_after, provider_fault: false },
         408 | 500 | 502 | 503 | 504 | 529 => Class::Retryable { retry_after, provider_fault: true },
-        401..=403 => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
+        // A rejected key: try the next deployment, but no cooldown (it would turn a key problem
+        // into minutes of "nothing available"); the client learns which provider's key failed.
+        401 | 403 => Class::NextDeployment { cooldown: None },
+        402 => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
         s if (400..500).contains(&s) => {
             if contains_any(
                 &text,
@@ -193,6 +196,13 @@ fn outcome_of(e: &AttemptError) -> String {
 fn to_gateway_error(e: AttemptError, provider: &str) -> GatewayError {
     match e {
         AttemptError::Request(g) => g,
+        AttemptError::Call(CallError::Status { status, body, .. }) if matches!(status.as_u16(), 401 | 403) => {
+            GatewayError::UpstreamAuth {
+                provider: provider.to_owned(),
+                status: status.as_u16(),
+                detail: crate::error::upstream_error_message(&body),
+            }
+        }
         AttemptError::Call(CallError::Status { status, body, retry_after, .. }) => {
             GatewayError::UpstreamStatus { provider: provider.to_owned(), status, body, retry_after }
         }
@@ -271,7 +281,10 @@ async fn call(state: &AppState, d: DeploymentId, inbound: &mut Inbound) -> Resul
     let model = &state.catalog.models()[dep.model];
     let body =
         inbound.body_for(provider.kind, &dep.upstream_model, model, provider.local).map_err(AttemptError::Request)?;
-    match state.providers[dep.provider].call(body, inbound.stream).await.map_err(AttemptError::Call)? {
+    // The client's provider headers (`anthropic-beta`) go to Anthropic upstreams only.
+    let extra: &[(http::HeaderName, http::HeaderValue)] =
+        if provider.kind == ProviderKind::Anthropic { &inbound.anthropic_headers } else { &[] };
+    match state.providers[dep.provider].call_with(body, inbound.stream, extra).await.map_err(AttemptError::Call)? {
         Reply::Complete(c) => {
             if is_refused(&c) {
                 Err(AttemptError::Refused(Answer::Complete(c)))
@@ -335,13 +348,34 @@ pub async fn dispatch(
     let mut last: Option<(AttemptError, DeploymentId)> = None;
     let mut typed_used = false;
     let mut shortest_wait: Option<Duration> = None;
+    // Deployments whose provider only failed its reachability probe (or was never reached):
+    // tried last, when nothing else served, instead of never (issue 19: a probe is no outage).
+    let mut deferred: Vec<Candidate> = Vec::new();
+    let mut last_resort = false;
 
-    'plan: while let Some(cand) = queue.pop_front() {
+    'plan: while let Some(cand) = queue.pop_front().or_else(|| {
+        if last_resort || deferred.is_empty() {
+            return None;
+        }
+        last_resort = true;
+        queue = std::mem::take(&mut deferred).into();
+        queue.pop_front()
+    }) {
         let d = cand.deployment;
         let dep = &state.catalog.deployments()[d];
         let model_id = &state.catalog.models()[dep.model].id;
         let provider_name = &state.catalog.providers()[dep.provider].name;
-        if let Some(why) = state.deployment_unavailable(d, Instant::now()) {
+        let why = match state.deployment_unavailable(d, Instant::now()) {
+            Some(Unavailable::Unreachable) if last_resort && state.providers[dep.provider].local_state().is_none() => {
+                None
+            }
+            Some(Unavailable::Unreachable) if state.providers[dep.provider].local_state().is_none() => {
+                deferred.push(cand);
+                continue;
+            }
+            why => why,
+        };
+        if let Some(why) = why {
             if let Unavailable::BreakerOpen(w) | Unavailable::CoolingDown(w) = why {
                 shortest_wait = Some(shortest_wait.map_or(w, |s| s.min(w)));
             }

@@ -83,6 +83,18 @@ pub enum GatewayError {
         /// True when some deployment was skipped because an upstream rate-limited it.
         rate_limited: bool,
     },
+    /// The upstream rejected Triage's own key for it (HTTP 401/403): a configuration problem of
+    /// that provider, not the client's key, and not an outage (502, code
+    /// `upstream_authentication_failed`).
+    #[error("upstream {provider} rejected Triage's API key for it (HTTP {status}); check the key in providers.{provider}.api_key_env{}", detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default())]
+    UpstreamAuth {
+        /// Provider name.
+        provider: String,
+        /// 401 or 403.
+        status: u16,
+        /// The upstream's error message, if it sent one.
+        detail: Option<String>,
+    },
     /// The upstream could not be reached or broke the protocol (502), or timed out (504).
     #[error("upstream {provider}: {source}")]
     Upstream {
@@ -117,6 +129,7 @@ impl GatewayError {
             GatewayError::NothingAvailable { rate_limited: true, .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NothingAvailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamStatus { status, .. } => upstream_status_to_client(*status),
+            GatewayError::UpstreamAuth { .. } => StatusCode::BAD_GATEWAY,
             GatewayError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                 UpstreamError::Busy(_) | UpstreamError::Crashed(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -156,6 +169,7 @@ impl GatewayError {
                 (triage_core::anthropic::error_type_for_status(status.as_u16()), Some("upstream_error"), None)
             }
             GatewayError::UpstreamStatus { .. } => ("api_error", Some("upstream_error"), None),
+            GatewayError::UpstreamAuth { .. } => ("api_error", Some("upstream_authentication_failed"), None),
             GatewayError::Upstream { source: UpstreamError::Timeout(_), .. } => {
                 ("api_error", Some("upstream_timeout"), None)
             }
@@ -178,7 +192,7 @@ impl GatewayError {
 }
 
 /// The `error.message` (OpenAI, Anthropic) or `message` (vLLM) of an upstream error body.
-fn upstream_error_message(body: &[u8]) -> Option<String> {
+pub(crate) fn upstream_error_message(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let m = v.pointer("/error/message").or_else(|| v.get("message"))?.as_str()?;
     Some(m.chars().take(500).collect())

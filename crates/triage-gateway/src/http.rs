@@ -2,6 +2,7 @@
 //!
 //! - `POST /v1/chat/completions` (also without the `/v1` prefix), `POST /v1/messages` and
 //!   `POST /v1/messages/count_tokens`: [`crate::pipeline`];
+//! - `POST /v1/responses` (OpenAI Responses API): [`crate::responses`], through the same pipeline;
 //! - `GET /v1/models`: tiers, roles, aliases and models in OpenAI's list format;
 //! - `GET /healthz`: the process is up; `GET /readyz`: some model can take calls now;
 //! - `GET /v1/health/deployments`: breaker state, latency and error rate per deployment;
@@ -16,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use triage_core::catalog::AliasTarget;
 use triage_core::openai::{ErrorBody, ErrorEnvelope};
 
 use crate::error::GatewayError;
@@ -30,6 +32,8 @@ pub fn app(state: SharedState) -> Router {
         .route("/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
         .route("/v1/messages/count_tokens", post(count_tokens))
+        .route("/v1/responses", post(crate::responses::create).get(crate::responses::refuse_get))
+        .route("/responses", post(crate::responses::create).get(crate::responses::refuse_get))
         .route("/v1/models", get(list_models))
         .route("/models", get(list_models))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -40,6 +44,7 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/evals", get(crate::evals::http::report))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::Extension(std::sync::Arc::new(crate::responses::ResponseStore::new())))
         .with_state(state)
 }
 
@@ -138,8 +143,16 @@ async fn list_models(State(state): State<SharedState>) -> Json<Value> {
     for (role, &tier) in c.roles() {
         data.push(entry(format!("role:{role}"), json!({"kind": "role", "tier": c.tiers()[tier]})));
     }
-    for (alias, &m) in c.aliases() {
-        data.push(entry(alias.clone(), json!({"kind": "alias", "model": c.models()[m].id})));
+    let target = |t: &AliasTarget| match t {
+        AliasTarget::Model(m) => json!({"model": c.models()[*m].id}),
+        AliasTarget::Tier(t) => json!({"tier": c.tiers()[*t]}),
+        AliasTarget::Role(r, t) => json!({"role": r, "tier": c.tiers()[*t]}),
+        AliasTarget::Auto => json!({"router": "auto"}),
+    };
+    for (alias, t) in c.aliases() {
+        let mut detail = target(t);
+        detail["kind"] = json!("alias");
+        data.push(entry(alias.clone(), detail));
     }
     for (i, m) in c.models().iter().enumerate() {
         let caps: Vec<&str> = [
@@ -164,5 +177,15 @@ async fn list_models(State(state): State<SharedState>) -> Json<Value> {
             }),
         ));
     }
-    Json(json!({"object": "list", "data": data}))
+    // Glob aliases are not names a picker can send; they are listed beside the names.
+    let patterns: Vec<Value> = c
+        .alias_patterns()
+        .iter()
+        .map(|p| {
+            let mut v = target(&p.target);
+            v["pattern"] = json!(p.pattern);
+            v
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data, "triage_alias_patterns": patterns}))
 }

@@ -33,6 +33,24 @@ pub struct Inbound {
     pub redacted: Option<Redacted>,
     /// Size of the client's body in bytes: the starting capacity of the upstream bodies.
     pub body_len: usize,
+    /// The client's headers on [`ANTHROPIC_FORWARDED`], sent on to Anthropic upstreams only.
+    pub anthropic_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+/// Client headers forwarded to Anthropic upstreams (never to others): `anthropic-beta`
+/// turns on beta features (Claude Code sends it with nearly every request: extended thinking
+/// interleaved with tools, 1M context, fine-grained tool streaming).
+pub const ANTHROPIC_FORWARDED: &[&str] = &["anthropic-beta"];
+
+/// The headers of `headers` that go to Anthropic upstreams ([`ANTHROPIC_FORWARDED`]).
+pub fn anthropic_headers(headers: &http::HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let mut out = Vec::new();
+    for name in ANTHROPIC_FORWARDED {
+        for v in headers.get_all(*name) {
+            out.push((http::HeaderName::from_static(name), v.clone()));
+        }
+    }
+    out
 }
 
 /// The request with the guard's `redact` kinds replaced by placeholders.
@@ -115,10 +133,18 @@ impl Inbound {
                     anthropic: None,
                     redacted: None,
                     body_len: bytes.len(),
+                    anthropic_headers: Vec::new(),
                 })
             }
             Format::Anthropic => {
-                let native: MessagesRequest = parse_json(bytes)?;
+                let mut native: MessagesRequest = parse_json(bytes)?;
+                // Claude Code sends `system`-role messages inside `messages`: they join `system`.
+                if native.fold_system_messages() > 0 && native.messages.is_empty() {
+                    return Err(GatewayError::invalid(
+                        "messages: must contain at least one user or assistant message",
+                        Some("messages".into()),
+                    ));
+                }
                 if native.model.is_empty() {
                     return Err(GatewayError::invalid("model: must not be empty", Some("model".into())));
                 }
@@ -139,6 +165,7 @@ impl Inbound {
                     anthropic: Some(native),
                     redacted: None,
                     body_len: bytes.len(),
+                    anthropic_headers: Vec::new(),
                 })
             }
         }

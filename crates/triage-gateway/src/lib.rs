@@ -14,6 +14,7 @@ pub mod inbound;
 pub mod pipeline;
 pub mod providers;
 pub mod relay;
+pub mod responses;
 pub mod scoring;
 pub mod state;
 pub mod telemetry;

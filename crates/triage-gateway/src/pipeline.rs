@@ -89,7 +89,7 @@ pub async fn count_tokens(State(state): State<SharedState>, headers: HeaderMap, 
     result.unwrap_or_else(|e| e.into_response_for(Format::Anthropic))
 }
 
-async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Format) -> Response {
+pub(crate) async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Format) -> Response {
     let mut acct = Accounting {
         state: state.clone(),
         request_id: request_id(&headers),
@@ -182,6 +182,7 @@ async fn serve(
     acct.key.clone_from(&key);
     let bytes = read_body(headers, body, state.catalog.server().max_body_bytes).await?;
     let mut inbound = Inbound::parse(acct.format, &bytes)?;
+    inbound.anthropic_headers = crate::inbound::anthropic_headers(headers);
     acct.requested_model.clone_from(&inbound.openai.model);
     acct.stream = inbound.stream;
     let catalog = &state.catalog;
@@ -239,6 +240,15 @@ async fn serve(
                 route_auto(state, scored, &requirements, &available)
             }
             _ => route::select(catalog, &target, &requirements, available).map(|d| (d, None)),
+        };
+        // Nothing available: a provider that only failed its reachability probe is still tried
+        // rather than answering 503 without calling anyone (issue 19).
+        let routed = match routed {
+            Err(RouteError::Unavailable { .. }) if !local_only => {
+                let loose = |m: ModelId| allowed(m) && state.model_available_last_resort(m);
+                route::select(catalog, &target, &requirements, loose).map(|d| (d, None))
+            }
+            r => r,
         };
         let (decision, score) = routed.map_err(|e| match e {
             _ if local_only => GatewayError::SensitiveNeedsLocal(sensitivity.names()),
@@ -411,7 +421,7 @@ fn route_auto(
 
 /// Reads the whole body, refusing more than `limit` bytes: at once when `content-length` says
 /// so, else as soon as the limit is crossed (memory stays bounded either way).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
     let declared =
         headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {

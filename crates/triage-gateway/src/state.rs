@@ -61,6 +61,11 @@ impl ProviderHealth {
         self.last_probe.store(now, Ordering::Relaxed);
     }
 
+    /// Marks the provider reachable after a successful call (the probe may be behind).
+    pub fn mark_up(&self) {
+        self.state.store(1, Ordering::Relaxed);
+    }
+
     /// Latency of the last probe in microseconds (0 before the first).
     pub fn probe_latency_us(&self) -> u64 {
         self.probe_latency_us.load(Ordering::Relaxed)
@@ -293,6 +298,12 @@ impl AppState {
 
     /// Records a successful call of `d` that took `latency` to its response headers.
     pub fn record_success(&self, d: DeploymentId, latency: Duration) {
+        // A provider that answers is up, whatever its last probe said.
+        let p = self.catalog.deployments()[d].provider;
+        if self.health[p].reachability() != Reachability::Up {
+            self.health[p].mark_up();
+            tracing::info!(provider = %self.catalog.providers()[p].name, "provider answered a call: marked reachable");
+        }
         let h = &self.deployments[d];
         h.calls.fetch_add(1, Ordering::Relaxed);
         let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
@@ -414,6 +425,20 @@ impl AppState {
     pub fn model_available(&self, model: ModelId) -> bool {
         let now = Instant::now();
         self.catalog.models()[model].deployments.iter().any(|&d| self.deployment_unavailable(d, now).is_none())
+    }
+
+    /// True when some deployment of `model` can take a call now, or is skipped only because its
+    /// HTTP provider failed (or has not passed) a reachability probe: what routing falls back to
+    /// when nothing is available, so such a provider is still tried (issue 19).
+    pub fn model_available_last_resort(&self, model: ModelId) -> bool {
+        let now = Instant::now();
+        self.catalog.models()[model].deployments.iter().any(|&d| match self.deployment_unavailable(d, now) {
+            None => true,
+            Some(Unavailable::Unreachable) => {
+                self.providers[self.catalog.deployments()[d].provider].local_state().is_none()
+            }
+            Some(_) => false,
+        })
     }
 
     /// True when some deployment of `model` can take a call now or is only busy (a full local

@@ -271,7 +271,8 @@ async fn the_provider_key_is_sent_upstream_and_never_returned() {
         .replace("kind = \"openai\"", "kind = \"openai\"\napi_key_env = \"TRIAGE_TEST_KEY_ECHO\"");
     let gw = start(&toml).await;
     let resp = post(&gw, r#"{"model":"openai-model","messages":[{"role":"user","content":"hi"}]}"#).await;
-    assert_eq!(resp.status(), 401);
+    // The upstream refused Triage's key: a provider problem (502), not the client's key (issue 19).
+    assert_eq!(resp.status(), 502);
     let headers = format!("{:?}", resp.headers());
     let text = resp.text().await.unwrap();
     assert!(!text.contains(key) && !headers.contains(key), "{text}");

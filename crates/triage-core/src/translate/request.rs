@@ -416,6 +416,16 @@ pub fn anthropic_to_openai(req: &MessagesRequest) -> ChatRequest {
             a::Content::Blocks(b) => b.clone(),
         };
         match m.role {
+            a::Role::System => {
+                // Normally folded into `system` at parse time; translated alike if not.
+                let text: Vec<&str> = blocks
+                    .iter()
+                    .filter_map(|b| if let Block::Text { text, .. } = b { Some(text.as_str()) } else { None })
+                    .collect();
+                if !text.is_empty() {
+                    messages.push(message(Role::System, Some(Content::Text(text.join("\n\n")))));
+                }
+            }
             a::Role::User => {
                 let mut rest = Vec::new();
                 for b in blocks {

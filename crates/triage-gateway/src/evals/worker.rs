@@ -221,6 +221,7 @@ async fn call(state: &SharedState, model: ModelId, req: ChatRequest, ledger_id: 
         wants_stream_usage: false,
         redacted: None,
         body_len,
+        anthropic_headers: Vec::new(),
     };
     let (started, started_ms) = (Instant::now(), triage_store::now_ms());
     let (text, usage, estimated, status, attempts, deployment) =

@@ -262,20 +262,41 @@ impl HttpProvider {
     ///
     /// Errors: [`CallError`].
     pub async fn call(&self, body: Vec<u8>, stream: bool) -> Result<Reply, CallError> {
-        match self.call_unscrubbed(body, stream).await {
+        self.call_with(body, stream, &[]).await
+    }
+
+    /// [`HttpProvider::call`] with `extra` headers added to this call (the client's forwarded
+    /// provider headers, e.g. `anthropic-beta`).
+    ///
+    /// Errors: [`CallError`].
+    pub async fn call_with(
+        &self,
+        body: Vec<u8>,
+        stream: bool,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<Reply, CallError> {
+        match self.call_unscrubbed(body, stream, extra).await {
             Ok(Reply::Stream(s)) => Ok(Reply::Stream(s.scrubbed_by(self.scrubber.clone()))),
             Ok(r) => Ok(r),
             Err(e) => Err(self.scrubber.call_error(e)),
         }
     }
 
-    async fn call_unscrubbed(&self, body: Vec<u8>, stream: bool) -> Result<Reply, CallError> {
+    async fn call_unscrubbed(
+        &self,
+        body: Vec<u8>,
+        stream: bool,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<Reply, CallError> {
         // A parsed URL is cloned, not re-parsed on every call.
         let post = match &self.call_target {
             Some(url) => self.http.post(url.clone()),
             None => self.http.post(&self.call_url),
         };
         let mut builder = self.with_headers(post).header(CONTENT_TYPE, "application/json").body(body);
+        for (k, v) in extra {
+            builder = builder.header(k, v.clone());
+        }
         if !stream {
             builder = builder.timeout(self.timeouts.request);
         }
@@ -374,8 +395,20 @@ impl ProviderClient {
     ///
     /// Errors: [`CallError`].
     pub async fn call(&self, body: Vec<u8>, stream: bool) -> Result<Reply, CallError> {
+        self.call_with(body, stream, &[]).await
+    }
+
+    /// [`ProviderClient::call`] with `extra` headers on an HTTP call (a local engine has none).
+    ///
+    /// Errors: [`CallError`].
+    pub async fn call_with(
+        &self,
+        body: Vec<u8>,
+        stream: bool,
+        extra: &[(HeaderName, HeaderValue)],
+    ) -> Result<Reply, CallError> {
         match self {
-            ProviderClient::Http(h) => h.call(body, stream).await,
+            ProviderClient::Http(h) => h.call_with(body, stream, extra).await,
             ProviderClient::Local(l) => l.call(&body, stream).await,
         }
     }
