@@ -84,7 +84,7 @@ fn claude_code_request(model: &str) -> Value {
         "metadata": {"user_id": "user_PLACEHOLDER_account__session_PLACEHOLDER"},
         "system": [
             {"type":"text","text":"You are Claude Code, Anthropic's official CLI for Claude.","cache_control":{"type":"ephemeral"}},
-            {"type":"text","text":"When you commit, end the message with:\n\nGenerated with [Claude Code](https://claude.ai/code)\n\nCo-Authored-By: Claude <noreply@anthropic.com>\nServers in examples use 203.0.113.5 and 127.0.0.1; mail goes to you@example.com.","cache_control":{"type":"ephemeral"}}
+            {"type":"text","text":"When you commit, end the message with:\n\nGenerated with [Claude Code](https://claude.ai/code)\n\nCo-Authored-By: Claude <noreply@anthropic.com>\nServers in examples use 203.0.113.5 and 198.51.100.7; mail goes to you@example.com.","cache_control":{"type":"ephemeral"}}
         ],
         "messages": [
             {"role":"user","content":[{"type":"text","text":"List the files.","cache_control":{"type":"ephemeral"}}]},
