@@ -147,6 +147,16 @@ pub(super) const CARD_WORDS: &[&str] =
 
 pub(super) fn iban(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     let v = h.value_str();
+    // Written in lower case, only a country of the registry with its exact length counts (a
+    // random lower-case token passes mod 97 at one of several cut points too often).
+    if v.bytes().any(|b| b.is_ascii_lowercase()) {
+        let cc = v.as_bytes().get(..2)?.to_ascii_uppercase();
+        let len = validate::iban_length(&cc)?;
+        let compact: Vec<u8> = v.bytes().filter(|b| *b != b' ').collect();
+        if compact.len() < len {
+            return None;
+        }
+    }
     // Try the longest prefix (in whole 1-4 character groups) that passes mod 97.
     let mut end = v.len();
     loop {

@@ -242,14 +242,21 @@ pub fn is_placeholder(s: &str) -> bool {
     distinct <= 2 || (b.len() >= 16 && distinct <= 4) || is_alphabet(s)
 }
 
-/// True when `s` is a constant alphabet rather than a random value: most neighbouring
-/// characters are consecutive (`ABCDEFGHIJKLMNOPQRSTUVWXYZ`, `0123456789abcdef`, the base58
+/// True when `s` is a constant alphabet rather than a random value: no character twice, and
+/// most neighbouring characters are consecutive (`ABCDEFGHIJKLMNOPQRSTUVWXYZ`, `0123456789abcdef`, the base58
 /// alphabet `123456789ABCDEFGHJKLMNPQRSTUVWXYZabc...`), or it runs along a keyboard row
 /// (`qwertyuiop`).
 pub fn is_alphabet(s: &str) -> bool {
     let b = s.as_bytes();
     if b.len() < 10 {
         return false;
+    }
+    // An alphabet lists each symbol once (`12345678ABCDEFH12345678` repeats: a sample value).
+    let mut seen = [false; 256];
+    for &x in b {
+        if std::mem::replace(&mut seen[usize::from(x)], true) {
+            return false;
+        }
     }
     let steps = b.windows(2).filter(|w| w[1] == w[0].wrapping_add(1) || w[1] == w[0].wrapping_add(2)).count();
     if steps * 10 >= (b.len() - 1) * 7 {
