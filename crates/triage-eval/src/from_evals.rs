@@ -41,7 +41,7 @@ use serde::Serialize;
 use triage_core::evals::wilson;
 use triage_core::router::features::DENSE_LEN;
 use triage_core::router::lexical::sigmoid;
-use triage_core::router::{tier_for, LexicalModel, Representation, Thresholds};
+use triage_core::router::{LexicalModel, Representation, Thresholds};
 
 use crate::train::adagrad;
 use crate::EvalError;
@@ -108,7 +108,11 @@ pub fn usable<'a>(model: &LexicalModel, rows: &'a [ProductionRow]) -> (Vec<&'a P
 /// dense means and metadata (the caller sets its own).
 ///
 /// Errors: [`EvalError::Data`] if a row is not of the prior's kind or there are no rows.
-pub fn fine_tune(prior: &LexicalModel, rows: &[&ProductionRow], cfg: &FineTuneConfig) -> Result<LexicalModel, EvalError> {
+pub fn fine_tune(
+    prior: &LexicalModel,
+    rows: &[&ProductionRow],
+    cfg: &FineTuneConfig,
+) -> Result<LexicalModel, EvalError> {
     if rows.is_empty() {
         return Err(EvalError::Data("no production rows to fine-tune on".into()));
     }
@@ -260,7 +264,7 @@ pub fn out_of_fold_scores(
     let mut scores = vec![f32::NAN; rows.len()];
     let k = fold.iter().copied().max().map_or(0, |m| m + 1);
     for f in 0..k {
-        let train: Vec<&ProductionRow> = rows.iter().zip(fold).filter(|(_, &g)| g != f).map(|(r, _)| *r).collect();
+        let train: Vec<&ProductionRow> = rows.iter().zip(fold).filter(|(_, g)| **g != f).map(|(r, _)| *r).collect();
         let held: Vec<usize> = (0..rows.len()).filter(|&i| fold[i] == f).collect();
         if held.is_empty() {
             continue;
@@ -318,7 +322,7 @@ pub fn figures(rows: &[&ProductionRow], scores: &[f32], threshold: f32) -> Figur
         log_loss -= if r.loss { p.ln() } else { (1.0 - p).ln() };
     }
     let escalated = scores.iter().filter(|&&s| s >= threshold).count();
-    let missed = rows.iter().zip(scores).filter(|(r, &s)| r.loss && s < threshold).count();
+    let missed = rows.iter().zip(scores).filter(|(r, s)| r.loss && **s < threshold).count();
     Figures {
         rows: rows.len(),
         losses: rows.iter().filter(|r| r.loss).count(),
@@ -561,7 +565,15 @@ pub fn calibrate(
             "reference_tier": reference_tier, "threshold": t, "before": before, "after_cv": after_cv}),
     );
     model.set_meta(serde_json::Value::Object(meta));
-    Ok(CalibrateOutcome { rows: rows.len(), auto_only, refitted: prior.is_some(), before, after_cv, threshold: t, thresholds: th })
+    Ok(CalibrateOutcome {
+        rows: rows.len(),
+        auto_only,
+        refitted: prior.is_some(),
+        before,
+        after_cv,
+        threshold: t,
+        thresholds: th,
+    })
 }
 
 fn pct(x: f64) -> String {
@@ -614,7 +626,11 @@ pub fn calibrate_text(o: &CalibrateOutcome, target_quality: f64, cfg: &FineTuneC
     let mut s = format!(
         "production rows: {} ({}); scores {}\n",
         o.rows,
-        if o.auto_only { "routed by the scorer" } else { "every labelled row: fewer than 10 were routed by the scorer" },
+        if o.auto_only {
+            "routed by the scorer"
+        } else {
+            "every labelled row: fewer than 10 were routed by the scorer"
+        },
         if o.refitted {
             format!("out-of-fold: the model was fine-tuned on these rows, so each fold is scored by a model refitted without it ({}-fold)", cfg.folds)
         } else {
@@ -729,7 +745,10 @@ mod tests {
         assert!(s("Write a friendly note about the holidays.") < t);
         assert!(model.file().meta["from_evals"]["rows"] == 60);
         // The prior's own figures are unchanged by training (it never saw the rows).
-        assert_eq!(out.before.auc, auc(&rs.iter().collect::<Vec<_>>(), &rs.iter().map(|r| score(&prior, r)).collect::<Vec<_>>()));
+        assert_eq!(
+            out.before.auc,
+            auc(&rs.iter().collect::<Vec<_>>(), &rs.iter().map(|r| score(&prior, r)).collect::<Vec<_>>())
+        );
     }
 
     #[test]
@@ -751,8 +770,13 @@ mod tests {
         let (mut model, _) = train(&prior, "shipped", &rs, &cfg, 2, 1).unwrap();
         let o = calibrate(&mut model, Some(&prior), &rs, 0.95, &cfg, 2, 1).unwrap();
         assert!(o.refitted && o.auto_only);
-        assert!(o.before.missed <= o.before.losses, "{o:?}");
-        assert!((o.after_cv.missed as f64) <= 0.05 * 60.0, "{o:?}");
+        // Out of fold, the fine-tuned scores put every SQL row above the shipped threshold.
+        assert_eq!((o.before.escalated, o.before.missed), (20, 0), "{o:?}");
+        // 95 %: up to 3 of the 60 rows may stay cheap and lose, so the threshold rises above
+        // the lowest SQL scores (cheaper); chosen on 4 folds, the held-out fold misses about
+        // as many (the figure is what to expect, not a guarantee).
+        assert!(o.threshold > o.before.threshold, "{o:?}");
+        assert!(o.after_cv.missed <= 6 && o.after_cv.escalated >= 14, "{o:?}");
         assert_eq!(model.file().thresholds.for_tiers(2), vec![o.threshold]);
         // Three tiers, reference in the top one: the lower threshold never exceeds it.
         let mut m3 = shipped();

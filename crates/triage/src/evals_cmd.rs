@@ -88,7 +88,8 @@ async fn open(catalog: &Catalog) -> Result<Store, String> {
 pub async fn evals(catalog: &Catalog, cmd: EvalsCommand) -> Result<(), String> {
     match cmd {
         EvalsCommand::Report { by, since, format } => {
-            let by = EvalGroupBy::parse(&by).ok_or_else(|| format!("--by {by}: use tier, model, role, key or reason"))?;
+            let by =
+                EvalGroupBy::parse(&by).ok_or_else(|| format!("--by {by}: use tier, model, role, key or reason"))?;
             let store = open(catalog).await?;
             let report = EvalReport::build(&store, by, since.as_deref()).await.map_err(|e| e.to_string())?;
             match format.as_str() {
@@ -216,7 +217,8 @@ pub async fn calibrate(
     let prior = match &fine_tuned {
         None => None,
         Some(meta) => {
-            if let Some(s) = f.prior_strength.or_else(|| meta["fine_tune"]["prior_strength"].as_f64().map(|x| x as f32)) {
+            if let Some(s) = f.prior_strength.or_else(|| meta["fine_tune"]["prior_strength"].as_f64().map(|x| x as f32))
+            {
                 cfg.prior_strength = s;
             }
             let named = meta["prior"].as_str().unwrap_or(SHIPPED);
@@ -228,7 +230,10 @@ pub async fn calibrate(
             let prior = match p {
                 Some(p) => {
                     let s = std::fs::read_to_string(&p).map_err(|e| {
-                        format!("the model was fine-tuned from {}: cannot read it ({e}); give --prior FILE", p.display())
+                        format!(
+                            "the model was fine-tuned from {}: cannot read it ({e}); give --prior FILE",
+                            p.display()
+                        )
                     })?;
                     LexicalModel::from_json(&s).map_err(|e| format!("{}: {e}", p.display()))?
                 }
