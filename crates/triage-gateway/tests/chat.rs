@@ -224,11 +224,12 @@ async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
         l.local_addr().unwrap().port()
     };
     let gw = start(&one_model(&format!("http://127.0.0.1:{port}/v1"), "")).await;
-    // The first probe marks the provider down; an explicit model request still reports 503.
+    // The first probe marks the provider down; it is still tried when nothing else can serve
+    // (issue 19), and the connection error is a 502.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resp = post(&gw, r#"{"model":"openai-model","messages":[{"role":"user","content":"hi"}]}"#).await;
-    assert_eq!(resp.status(), 503);
-    assert_eq!(json_body(resp).await["error"]["code"], "provider_unavailable");
+    assert_eq!(resp.status(), 502);
+    assert_eq!(json_body(resp).await["error"]["code"], "upstream_unavailable");
 
     let up = FakeUpstream::replay(Reply::silence(Duration::from_secs(10))).await;
     let gw = start(&one_model(&up.url(), "")).await;
