@@ -14,6 +14,7 @@ pub mod embedding;
 pub mod metrics;
 pub mod multi;
 pub mod plot;
+pub mod quality;
 pub mod replay;
 pub mod train;
 

@@ -139,6 +139,8 @@ pub struct AppState {
     pub evals: Option<crate::evals::Shadow>,
     /// Permits for concurrent blocking scorers (the embedding encoder): one per core.
     pub scoring_slots: Arc<tokio::sync::Semaphore>,
+    /// Per-conversation memory of the highest `auto` tier (`[router] sticky_secs`; `None` = off).
+    pub sticky: Option<Arc<triage_core::router::choice::StickyRoutes>>,
     /// Metric handles of the series every answered request touches.
     pub instruments: crate::telemetry::Instruments,
     /// Set when the shutdown grace period is over: in-flight requests end themselves.
@@ -207,6 +209,9 @@ impl AppState {
             router: crate::scoring::RouterSlot::new(router),
             evals: None,
             scoring_slots: crate::scoring::scoring_slots(),
+            sticky: catalog
+                .sticky_routing()
+                .map(|ttl| Arc::new(triage_core::router::choice::StickyRoutes::new(ttl, 100_000))),
             guard,
             stop: tokio::sync::watch::Sender::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
