@@ -33,7 +33,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use triage_core::router::features::{self, RequestText, DENSE_LEN};
+use triage_core::router::features::{self, RequestText};
 
 use crate::data::{self, Dataset};
 use crate::replay::{self, EvalConfig, EvalReport, Split};
@@ -66,6 +66,11 @@ pub struct QualityConfig {
     pub seed: u64,
     /// Extra dense features (see [`ExtraFeatures`]) and their name.
     pub extra: Option<(String, ExtraFeatures)>,
+    /// Train on these models only (names matched by [`canonical`]); `None` = every model.
+    pub only_models: Option<Vec<String>>,
+    /// Fit the within-prompt differences between models (errors centred over a prompt's
+    /// cells) instead of the raw qualities.
+    pub within_prompt: bool,
 }
 
 impl Default for QualityConfig {
@@ -80,6 +85,8 @@ impl Default for QualityConfig {
             balance: 0.5,
             seed: 1,
             extra: None,
+            only_models: None,
+            within_prompt: true,
         }
     }
 }
@@ -271,11 +278,21 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
         let d = s.data;
         let reference = reference_model(d);
         let cols: Vec<usize> = d.models.iter().map(|m| index[canonical(m).as_str()]).collect();
+        let keep: Vec<bool> = d
+            .models
+            .iter()
+            .map(|m| cfg.only_models.as_ref().is_none_or(|o| o.iter().any(|x| canonical(x) == canonical(m))))
+            .collect();
         let vals: Vec<f64> = s
             .items
             .iter()
             .flat_map(|&i| {
-                d.items[i].quality.iter().enumerate().filter(|(m, q)| Some(*m) != reference && q.is_finite()).map(|x| *x.1)
+                d.items[i]
+                    .quality
+                    .iter()
+                    .enumerate()
+                    .filter(|(m, q)| Some(*m) != reference && keep[*m] && q.is_finite())
+                    .map(|x| *x.1)
             })
             .collect();
         if vals.is_empty() {
@@ -291,7 +308,7 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
                 .quality
                 .iter()
                 .enumerate()
-                .filter(|(m, q)| Some(*m) != reference && q.is_finite())
+                .filter(|(m, q)| Some(*m) != reference && keep[*m] && q.is_finite())
                 .map(|(m, q)| Cell { model: cols[m], y: ((q - mean) / sd) as f32 })
                 .collect();
             if cells.is_empty() {
@@ -372,17 +389,29 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
                 }
             }
             let mut gz = vec![0f32; k];
-            for cell in &e.cells {
-                let ci = e.set * nm + cell.model;
-                let mut ueff: Vec<f32> = u[cell.model * k..(cell.model + 1) * k].to_vec();
-                if let Some(r) = e.reference {
-                    for j in 0..k {
-                        ueff[j] -= u[r * k + j];
+            let ueffs: Vec<Vec<f32>> = e
+                .cells
+                .iter()
+                .map(|cell| {
+                    let mut ueff: Vec<f32> = u[cell.model * k..(cell.model + 1) * k].to_vec();
+                    if let Some(r) = e.reference {
+                        for j in 0..k {
+                            ueff[j] -= u[r * k + j];
+                        }
                     }
-                }
-                let pred = c[ci] + dot(&ueff, &z);
-                let err = (pred - cell.y) * e.w;
-                loss += f64::from((pred - cell.y).powi(2) * e.w);
+                    ueff
+                })
+                .collect();
+            let errs: Vec<f32> =
+                e.cells.iter().zip(&ueffs).map(|(cell, ue)| c[e.set * nm + cell.model] + dot(ue, &z) - cell.y).collect();
+            // Within-prompt loss: the errors centred over the prompt's cells (a free intercept per
+            // prompt), so the fit learns which model gains where, not how hard a prompt is for all.
+            let shift = if cfg.within_prompt && errs.len() > 1 { errs.iter().sum::<f32>() / errs.len() as f32 } else { 0.0 };
+            for ((cell, ueff), raw_err) in e.cells.iter().zip(ueffs).zip(&errs) {
+                let ci = e.set * nm + cell.model;
+                let d = raw_err - shift;
+                let err = d * e.w;
+                loss += f64::from(d * d * e.w);
                 lw += f64::from(e.w);
                 for j in 0..k {
                     gz[j] += err * ueff[j];

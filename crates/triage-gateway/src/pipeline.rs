@@ -243,7 +243,9 @@ async fn serve(
                     state.sticky.as_ref(),
                     triage_core::router::choice::conversation_key(&inbound.openai),
                 ) {
-                    let (tier, stuck) = sticky.apply(key, d.tier, std::time::Instant::now());
+                    let follow_up =
+                        inbound.openai.messages.iter().any(|m| m.role == triage_core::openai::Role::Assistant);
+                    let (tier, stuck) = sticky.apply(key, d.tier, follow_up, std::time::Instant::now());
                     if stuck {
                         stuck_from = Some(d.tier);
                         d.tier = tier;

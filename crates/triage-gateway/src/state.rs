@@ -197,6 +197,9 @@ impl AppState {
             .collect();
         let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::new);
         let instruments = crate::telemetry::Instruments::new(&catalog);
+        let sticky = catalog
+            .sticky_routing()
+            .map(|ttl| Arc::new(triage_core::router::choice::StickyRoutes::new(ttl, 100_000)));
         Ok(AppState {
             catalog,
             instruments,
@@ -209,9 +212,7 @@ impl AppState {
             router: crate::scoring::RouterSlot::new(router),
             evals: None,
             scoring_slots: crate::scoring::scoring_slots(),
-            sticky: catalog
-                .sticky_routing()
-                .map(|ttl| Arc::new(triage_core::router::choice::StickyRoutes::new(ttl, 100_000))),
+            sticky,
             guard,
             stop: tokio::sync::watch::Sender::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),

@@ -231,6 +231,12 @@ struct QualityFlags {
     /// Quality predictor: dataset balance exponent (cells weigh n_dataset^-x; 0.5 = sqrt).
     #[arg(long, default_value_t = 0.5)]
     quality_balance: f32,
+    /// Quality predictor: train on the evaluated pair (--weak, --strong) only.
+    #[arg(long)]
+    quality_pair_only: bool,
+    /// Quality predictor: fit raw qualities instead of the within-prompt differences between models.
+    #[arg(long)]
+    quality_raw: bool,
     /// Quality predictor: a static token embedding table (`triage distill-static`) whose mean
     /// over the request's tokens is appended to the dense features.
     #[arg(long)]
@@ -265,6 +271,8 @@ impl QualityFlags {
             balance: self.quality_balance,
             seed: hp.seed,
             extra,
+            within_prompt: !self.quality_raw,
+            only_models: self.quality_pair_only.then(|| vec![hp.weak.clone(), hp.strong.clone()]),
         })
     }
 }

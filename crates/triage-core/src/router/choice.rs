@@ -118,12 +118,17 @@ impl StickyRoutes {
     }
 
     /// The tier for a request of conversation `key` whose own decision is `tier`, at time
-    /// `now`: the higher of `tier` and the highest tier this conversation was routed to before
-    /// (within the ttl), which is then remembered. Returns `(tier, sticky)` where `sticky` says
-    /// the remembered tier overrode a lower decision.
-    pub fn apply(&self, key: u64, tier: usize, now: Instant) -> (usize, bool) {
+    /// `now`. A `follow_up` (the request carries earlier assistant turns) gets the higher of
+    /// `tier` and the highest tier this conversation was routed to before (within the ttl); a
+    /// first turn starts the conversation afresh with its own `tier` (two independent requests
+    /// with the same text are not one conversation). The result is remembered. Returns
+    /// `(tier, sticky)` where `sticky` says the remembered tier overrode a lower decision.
+    pub fn apply(&self, key: u64, tier: usize, follow_up: bool, now: Instant) -> (usize, bool) {
         let Ok(mut map) = self.entries.lock() else { return (tier, false) };
-        let prev = map.get(&key).filter(|(_, t)| now.saturating_duration_since(*t) <= self.ttl).map(|e| e.0);
+        let prev = map
+            .get(&key)
+            .filter(|(_, t)| follow_up && now.saturating_duration_since(*t) <= self.ttl)
+            .map(|e| e.0);
         let out = prev.map_or(tier, |p| p.max(tier));
         if !map.contains_key(&key) && map.len() >= self.capacity {
             let ttl = self.ttl;
@@ -216,11 +221,18 @@ mod tests {
         assert_ne!(k1, k3);
         let s = StickyRoutes::new(Duration::from_secs(600), 100);
         let t0 = Instant::now();
-        assert_eq!(s.apply(k1, 2, t0), (2, false)); // the hard first turn goes to the frontier
-        assert_eq!(s.apply(k2, 0, t0 + Duration::from_secs(5)), (2, true)); // the follow-up stays
-        assert_eq!(s.apply(k3, 0, t0 + Duration::from_secs(6)), (0, false)); // another conversation does not
+        assert_eq!(s.apply(k1, 2, false, t0), (2, false)); // the hard first turn goes to the frontier
+        assert_eq!(s.apply(k2, 0, true, t0 + Duration::from_secs(5)), (2, true)); // the follow-up stays
+        assert_eq!(s.apply(k3, 0, false, t0 + Duration::from_secs(6)), (0, false)); // another conversation does not
+        // A harder follow-up raises the conversation's tier; an easy one after it stays there.
+        assert_eq!(s.apply(k2, 3, true, t0 + Duration::from_secs(7)), (3, false));
+        assert_eq!(s.apply(k2, 1, true, t0 + Duration::from_secs(8)), (3, true));
+        // The same first turn sent again is a new conversation: its own tier.
+        assert_eq!(s.apply(k1, 0, false, t0 + Duration::from_secs(9)), (0, false));
+        assert_eq!(s.apply(k2, 0, true, t0 + Duration::from_secs(10)), (0, false));
         // After the ttl the conversation is forgotten.
-        assert_eq!(s.apply(k2, 0, t0 + Duration::from_secs(700)), (0, false));
+        assert_eq!(s.apply(k2, 3, true, t0 + Duration::from_secs(11)), (3, false));
+        assert_eq!(s.apply(k2, 0, true, t0 + Duration::from_secs(700)), (0, false));
         assert!(conversation_key(&req(&[("system", "only a system prompt")])).is_none());
     }
 
@@ -229,11 +241,11 @@ mod tests {
         let s = StickyRoutes::new(Duration::from_secs(600), 3);
         let t0 = Instant::now();
         for k in 0..10u64 {
-            s.apply(k, 1, t0 + Duration::from_secs(k));
+            s.apply(k, 1, false, t0 + Duration::from_secs(k));
         }
         assert_eq!(s.len(), 3);
         // The most recent three are kept.
-        assert_eq!(s.apply(9, 0, t0 + Duration::from_secs(20)), (1, true));
-        assert_eq!(s.apply(0, 0, t0 + Duration::from_secs(21)), (0, false));
+        assert_eq!(s.apply(9, 0, true, t0 + Duration::from_secs(20)), (1, true));
+        assert_eq!(s.apply(0, 0, true, t0 + Duration::from_secs(21)), (0, false));
     }
 }
