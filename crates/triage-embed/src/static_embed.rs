@@ -26,7 +26,10 @@ pub struct StaticEmbedding {
 
 impl std::fmt::Debug for StaticEmbedding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StaticEmbedding").field("dim", &self.dim).field("vocab", &self.scales.len()).finish_non_exhaustive()
+        f.debug_struct("StaticEmbedding")
+            .field("dim", &self.dim)
+            .field("vocab", &self.scales.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,8 +54,8 @@ impl StaticEmbedding {
     /// Errors: [`EmbedError::Load`] naming the file and the fault.
     pub fn load(bin: &Path, tokenizer_json: &Path) -> Result<Self, EmbedError> {
         let bytes = std::fs::read(bin).map_err(|e| EmbedError::Load(format!("{}: {e}", bin.display())))?;
-        let tokenizer =
-            Tokenizer::from_file(tokenizer_json).map_err(|e| EmbedError::Load(format!("{}: {e}", tokenizer_json.display())))?;
+        let tokenizer = Tokenizer::from_file(tokenizer_json)
+            .map_err(|e| EmbedError::Load(format!("{}: {e}", tokenizer_json.display())))?;
         Self::from_parts(&bytes, tokenizer).map_err(|e| EmbedError::Load(format!("{}: {e}", bin.display())))
     }
 
@@ -192,9 +195,7 @@ fn pca(rows: &[Vec<f32>], k: usize) -> Vec<Vec<f32>> {
     }
     rows.iter()
         .map(|r| {
-            (0..k)
-                .map(|j| (0..d).map(|i| (f64::from(r[i]) - mean[i]) * q[i * k + j]).sum::<f64>() as f32)
-                .collect()
+            (0..k).map(|j| (0..d).map(|i| (f64::from(r[i]) - mean[i]) * q[i * k + j]).sum::<f64>() as f32).collect()
         })
         .collect()
 }
@@ -222,8 +223,12 @@ mod tests {
     #[test]
     fn pca_keeps_the_direction_of_largest_variance() {
         // Points spread along (1, 1, 0) with a little noise along (0, 0, 1).
-        let rows: Vec<Vec<f32>> =
-            (0..100).map(|i| { let t = i as f32 - 50.0; vec![t, t, 0.01 * ((i % 3) as f32 - 1.0)] }).collect();
+        let rows: Vec<Vec<f32>> = (0..100)
+            .map(|i| {
+                let t = i as f32 - 49.5;
+                vec![t, t, 0.01 * ((i % 2) as f32 - 0.5)]
+            })
+            .collect();
         let p = pca(&rows, 1);
         // The projection is ±t·√2.
         let ratio = p[0][0] / (rows[0][0] * 2f32.sqrt());

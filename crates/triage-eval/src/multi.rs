@@ -325,11 +325,8 @@ pub fn table_text(r: &MultiReport) -> String {
 ///
 /// Errors: as [`evaluate`].
 pub fn random_aiq_text(ds: &Dataset, tiers: &[String], seeds: u64, router_aiq: f64) -> Result<String, EvalError> {
-    let texts: Vec<String> = ds
-        .items
-        .iter()
-        .map(|it| triage_core::router::features::RequestText::of(&it.request).text)
-        .collect();
+    let texts: Vec<String> =
+        ds.items.iter().map(|it| triage_core::router::features::RequestText::of(&it.request).text).collect();
     let mut v = Vec::new();
     let mut hull = f64::NAN;
     for seed in 1..=seeds.max(1) {

@@ -266,8 +266,12 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
     }
     let extra = cfg.extra.as_ref().map(|e| &e.1);
     // Global model list (canonical names, sorted for determinism).
-    let mut names: Vec<String> =
-        sets.iter().flat_map(|s| s.data.models.iter().map(|m| canonical(m))).collect::<HashSet<_>>().into_iter().collect();
+    let mut names: Vec<String> = sets
+        .iter()
+        .flat_map(|s| s.data.models.iter().map(|m| canonical(m)))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     names.sort();
     let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
     // Raw rows and standardised targets.
@@ -317,7 +321,10 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
             let rt = RequestText::of(&it.request);
             raw.push(raw_dense(&rt, extra));
             examples.push(Example {
-                row: Row { hashed: if cfg.buckets == 0 { Vec::new() } else { merged_hashed(&rt, cfg.buckets) }, dense: Vec::new() },
+                row: Row {
+                    hashed: if cfg.buckets == 0 { Vec::new() } else { merged_hashed(&rt, cfg.buckets) },
+                    dense: Vec::new(),
+                },
                 set: si,
                 reference: reference.map(|r| cols[r]),
                 cells,
@@ -368,7 +375,8 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
     let mut wd: Vec<f32> = (0..nd * k).map(|_| gauss(0.1)).collect();
     let mut u: Vec<f32> = (0..nm * k).map(|_| gauss(0.1)).collect();
     let mut c = vec![0f32; sets.len() * nm];
-    let (mut gwh, mut gwd, mut gu, mut gc) = (vec![0f32; nb * k], vec![0f32; nd * k], vec![0f32; nm * k], vec![0f32; sets.len() * nm]);
+    let (mut gwh, mut gwd, mut gu, mut gc) =
+        (vec![0f32; nb * k], vec![0f32; nd * k], vec![0f32; nm * k], vec![0f32; sets.len() * nm]);
     let mut order: Vec<usize> = (0..examples.len()).collect();
     let mut rng = Rng::new(cfg.seed.wrapping_add(17));
     let mut last_loss = 0f64;
@@ -402,11 +410,16 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
                     ueff
                 })
                 .collect();
-            let errs: Vec<f32> =
-                e.cells.iter().zip(&ueffs).map(|(cell, ue)| c[e.set * nm + cell.model] + dot(ue, &z) - cell.y).collect();
+            let errs: Vec<f32> = e
+                .cells
+                .iter()
+                .zip(&ueffs)
+                .map(|(cell, ue)| c[e.set * nm + cell.model] + dot(ue, &z) - cell.y)
+                .collect();
             // Within-prompt loss: the errors centred over the prompt's cells (a free intercept per
             // prompt), so the fit learns which model gains where, not how hard a prompt is for all.
-            let shift = if cfg.within_prompt && errs.len() > 1 { errs.iter().sum::<f32>() / errs.len() as f32 } else { 0.0 };
+            let shift =
+                if cfg.within_prompt && errs.len() > 1 { errs.iter().sum::<f32>() / errs.len() as f32 } else { 0.0 };
             for ((cell, ueff), raw_err) in e.cells.iter().zip(ueffs).zip(&errs) {
                 let ci = e.set * nm + cell.model;
                 let d = raw_err - shift;
@@ -508,7 +521,9 @@ pub fn scores_for(
     let mut scores = vec![0f32; idx.len()];
     let mut reports = Vec::new();
     let pb = if cfg.progress { indicatif::ProgressBar::new(k as u64) } else { indicatif::ProgressBar::hidden() };
-    if let Ok(s) = indicatif::ProgressStyle::with_template("training quality predictor [{bar:30}] {pos}/{len} folds ({elapsed})") {
+    if let Ok(s) =
+        indicatif::ProgressStyle::with_template("training quality predictor [{bar:30}] {pos}/{len} folds ({elapsed})")
+    {
         pb.set_style(s.progress_chars("=> "));
     }
     for f in 0..k {
@@ -516,7 +531,10 @@ pub fn scores_for(
             idx.iter().zip(&folds).filter(|(_, &g)| g == f).map(|(&i, _)| text(ds, i)).collect();
         let mut sets: Vec<QualitySet<'_>> = others
             .iter()
-            .map(|d| QualitySet { data: d, items: (0..d.items.len()).filter(|&i| !scored.contains(&text(d, i))).collect() })
+            .map(|d| QualitySet {
+                data: d,
+                items: (0..d.items.len()).filter(|&i| !scored.contains(&text(d, i))).collect(),
+            })
             .collect();
         if k > 1 {
             let own: Vec<usize> = idx
@@ -538,7 +556,10 @@ pub fn scores_for(
     pb.finish_and_clear();
     let names: Vec<&str> = others.iter().map(|d| d.name.as_str()).collect();
     let label = if k == 1 {
-        format!("leave-dataset-out (quality predictor trained on {}; prompts shared with the evaluated set dropped)", names.join(", "))
+        format!(
+            "leave-dataset-out (quality predictor trained on {}; prompts shared with the evaluated set dropped)",
+            names.join(", ")
+        )
     } else {
         format!(
             "grouped-5-fold on {} (each fold: quality predictor trained on the other folds + {}; prompts shared with the fold dropped)",
@@ -564,7 +585,13 @@ pub fn evaluate(cfg: &EvalConfig, qc: &QualityConfig) -> Result<EvalReport, Eval
 /// out of fold as in [`scores_for`] (NaN for items without both models).
 ///
 /// Errors: as [`scores_for`].
-pub fn tier_scores(cfg: &EvalConfig, qc: &QualityConfig, ds: &Dataset, cheapest: &str, top: &str) -> Result<Vec<f32>, EvalError> {
+pub fn tier_scores(
+    cfg: &EvalConfig,
+    qc: &QualityConfig,
+    ds: &Dataset,
+    cheapest: &str,
+    top: &str,
+) -> Result<Vec<f32>, EvalError> {
     let idx: Vec<usize> = (0..ds.items.len()).collect();
     let mut train = cfg.train.clone();
     train.weak = cheapest.to_owned();
@@ -649,13 +676,26 @@ mod tests {
         let items = (0..n)
             .map(|i| {
                 let hard = i % 2 == 0;
-                let prompt = if hard { format!("write a proof of lemma {i}") } else { format!("say hello to friend {i}") };
+                let prompt =
+                    if hard { format!("write a proof of lemma {i}") } else { format!("say hello to friend {i}") };
                 let (small, big) = if hard { (0.0, 1.0) } else { (1.0, 1.0) };
                 let quality = if relative { vec![0.5, if hard { 0.0 } else { 0.5 }] } else { vec![big, small] };
-                Item { id: i.to_string(), request: user_request(&prompt), group: i.to_string(), quality, answer_chars: vec![] }
+                Item {
+                    id: i.to_string(),
+                    request: user_request(&prompt),
+                    group: i.to_string(),
+                    quality,
+                    answer_chars: vec![],
+                }
             })
             .collect();
-        Dataset { name: "toy".into(), models: vec!["big".into(), "small".into()], items, dropped_contaminated: 0, scale: 1.0 }
+        Dataset {
+            name: "toy".into(),
+            models: vec!["big".into(), "small".into()],
+            items,
+            dropped_contaminated: 0,
+            scale: 1.0,
+        }
     }
 
     #[test]

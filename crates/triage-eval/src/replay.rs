@@ -142,13 +142,7 @@ pub fn random_spread(ds: &Dataset, idx: &[usize], weak: &[f64], strong: &[f64], 
     v.sort_by(f64::total_cmp);
     let n = v.len();
     let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n) - 1;
-    RandomSpread {
-        seeds: n as u64,
-        mean: v.iter().sum::<f64>() / n as f64,
-        p95: v[rank],
-        min: v[0],
-        max: v[n - 1],
-    }
+    RandomSpread { seeds: n as u64, mean: v.iter().sum::<f64>() / n as f64, p95: v[rank], min: v[0], max: v[n - 1] }
 }
 
 /// Quality at every k for the router and the oracle.

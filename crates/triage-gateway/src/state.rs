@@ -197,9 +197,8 @@ impl AppState {
             .collect();
         let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::new);
         let instruments = crate::telemetry::Instruments::new(&catalog);
-        let sticky = catalog
-            .sticky_routing()
-            .map(|ttl| Arc::new(triage_core::router::choice::StickyRoutes::new(ttl, 100_000)));
+        let sticky =
+            catalog.sticky_routing().map(|ttl| Arc::new(triage_core::router::choice::StickyRoutes::new(ttl, 100_000)));
         Ok(AppState {
             catalog,
             instruments,

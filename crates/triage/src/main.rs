@@ -258,10 +258,8 @@ impl QualityFlags {
     fn config(&self, hp: &TrainFlags) -> Result<triage_eval::quality::QualityConfig, String> {
         let extra: Option<(String, triage_eval::quality::ExtraFeatures)> = match &self.static_embed {
             Some(bin) => {
-                let tok = self
-                    .static_tokenizer
-                    .clone()
-                    .unwrap_or_else(|| triage_embed::default_dir().join("tokenizer.json"));
+                let tok =
+                    self.static_tokenizer.clone().unwrap_or_else(|| triage_embed::default_dir().join("tokenizer.json"));
                 let se = triage_embed::StaticEmbedding::load(bin, &tok).map_err(|e| e.to_string())?;
                 let f: triage_eval::quality::ExtraFeatures =
                     std::sync::Arc::new(move |rt: &triage_core::router::features::RequestText| se.embed(&rt.text));

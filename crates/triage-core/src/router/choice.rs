@@ -125,10 +125,8 @@ impl StickyRoutes {
     /// `(tier, sticky)` where `sticky` says the remembered tier overrode a lower decision.
     pub fn apply(&self, key: u64, tier: usize, follow_up: bool, now: Instant) -> (usize, bool) {
         let Ok(mut map) = self.entries.lock() else { return (tier, false) };
-        let prev = map
-            .get(&key)
-            .filter(|(_, t)| follow_up && now.saturating_duration_since(*t) <= self.ttl)
-            .map(|e| e.0);
+        let prev =
+            map.get(&key).filter(|(_, t)| follow_up && now.saturating_duration_since(*t) <= self.ttl).map(|e| e.0);
         let out = prev.map_or(tier, |p| p.max(tier));
         if !map.contains_key(&key) && map.len() >= self.capacity {
             let ttl = self.ttl;
@@ -224,7 +222,7 @@ mod tests {
         assert_eq!(s.apply(k1, 2, false, t0), (2, false)); // the hard first turn goes to the frontier
         assert_eq!(s.apply(k2, 0, true, t0 + Duration::from_secs(5)), (2, true)); // the follow-up stays
         assert_eq!(s.apply(k3, 0, false, t0 + Duration::from_secs(6)), (0, false)); // another conversation does not
-        // A harder follow-up raises the conversation's tier; an easy one after it stays there.
+                                                                                    // A harder follow-up raises the conversation's tier; an easy one after it stays there.
         assert_eq!(s.apply(k2, 3, true, t0 + Duration::from_secs(7)), (3, false));
         assert_eq!(s.apply(k2, 1, true, t0 + Duration::from_secs(8)), (3, true));
         // The same first turn sent again is a new conversation: its own tier.
