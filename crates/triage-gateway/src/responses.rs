@@ -143,7 +143,7 @@ async fn create_inner(
     mut headers: HeaderMap,
     body: Body,
 ) -> Result<Response, GatewayError> {
-    let bytes = pipeline::read_body(&headers, body, state.catalog.server().max_body_bytes).await?;
+    let bytes = pipeline::read_body(&headers, body, state.catalog.server()).await?;
     let req: Value = parse_json(&bytes)?;
     let history = match req.get("previous_response_id") {
         None | Some(Value::Null) => None,

@@ -278,6 +278,7 @@ async fn the_provider_key_is_sent_upstream_and_never_returned() {
     let text = resp.text().await.unwrap();
     assert!(!text.contains(key) && !headers.contains(key), "{text}");
     assert!(text.contains("[REDACTED]"));
+    assert!(text.contains("\"code\":\"upstream_auth_failed\""), "{text}");
     assert_eq!(up.requests()[0].header("authorization"), Some(format!("Bearer {key}").as_str()));
 }
 

@@ -264,9 +264,9 @@ async fn upstream_401_names_the_provider_and_never_cools_down() {
         let resp = post(&gw, r#"{"model":"openai-model","messages":[{"role":"user","content":"hi"}]}"#).await;
         assert_eq!(resp.status(), 502);
         let v = json_body(resp).await;
-        assert_eq!(v["error"]["code"], "upstream_authentication_failed");
+        assert_eq!(v["error"]["code"], "upstream_auth_failed");
         let msg = v["error"]["message"].as_str().unwrap();
-        assert!(msg.contains("upstream oa rejected Triage's API key") && msg.contains("Incorrect API key"), "{msg}");
+        assert!(msg.contains("upstream oa refused Triage's credentials") && msg.contains("Incorrect API key"), "{msg}");
     }
     assert_eq!(up.calls(), 3);
     // An Anthropic client gets it in Anthropic's envelope.
