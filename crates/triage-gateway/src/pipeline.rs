@@ -105,6 +105,7 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         sensitivity: None,
         done: false,
         shadow: None,
+        dispatched: false,
     };
     let request_id = acct.request_id.clone();
     let mut route: Option<RouteInfo> = None;
@@ -249,7 +250,7 @@ async fn serve(
         })?;
         *route_out = Some(RouteInfo::routed(&decision));
         let (decision, reservation, stepped) =
-            accounting::admit(state, key_ref, &target, decision, &requirements, &available).await?;
+            accounting::admit(state, &acct.request_id, key_ref, &target, decision, &requirements, &available).await?;
         if stepped {
             *route_out = Some(RouteInfo::routed(&decision));
         }
@@ -288,6 +289,7 @@ async fn serve(
         p.retain(|c| allowed(catalog.deployments()[c.deployment].model));
         p
     };
+    acct.dispatched = true;
     let served = match dispatch(state, &mut inbound, plan, typed, acct.started).await {
         Ok(s) => s,
         Err(Failed { error, attempts }) => {

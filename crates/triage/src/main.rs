@@ -88,6 +88,9 @@ enum Command {
     Keys(admin::KeysCommand),
     /// Spend report: requests, tokens, cost, the "always frontier" cost and the saving.
     Spend(admin::SpendArgs),
+    /// Budgets of the current day and month: limit, spent, reserved (and the age of the oldest
+    /// reservation); `triage budgets release KEY` gives back a key's stale reservations.
+    Budgets(admin::BudgetsArgs),
     /// Print the router's decision for a prompt (or a JSON chat request on stdin) without calling any model.
     Route {
         /// The prompt, sent as one user message. Without it, a JSON chat request is read from stdin.
@@ -428,6 +431,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Spend(args) => {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::spend(&catalog, args))
+        }
+        Command::Budgets(args) => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(admin::budgets(&catalog, args))
         }
         Command::Models { action: Some(action), .. } => models_action(action),
         Command::Models { action: None, json, gateway } => {
