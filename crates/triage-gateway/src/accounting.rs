@@ -284,15 +284,19 @@ pub struct Accounting {
     pub done: bool,
     /// The ticket of a request sampled for production evaluation ([`crate::evals`]).
     pub shadow: Option<crate::evals::Ticket>,
-    /// Set when the request goes upstream: one that ends before (refused, or its client hung
-    /// up during admission) cost nothing, and no usage is estimated for it.
-    pub dispatched: bool,
+    /// Set when the request goes upstream (the routed model): one that ends before (refused,
+    /// or its client hung up during admission) cost nothing, and no usage is estimated for it;
+    /// one dropped after (its client hung up while it waited on the upstream) is recorded as
+    /// `cancelled` on this model with its prompt's estimated cost, as a provider bills it.
+    pub dispatched: Option<RouteInfo>,
 }
 
 impl Drop for Accounting {
     fn drop(&mut self) {
         if !self.done {
-            self.record(None, "cancelled", None, 0, None);
+            let route = self.dispatched.take();
+            self.dispatched = route.clone();
+            self.record(route.as_ref(), "cancelled", None, 0, None);
         }
     }
 }
@@ -316,7 +320,7 @@ impl Accounting {
             sensitivity: None,
             done: true,
             shadow: None,
-            dispatched: true,
+            dispatched: None,
         }
     }
 
@@ -351,7 +355,7 @@ impl Accounting {
         let answered = matches!(status, "200" | "stream_error" | "cancelled" | "shutdown");
         let (usage, estimated) = match usage {
             Some(u) => (u, false),
-            None if answered && route.is_some() && self.dispatched => (
+            None if answered && route.is_some() && self.dispatched.is_some() => (
                 TokenUsage { input: self.prompt_estimate, output: output_chars.div_ceil(4), ..Default::default() },
                 true,
             ),

@@ -105,7 +105,7 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         sensitivity: None,
         done: false,
         shadow: None,
-        dispatched: false,
+        dispatched: None,
     };
     let request_id = acct.request_id.clone();
     let mut route: Option<RouteInfo> = None;
@@ -289,7 +289,7 @@ async fn serve(
         p.retain(|c| allowed(catalog.deployments()[c.deployment].model));
         p
     };
-    acct.dispatched = true;
+    acct.dispatched = Some(RouteInfo::routed(&decision));
     let served = match dispatch(state, &mut inbound, plan, typed, acct.started).await {
         Ok(s) => s,
         Err(Failed { error, attempts }) => {

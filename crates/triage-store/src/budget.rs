@@ -251,35 +251,45 @@ impl Store {
                 (l, start)
             })
             .collect();
+        // SQLite has one writer: queue this process's budget transactions here rather than in
+        // SQLite's busy handler, which sleeps up to 100 ms between tries.
+        let _writer = self.budget_writer().await;
         let mut tx = self.pool.begin().await?;
         let mut over: Option<usize> = None;
+        let add_sql = self
+            .sql(&format!(
+                "UPDATE budget_usage SET reserved_nanos = reserved_nanos + ? WHERE {KEY_COLS} AND spent_nanos + reserved_nanos + ? <= ?"
+            ))
+            .into_owned();
+        let add = |line: &BudgetLine, start: &str| {
+            sqlx::query(&add_sql)
+                .bind(amount.0 as i64)
+                .bind(line.scope.clone())
+                .bind(line.subject.clone())
+                .bind(line.tier.clone().unwrap_or_default())
+                .bind(line.period.as_str())
+                .bind(start.to_owned())
+                .bind(amount.0 as i64)
+                .bind(line.limit.0 as i64)
+        };
         for i in lock_order(&held) {
             let (line, start) = &held[i];
-            let tier = line.tier.clone().unwrap_or_default();
-            sqlx::query(&self.sql(
-                "INSERT INTO budget_usage (scope, subject, tier, period, period_start, spent_nanos, reserved_nanos) VALUES (?, ?, ?, ?, ?, 0, 0) ON CONFLICT (scope, subject, tier, period, period_start) DO NOTHING",
-            ))
-            .bind(&line.scope)
-            .bind(&line.subject)
-            .bind(&tier)
-            .bind(line.period.as_str())
-            .bind(start)
-            .execute(&mut *tx)
-            .await?;
-            let r = sqlx::query(&self.sql(&format!(
-                "UPDATE budget_usage SET reserved_nanos = reserved_nanos + ? WHERE {KEY_COLS} AND spent_nanos + reserved_nanos + ? <= ?"
-            )))
-            .bind(amount.0 as i64)
-            .bind(&line.scope)
-            .bind(&line.subject)
-            .bind(&tier)
-            .bind(line.period.as_str())
-            .bind(start)
-            .bind(amount.0 as i64)
-            .bind(line.limit.0 as i64)
-            .execute(&mut *tx)
-            .await?;
-            if r.rows_affected() != 1 {
+            let mut added = add(line, start).execute(&mut *tx).await?.rows_affected();
+            if added != 1 {
+                // The period's counter may not exist yet: create it and try once more.
+                sqlx::query(&self.sql(
+                    "INSERT INTO budget_usage (scope, subject, tier, period, period_start, spent_nanos, reserved_nanos) VALUES (?, ?, ?, ?, ?, 0, 0) ON CONFLICT (scope, subject, tier, period, period_start) DO NOTHING",
+                ))
+                .bind(&line.scope)
+                .bind(&line.subject)
+                .bind(line.tier.clone().unwrap_or_default())
+                .bind(line.period.as_str())
+                .bind(start)
+                .execute(&mut *tx)
+                .await?;
+                added = add(line, start).execute(&mut *tx).await?.rows_affected();
+            }
+            if added != 1 {
                 // Go on: the line reported is the first over its limit in the caller's order.
                 over = Some(over.map_or(i, |o| o.min(i)));
             }
@@ -308,32 +318,35 @@ impl Store {
         }
         let id = uuid::Uuid::new_v4().simple().to_string();
         let created = crate::now_ms() as i64;
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; held.len()].join(", ");
+        let sql = self.sql(&format!(
+            "INSERT INTO budget_reservations (reservation_id, n, scope, subject, tier, period, period_start, amount_nanos, instance_id, request_id, key_id, created_ms) VALUES {values}"
+        ))
+        .into_owned();
+        let mut q = sqlx::query(&sql);
         for (n, (line, start)) in held.iter().enumerate() {
-            sqlx::query(&self.sql(
-                "INSERT INTO budget_reservations (reservation_id, n, scope, subject, tier, period, period_start, amount_nanos, instance_id, request_id, key_id, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            ))
-            .bind(&id)
-            .bind(n as i32)
-            .bind(&line.scope)
-            .bind(&line.subject)
-            .bind(line.tier.clone().unwrap_or_default())
-            .bind(line.period.as_str())
-            .bind(start)
-            .bind(amount.0 as i64)
-            .bind(self.instance_id())
-            .bind(request_id)
-            .bind(key_id)
-            .bind(created)
-            .execute(&mut *tx)
-            .await?;
+            q = q
+                .bind(id.as_str())
+                .bind(n as i32)
+                .bind(line.scope.as_str())
+                .bind(line.subject.as_str())
+                .bind(line.tier.clone().unwrap_or_default())
+                .bind(line.period.as_str())
+                .bind(start.as_str())
+                .bind(amount.0 as i64)
+                .bind(self.instance_id())
+                .bind(request_id)
+                .bind(key_id)
+                .bind(created);
         }
+        q.execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(Ok(Reservation { id, lines: held, amount, store: Some(self.clone()) }))
     }
 
     /// Replaces a reservation by the real cost (`NanoUsd(0)` releases it), in one transaction:
-    /// its rows are deleted and, for each line whose row was still there, the reserved amount
-    /// moves out; `actual` is added to every line's spend in any case (a reservation swept while
+    /// its rows are deleted and, if they were still there, the reserved amount moves out of every
+    /// line; `actual` is added to every line's spend in any case (a reservation swept while
     /// its request was still running still records what the request cost). Settling twice, or
     /// after a sweep, never releases twice.
     ///
@@ -362,34 +375,37 @@ impl Store {
         amount: NanoUsd,
         actual: NanoUsd,
     ) -> Result<(NanoUsd, usize), StoreError> {
-        let mut released = (NanoUsd(0), 0usize);
+        let _writer = self.budget_writer().await;
         let mut tx = self.pool.begin().await?;
-        for i in lock_order(lines) {
-            let (line, start) = &lines[i];
-            let deleted = sqlx::query(&self.sql("DELETE FROM budget_reservations WHERE reservation_id = ? AND n = ?"))
-                .bind(id)
-                .bind(i as i32)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            let free = if deleted == 1 { amount.0 } else { 0 };
-            if free == 0 && actual.0 == 0 {
-                continue;
-            }
-            released.0 = released.0.saturating_add(NanoUsd(free));
-            released.1 += deleted as usize;
-            sqlx::query(&self.sql(&format!(
-                "UPDATE budget_usage SET reserved_nanos = reserved_nanos - ?, spent_nanos = spent_nanos + ? WHERE {KEY_COLS}"
-            )))
-            .bind(free as i64)
-            .bind(actual.0 as i64)
-            .bind(&line.scope)
-            .bind(&line.subject)
-            .bind(line.tier.clone().unwrap_or_default())
-            .bind(line.period.as_str())
-            .bind(start)
+        // A reservation's rows are written together and deleted together (here, by a sweep or a
+        // release), each in one transaction: all of them are there, or none.
+        let deleted = sqlx::query(&self.sql("DELETE FROM budget_reservations WHERE reservation_id = ?"))
+            .bind(id)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
+        let free = if deleted > 0 { amount.0 } else { 0 };
+        let released = if deleted > 0 {
+            (NanoUsd(amount.0.saturating_mul(lines.len() as u64)), lines.len())
+        } else {
+            (NanoUsd(0), 0)
+        };
+        if free > 0 || actual.0 > 0 {
+            for i in lock_order(lines) {
+                let (line, start) = &lines[i];
+                sqlx::query(&self.sql(&format!(
+                    "UPDATE budget_usage SET reserved_nanos = reserved_nanos - ?, spent_nanos = spent_nanos + ? WHERE {KEY_COLS}"
+                )))
+                .bind(free as i64)
+                .bind(actual.0 as i64)
+                .bind(&line.scope)
+                .bind(&line.subject)
+                .bind(line.tier.clone().unwrap_or_default())
+                .bind(line.period.as_str())
+                .bind(start)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(released)

@@ -41,6 +41,8 @@ pub(crate) struct Leases {
     valid_until: AtomicU64,
     /// Settlements and releases spawned and not yet finished.
     pending: AtomicUsize,
+    /// SQLite: this process's budget transactions, one at a time.
+    writer: tokio::sync::Mutex<()>,
 }
 
 impl Leases {
@@ -51,6 +53,7 @@ impl Leases {
             ttl_ms: AtomicU64::new(DEFAULT_LEASE.as_millis() as u64),
             valid_until: AtomicU64::new(0),
             pending: AtomicUsize::new(0),
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 }
@@ -262,6 +265,15 @@ impl Store {
         self.leases.pending.load(Ordering::Acquire)
     }
 
+    /// On SQLite (one writer per database), a turn for one budget transaction of this process;
+    /// `None` on PostgreSQL (row locks).
+    pub(crate) async fn budget_writer(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            crate::Backend::Sqlite => Some(self.leases.writer.lock().await),
+            crate::Backend::Postgres => None,
+        }
+    }
+
     /// Counts a spawned reservation or settlement until the guard drops.
     pub(crate) fn pending_guard(&self) -> Pending {
         self.leases.pending.fetch_add(1, Ordering::AcqRel);
@@ -339,6 +351,7 @@ impl Store {
         let mut total = Released::default();
         for (id, rows) in rows {
             let mut released_here = 0;
+            let _writer = self.budget_writer().await;
             let mut tx = self.pool.begin().await?;
             let held: Vec<(BudgetLine, String)> = rows.iter().map(|(_, _, l, s, _)| (l.clone(), s.clone())).collect();
             for i in crate::budget::lock_order(&held) {
