@@ -171,6 +171,67 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Who may call the endpoints that [`Endpoint`] names when `auth = "keys"`.
+    pub access: BTreeMap<Endpoint, Access>,
+    /// A request head (request line and headers) must arrive within this long of its first
+    /// byte, else the connection is closed (default 10 s; slowloris).
+    pub header_read_timeout: Duration,
+    /// A request body must arrive whole within this long (default 60 s); else 408.
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long idle
+    /// (default 60 s). A response being written (a stream) is never idle.
+    pub idle_timeout: Duration,
+    /// How often a gateway checks the key store for revocations made elsewhere (another
+    /// gateway, `triage keys revoke`) and drops its cached keys when there are new ones
+    /// (default 1 s): a revoked key stops working within about this long.
+    pub key_recheck: Duration,
+    /// Bytes of prompt text tokenised exactly per request (default 1 MiB); text beyond it is
+    /// counted at the ratio measured on the tokenised part, so a count's cost is bounded.
+    pub max_tokenize_bytes: usize,
+}
+
+/// An endpoint whose access [`ServerSettings::access`] sets (the others always need a key when
+/// `auth = "keys"`, except `GET /healthz`, which is always open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// `GET /v1/models` (and `/models`).
+    Models,
+    /// `GET /readyz`.
+    Readyz,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /v1/health/deployments`.
+    Deployments,
+}
+
+impl Endpoint {
+    /// Every endpoint, with its path.
+    pub const ALL: [(Endpoint, &'static str); 5] = [
+        (Endpoint::CountTokens, "/v1/messages/count_tokens"),
+        (Endpoint::Models, "/v1/models"),
+        (Endpoint::Readyz, "/readyz"),
+        (Endpoint::Metrics, "/metrics"),
+        (Endpoint::Deployments, "/v1/health/deployments"),
+    ];
+
+    /// The endpoint at `path` (`/models` is `/v1/models`), if it is one of these.
+    pub fn of_path(path: &str) -> Option<Endpoint> {
+        let path = if path == "/models" { "/v1/models" } else { path };
+        Self::ALL.iter().find(|(_, p)| *p == path).map(|(e, _)| *e)
+    }
+}
+
+/// Who may call an endpoint when `auth = "keys"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a key.
+    Public,
+    /// Any valid key.
+    Key,
+    /// An admin key.
+    Admin,
 }
 
 impl Default for ServerSettings {
@@ -179,6 +240,20 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            // Probes and Prometheus scrapers usually carry no key: the operational endpoints stay
+            // open unless configured otherwise; everything that costs work needs a key.
+            access: BTreeMap::from([
+                (Endpoint::CountTokens, Access::Key),
+                (Endpoint::Models, Access::Key),
+                (Endpoint::Readyz, Access::Public),
+                (Endpoint::Metrics, Access::Public),
+                (Endpoint::Deployments, Access::Public),
+            ]),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            key_recheck: Duration::from_secs(1),
+            max_tokenize_bytes: 1024 * 1024,
         }
     }
 }
@@ -222,8 +297,21 @@ pub struct BreakerPolicy {
     pub min_requests: u32,
     /// Length of the failure-rate window.
     pub window: Duration,
-    /// How long an open breaker stays open before one probe call is let through (half-open).
+    /// How long an open breaker stays open before one probe call is let through (half-open);
+    /// each opening draws it with ±20 % jitter, so breakers that opened together do not probe
+    /// together.
     pub cooldown: Duration,
+    /// Panic threshold (Envoy's `healthy_panic_threshold`): when fewer than this fraction of a
+    /// model's usable deployments (two or more) are healthy (breaker closed, not cooling down),
+    /// ejections are ignored for that model and every deployment takes calls (default 0.5).
+    pub panic_threshold: f64,
+    /// At most this fraction of a model's deployments may have an open breaker at once (Envoy's
+    /// `max_ejection_percent`); one may always open. A failure that would open one more is
+    /// counted but opens nothing (default 0.5: one of two).
+    pub max_ejection: f64,
+    /// How long a deployment whose upstream rejected Triage's provider key (401, 403) is
+    /// skipped (while another deployment can serve; default 10 s).
+    pub auth_quarantine: Duration,
 }
 
 impl Default for BreakerPolicy {
@@ -234,6 +322,9 @@ impl Default for BreakerPolicy {
             min_requests: 20,
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(30),
+            panic_threshold: 0.5,
+            max_ejection: 0.5,
+            auth_quarantine: Duration::from_secs(10),
         }
     }
 }
@@ -264,25 +355,90 @@ impl GuardAction {
 }
 
 /// The sensitive-content policy: a default action and per-kind overrides (kinds by their
-/// `triage_core::guard::Kind::as_str` names; `secrets` and `personal_data` name the two groups).
+/// `triage_core::guard::Kind::as_str` names; `secrets` and `personal_data` name the two groups),
+/// a confidence threshold per kind, and overrides per team and per API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardPolicy {
     /// For every kind without an override.
     pub default: GuardAction,
     /// Per kind.
     pub kinds: BTreeMap<String, GuardAction>,
+    /// Findings below this confidence (per mille) are ignored, per kind name. Kinds not listed:
+    /// [`GuardPolicy::DEFAULT_ENTITY_CONFIDENCE`] for the entity recogniser's kinds (`person`,
+    /// `address`, `date`, `organization`), 0 for the rules' kinds.
+    pub min_confidence: BTreeMap<String, u16>,
+    /// `[guard.teams.<team>]`: overrides for the keys of a team.
+    pub teams: BTreeMap<String, GuardOverride>,
+    /// `[guard.keys.<key id>]`: overrides for one API key (over its team's).
+    pub keys: BTreeMap<String, GuardOverride>,
+}
+
+/// A team's or a key's policy over the global one: its own default and per-kind actions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardOverride {
+    /// Replaces the global default when set.
+    pub default: Option<GuardAction>,
+    /// Per kind (and `secrets` / `personal_data`), over the global ones.
+    pub kinds: BTreeMap<String, GuardAction>,
+}
+
+impl Default for GuardPolicy {
+    fn default() -> Self {
+        GuardPolicy {
+            default: GuardAction::LocalOnly,
+            kinds: BTreeMap::new(),
+            min_confidence: BTreeMap::new(),
+            teams: BTreeMap::new(),
+            keys: BTreeMap::new(),
+        }
+    }
 }
 
 impl GuardPolicy {
+    /// Default threshold (per mille) of the entity recogniser's kinds.
+    pub const DEFAULT_ENTITY_CONFIDENCE: u16 = 500;
+
     /// The action for a kind named `kind`, which is a secret or not.
     pub fn action(&self, kind: &str, is_secret: bool) -> GuardAction {
         let group = if is_secret { "secrets" } else { "personal_data" };
         self.kinds.get(kind).or_else(|| self.kinds.get(group)).copied().unwrap_or(self.default)
     }
 
+    /// The action for a kind for a caller: the key's override, then its team's, then the global
+    /// policy (each: the kind, then its group, then that level's default).
+    pub fn action_for(&self, kind: &str, is_secret: bool, key: Option<&str>, team: Option<&str>) -> GuardAction {
+        let group = if is_secret { "secrets" } else { "personal_data" };
+        let levels = [key.and_then(|k| self.keys.get(k)), team.and_then(|t| self.teams.get(t))];
+        for o in levels.into_iter().flatten() {
+            if let Some(a) = o.kinds.get(kind).or_else(|| o.kinds.get(group)) {
+                return *a;
+            }
+        }
+        if let Some(a) = self.kinds.get(kind).or_else(|| self.kinds.get(group)) {
+            return *a;
+        }
+        levels.into_iter().flatten().find_map(|o| o.default).unwrap_or(self.default)
+    }
+
+    /// The confidence below which a finding of `kind` is ignored (0..=1).
+    pub fn min_confidence(&self, kind: &str) -> f32 {
+        let default = if matches!(kind, "person" | "address" | "date" | "organization") {
+            Self::DEFAULT_ENTITY_CONFIDENCE
+        } else {
+            0
+        };
+        f32::from(self.min_confidence.get(kind).copied().unwrap_or(default)) / 1000.0
+    }
+
     /// True when no kind is acted on (scanning can be skipped).
     pub fn is_off(&self) -> bool {
-        self.default == GuardAction::Allow && self.kinds.values().all(|a| *a == GuardAction::Allow)
+        let quiet = |o: &GuardOverride| {
+            o.default.is_none_or(|d| d == GuardAction::Allow) && o.kinds.values().all(|a| *a == GuardAction::Allow)
+        };
+        self.default == GuardAction::Allow
+            && self.kinds.values().all(|a| *a == GuardAction::Allow)
+            && self.teams.values().all(quiet)
+            && self.keys.values().all(quiet)
     }
 }
 

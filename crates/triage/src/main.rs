@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
+mod evals_cmd;
 mod local_models;
 mod ollama;
 mod paths;
@@ -91,6 +92,9 @@ enum Command {
     /// Budgets of the current day and month: limit, spent, reserved (and the age of the oldest
     /// reservation); `triage budgets release KEY` gives back a key's stale reservations.
     Budgets(admin::BudgetsArgs),
+    /// Production evaluation (`[evals]`): the report of shadow-evaluated requests.
+    #[command(subcommand)]
+    Evals(evals_cmd::EvalsCommand),
     /// Print the router's decision for a prompt (or a JSON chat request on stdin) without calling any model.
     Route {
         /// The prompt, sent as one user message. Without it, a JSON chat request is read from stdin.
@@ -108,7 +112,7 @@ enum Command {
     /// Train a scorer (lexical or embedding) and write a model file with its metadata.
     Train {
         /// Data folder (RouteLLM layout and/or arena-bench); repeat for several.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "from_evals")]
         data: Vec<PathBuf>,
         /// lexical or embedding.
         #[arg(long, default_value = "lexical")]
@@ -125,6 +129,8 @@ enum Command {
         /// Sample for the default thresholds (60/40 for 2 tiers, 50/30/20 for 3).
         #[arg(long, default_value = "arena-bench")]
         calibrate_on: String,
+        #[command(flatten)]
+        evals: evals_cmd::TrainFromEvals,
     },
     /// Replay a benchmark through a router: sweep, PGR, APGR, CPT, random and oracle baselines, JSON and SVG.
     Eval {
@@ -166,7 +172,7 @@ enum Command {
     /// Set a model's thresholds from a sample of prompts, for target shares per tier or a target cost.
     Calibrate {
         /// Data folder(s) holding the sample.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "from_evals")]
         data: Vec<PathBuf>,
         /// The sample: a benchmark name or a .jsonl file (prompts only are needed).
         #[arg(long, default_value = "arena-bench")]
@@ -198,6 +204,8 @@ enum Command {
         /// Relative split among the tiers above the cheapest (default equal).
         #[arg(long, value_delimiter = ',')]
         mix: Option<Vec<f64>>,
+        #[command(flatten)]
+        evals: evals_cmd::CalibrateFromEvals,
     },
 }
 
@@ -436,6 +444,18 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::budgets(&catalog, args))
         }
+        Command::Evals(cmd) => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(evals_cmd::evals(&catalog, cmd))
+        }
+        Command::Train { evals, out, .. } if evals.from_evals => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(evals_cmd::train(&catalog, evals, out))
+        }
+        Command::Calibrate { evals, model, out, .. } if evals.from_evals => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(evals_cmd::calibrate(&catalog, evals, model, out))
+        }
         Command::Models { action: Some(action), .. } => models_action(action),
         Command::Models { action: None, json, gateway } => {
             let catalog = load_catalog(cli.config.as_deref())?;
@@ -468,7 +488,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             route_cmd(&catalog, prompt, scorer.as_deref(), model.as_deref(), json)
         }
-        Command::Train { data, scorer, exclude, out, hp, calibrate_on } => {
+        Command::Train { data, scorer, exclude, out, hp, calibrate_on, evals: _ } => {
             let scorer: triage_core::router::ScorerKind = scorer.parse().map_err(|e| format!("{e}"))?;
             let embedding = match scorer {
                 triage_core::router::ScorerKind::Embedding => Some(hp.embedding(None)?),
@@ -544,6 +564,7 @@ fn run(cli: Cli) -> Result<(), String> {
             tier_prices,
             tokens_per_request,
             mix,
+            evals: _,
         } => {
             let scorer: triage_core::router::ScorerKind = scorer.parse().map_err(|e| format!("{e}"))?;
             let args = triage_eval::commands::CalibrateArgs {
