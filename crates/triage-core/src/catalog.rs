@@ -87,6 +87,12 @@ pub struct LocalEngine {
     /// finds its socket in its environment, so the command may be wrapped, e.g. in `nice`).
     /// `None` (the default): the running executable with its hidden `engine-worker` subcommand.
     pub worker: Option<Vec<String>>,
+    /// Tokens generated at most when a request sets no `max_tokens`; default
+    /// [`crate::config::DEFAULT_LOCAL_MAX_TOKENS`].
+    pub max_tokens: u32,
+    /// The chat template (Jinja) to use instead of the one in the model file, or where the file
+    /// has none; the config's `chat_template`, inline or read from the file it names.
+    pub chat_template: Option<String>,
 }
 
 /// An upstream API endpoint.
