@@ -28,7 +28,7 @@ def gemma_file():
 
 def post(url, body):
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=300) as r:
+    with urllib.request.urlopen(req, timeout=900) as r:
         return r.status, dict(r.headers), json.loads(r.read())
 
 
@@ -83,11 +83,6 @@ def test_a_template_less_gemma_is_added_and_served_with_the_gemma_template(tmp_p
             # System prompt folded into the first user turn: BOS, two turn markers, the texts.
             assert usage["prompt_tokens"] > 15, usage
             print(f"gemma 270M: {usage['completion_tokens']} tokens, {choice['finish_reason']}, {took:.1f} s")
-
-            # Greedy: the same question, the same answer, streamed or not.
-            status, _, again = post(f"{base}/v1/chat/completions", question)
-            assert status == 200
-            assert again["choices"][0]["message"]["content"] == choice["message"]["content"]
 
             with urllib.request.urlopen(f"{base}/v1/health/deployments", timeout=10) as r:
                 deployments = json.loads(r.read())["deployments"]
