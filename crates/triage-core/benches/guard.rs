@@ -1,5 +1,9 @@
 //! Criterion benchmarks of the sensitive-content guard on a ~2,000-token (~8 KB) chat request:
-//! clean (no findings), and the same request with a few secrets and personal data in it.
+//! clean (no findings), and the same request with a few secrets and personal data in it; the
+//! rules alone (`*_rules`), rules and entity recogniser without the verdict cache (`*_uncached`),
+//! the same request resent (`*_cached`: the verdict cache's hit path), and a new ~500-token
+//! message with names, addresses and dates (`new_message_500_tokens`, recogniser alone:
+//! `recognizer_500_tokens`).
 //!
 //! Run: `cargo bench -p triage-core --bench guard -- --warm-up-time 1 --measurement-time 3`
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -7,7 +11,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use triage_core::guard::{Guard, Kind};
+use triage_core::guard::{ner, Guard, Kind};
 use triage_core::openai::ChatRequest;
 
 /// Ordinary engineering prose and code with numbers, versions, dates, paths and identifiers,
@@ -42,6 +46,26 @@ fn clean_text(target_bytes: usize) -> String {
     out
 }
 
+/// A new ~500-token message with generated names, addresses, dates and organisations.
+fn new_message() -> String {
+    const PARTS: &[&str] = &[
+        "Hi team, I want to add Marta Keller as a beneficiary on the account and remove Jonas Berg.",
+        "Her address is Hauptstrasse 12, 8001 Zurich, and the appointment is on 14 March 2025 at 10:30.",
+        "The contract with Larsen Logistics GmbH was signed on 2024-11-02 by Hiro Sato.",
+        "Please ship the documents to:\n27 Maple Court\nRiverton, NY 10012\nUnited States",
+        "Can you summarise the attached notes and draft a short reply to Ines Moreau about the delay?",
+        "We discussed the retry policy, the cache size and the budget for the next quarter in detail.",
+    ];
+    let mut out = String::new();
+    let mut i = 0;
+    while out.len() < 2_300 {
+        out.push_str(PARTS[i % PARTS.len()]);
+        out.push(' ');
+        i += 1;
+    }
+    out
+}
+
 fn request(user_text: &str) -> ChatRequest {
     let body = serde_json::json!({
         "model": "auto",
@@ -54,7 +78,9 @@ fn request(user_text: &str) -> ChatRequest {
 }
 
 fn bench(c: &mut Criterion) {
-    let guard = Guard::new();
+    let guard = Guard::rules_only().without_cache();
+    let full = Guard::new().without_cache();
+    let cached = Guard::new();
     let clean = clean_text(8 * 1024);
     let clean_req = request(&clean);
     let found: Vec<String> =
@@ -81,7 +107,23 @@ fn bench(c: &mut Criterion) {
     assert!(guard.scan_request(&dirty_req).len() >= 5);
 
     let mut g = c.benchmark_group("guard");
-    g.bench_function("scan_request_clean_8KB", |b| b.iter(|| black_box(guard.scan_request(black_box(&clean_req)))));
+    g.bench_function("scan_request_clean_8KB_rules", |b| {
+        b.iter(|| black_box(guard.scan_request(black_box(&clean_req))))
+    });
+    g.bench_function("scan_request_clean_8KB_uncached", |b| {
+        b.iter(|| black_box(full.scan_request(black_box(&clean_req))))
+    });
+    let _ = cached.scan_request(&clean_req);
+    g.bench_function("scan_request_clean_8KB_cached", |b| {
+        b.iter(|| black_box(cached.scan_request(black_box(&clean_req))))
+    });
+    let message = new_message();
+    let tokens = triage_core::tokens::count_text(&message);
+    assert!((450..=600).contains(&tokens), "{tokens} tokens");
+    g.bench_function("new_message_500_tokens", |b| b.iter(|| black_box(full.scan(black_box(&message)))));
+    if let Some(model) = ner::Model::builtin() {
+        g.bench_function("recognizer_500_tokens", |b| b.iter(|| black_box(model.find(black_box(&message)))));
+    }
     // Linearity: the same clean text at four times the size.
     let clean_32k = request(&clean_text(32 * 1024));
     g.bench_function("scan_request_clean_32KB", |b| b.iter(|| black_box(guard.scan_request(black_box(&clean_32k)))));

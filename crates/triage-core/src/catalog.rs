@@ -270,25 +270,90 @@ impl GuardAction {
 }
 
 /// The sensitive-content policy: a default action and per-kind overrides (kinds by their
-/// `triage_core::guard::Kind::as_str` names; `secrets` and `personal_data` name the two groups).
+/// `triage_core::guard::Kind::as_str` names; `secrets` and `personal_data` name the two groups),
+/// a confidence threshold per kind, and overrides per team and per API key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuardPolicy {
     /// For every kind without an override.
     pub default: GuardAction,
     /// Per kind.
     pub kinds: BTreeMap<String, GuardAction>,
+    /// Findings below this confidence (per mille) are ignored, per kind name. Kinds not listed:
+    /// [`GuardPolicy::DEFAULT_ENTITY_CONFIDENCE`] for the entity recogniser's kinds (`person`,
+    /// `address`, `date`, `organization`), 0 for the rules' kinds.
+    pub min_confidence: BTreeMap<String, u16>,
+    /// `[guard.teams.<team>]`: overrides for the keys of a team.
+    pub teams: BTreeMap<String, GuardOverride>,
+    /// `[guard.keys.<key id>]`: overrides for one API key (over its team's).
+    pub keys: BTreeMap<String, GuardOverride>,
+}
+
+/// A team's or a key's policy over the global one: its own default and per-kind actions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuardOverride {
+    /// Replaces the global default when set.
+    pub default: Option<GuardAction>,
+    /// Per kind (and `secrets` / `personal_data`), over the global ones.
+    pub kinds: BTreeMap<String, GuardAction>,
+}
+
+impl Default for GuardPolicy {
+    fn default() -> Self {
+        GuardPolicy {
+            default: GuardAction::LocalOnly,
+            kinds: BTreeMap::new(),
+            min_confidence: BTreeMap::new(),
+            teams: BTreeMap::new(),
+            keys: BTreeMap::new(),
+        }
+    }
 }
 
 impl GuardPolicy {
+    /// Default threshold (per mille) of the entity recogniser's kinds.
+    pub const DEFAULT_ENTITY_CONFIDENCE: u16 = 500;
+
     /// The action for a kind named `kind`, which is a secret or not.
     pub fn action(&self, kind: &str, is_secret: bool) -> GuardAction {
         let group = if is_secret { "secrets" } else { "personal_data" };
         self.kinds.get(kind).or_else(|| self.kinds.get(group)).copied().unwrap_or(self.default)
     }
 
+    /// The action for a kind for a caller: the key's override, then its team's, then the global
+    /// policy (each: the kind, then its group, then that level's default).
+    pub fn action_for(&self, kind: &str, is_secret: bool, key: Option<&str>, team: Option<&str>) -> GuardAction {
+        let group = if is_secret { "secrets" } else { "personal_data" };
+        let levels = [key.and_then(|k| self.keys.get(k)), team.and_then(|t| self.teams.get(t))];
+        for o in levels.into_iter().flatten() {
+            if let Some(a) = o.kinds.get(kind).or_else(|| o.kinds.get(group)) {
+                return *a;
+            }
+        }
+        if let Some(a) = self.kinds.get(kind).or_else(|| self.kinds.get(group)) {
+            return *a;
+        }
+        levels.into_iter().flatten().find_map(|o| o.default).unwrap_or(self.default)
+    }
+
+    /// The confidence below which a finding of `kind` is ignored (0..=1).
+    pub fn min_confidence(&self, kind: &str) -> f32 {
+        let default = if matches!(kind, "person" | "address" | "date" | "organization") {
+            Self::DEFAULT_ENTITY_CONFIDENCE
+        } else {
+            0
+        };
+        f32::from(self.min_confidence.get(kind).copied().unwrap_or(default)) / 1000.0
+    }
+
     /// True when no kind is acted on (scanning can be skipped).
     pub fn is_off(&self) -> bool {
-        self.default == GuardAction::Allow && self.kinds.values().all(|a| *a == GuardAction::Allow)
+        let quiet = |o: &GuardOverride| {
+            o.default.is_none_or(|d| d == GuardAction::Allow) && o.kinds.values().all(|a| *a == GuardAction::Allow)
+        };
+        self.default == GuardAction::Allow
+            && self.kinds.values().all(|a| *a == GuardAction::Allow)
+            && self.teams.values().all(quiet)
+            && self.keys.values().all(quiet)
     }
 }
 

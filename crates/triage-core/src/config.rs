@@ -203,6 +203,20 @@ struct RawGuard {
     default: Option<Spanned<String>>,
     #[serde(default)]
     kinds: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    min_confidence: BTreeMap<String, Spanned<f64>>,
+    #[serde(default)]
+    teams: BTreeMap<String, RawGuardOverride>,
+    #[serde(default)]
+    keys: BTreeMap<String, RawGuardOverride>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGuardOverride {
+    default: Option<Spanned<String>>,
+    #[serde(default)]
+    kinds: BTreeMap<String, Spanned<String>>,
 }
 
 fn guard_action(ctx: &Ctx<'_>, v: &Spanned<String>, field: &str) -> Result<GuardAction, ConfigError> {
@@ -723,21 +737,50 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
             Some(v) => guard_action(&ctx, v, "guard.default")?,
             None => GuardAction::LocalOnly,
         };
-        let mut kinds = BTreeMap::new();
-        for (k, v) in &raw.guard.kinds {
-            let known =
-                k == "secrets" || k == "personal_data" || crate::guard::Kind::ALL.iter().any(|x| x.as_str() == k);
-            if !known {
-                let names: Vec<&str> = crate::guard::Kind::ALL.iter().map(|x| x.as_str()).collect();
-                return Err(ctx.err(
-                    &v.span(),
-                    format!("guard.kinds.{k}"),
-                    format!("unknown kind (secrets, personal_data, or one of: {})", names.join(", ")),
-                ));
+        let is_kind = |k: &str| crate::guard::Kind::ALL.iter().any(|x| x.as_str() == k);
+        let names = || crate::guard::Kind::ALL.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ");
+        let kinds_of = |raw: &BTreeMap<String, Spanned<String>>, at: &str| -> Result<_, ConfigError> {
+            let mut kinds = BTreeMap::new();
+            for (k, v) in raw {
+                if !(k == "secrets" || k == "personal_data" || is_kind(k)) {
+                    return Err(ctx.err(
+                        &v.span(),
+                        format!("{at}.{k}"),
+                        format!("unknown kind (secrets, personal_data, or one of: {})", names()),
+                    ));
+                }
+                kinds.insert(k.clone(), guard_action(&ctx, v, &format!("{at}.{k}"))?);
             }
-            kinds.insert(k.clone(), guard_action(&ctx, v, &format!("guard.kinds.{k}"))?);
+            Ok(kinds)
+        };
+        let kinds = kinds_of(&raw.guard.kinds, "guard.kinds")?;
+        let mut min_confidence = BTreeMap::new();
+        for (k, v) in &raw.guard.min_confidence {
+            let at = format!("guard.min_confidence.{k}");
+            if !is_kind(k) {
+                return Err(ctx.err(&v.span(), at, format!("unknown kind (one of: {})", names())));
+            }
+            let c = *v.get_ref();
+            if !(0.0..=1.0).contains(&c) {
+                return Err(ctx.err(&v.span(), at, format!("{c} is not between 0 and 1")));
+            }
+            min_confidence.insert(k.clone(), (c * 1000.0).round() as u16);
         }
-        GuardPolicy { default, kinds }
+        let overrides = |raw: &BTreeMap<String, RawGuardOverride>, at: &str| -> Result<_, ConfigError> {
+            let mut out = BTreeMap::new();
+            for (name, o) in raw {
+                let default = match &o.default {
+                    Some(v) => Some(guard_action(&ctx, v, &format!("{at}.{name}.default"))?),
+                    None => None,
+                };
+                let kinds = kinds_of(&o.kinds, &format!("{at}.{name}.kinds"))?;
+                out.insert(name.clone(), crate::catalog::GuardOverride { default, kinds });
+            }
+            Ok(out)
+        };
+        let teams = overrides(&raw.guard.teams, "guard.teams")?;
+        let keys = overrides(&raw.guard.keys, "guard.keys")?;
+        GuardPolicy { default, kinds, min_confidence, teams, keys }
     };
     let rs = raw.spend;
     let database = match rs.database {

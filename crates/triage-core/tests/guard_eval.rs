@@ -596,6 +596,108 @@ fn fake_secret(rng: &mut Rng) -> (String, Kind) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Issue 16: the groups of the issue's table on the presidio-research synthetic sentences. A
+// labelled span is found when a finding of the same group overlaps it; a finding of a group that
+// overlaps no labelled span of its group is a false positive. `heldout` keeps the sentences whose
+// index % 5 == 0 (never used for training or tuning; scripts/guard_ner_data.py trains on the
+// others).
+
+/// The group of a presidio-research entity type.
+fn label_group(entity: &str) -> Option<&'static str> {
+    Some(match entity {
+        "PERSON" => "person names",
+        "STREET_ADDRESS" => "postal addresses",
+        "DATE_TIME" => "dates",
+        "ORGANIZATION" => "organizations",
+        "EMAIL_ADDRESS" | "PHONE_NUMBER" | "CREDIT_CARD" | "IBAN_CODE" | "US_SSN" | "IP_ADDRESS" => "structured PII",
+        _ => return None,
+    })
+}
+
+/// The group of a finding.
+fn finding_group(k: Kind) -> Option<&'static str> {
+    Some(match k {
+        Kind::Person | Kind::PersonName => "person names",
+        Kind::Address | Kind::PostalAddress => "postal addresses",
+        Kind::Date | Kind::DateOfBirth => "dates",
+        Kind::Organization => "organizations",
+        Kind::Email | Kind::Phone | Kind::CreditCard | Kind::Iban | Kind::UsSsn | Kind::IpAddress => "structured PII",
+        _ => return None,
+    })
+}
+
+fn group_eval(g: &Guard, synth: &Value, split: Option<usize>) -> Table {
+    let mut t = Table::new();
+    for (i, row) in synth.as_array().into_iter().flatten().enumerate() {
+        match split {
+            Some(0) if i % 5 != 0 => continue,
+            Some(1) if i % 5 == 0 => continue,
+            _ => {}
+        }
+        let text = s(row, "full_text");
+        let mut expected: Vec<(&str, Range<usize>)> = Vec::new();
+        for sp in row.get("spans").and_then(Value::as_array).into_iter().flatten() {
+            let Some(grp) = label_group(s(sp, "entity_type")) else { continue };
+            let a = sp.get("start_position").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let b = sp.get("end_position").and_then(Value::as_u64).unwrap_or(0) as usize;
+            expected.push((grp, char_to_byte(text, a..b)));
+        }
+        let found: Vec<(&str, Range<usize>)> =
+            g.scan(text).into_iter().filter_map(|f| Some((finding_group(f.kind)?, f.span))).collect();
+        for (grp, r) in &expected {
+            let e = t.entry((*grp).to_owned()).or_default();
+            if found.iter().any(|(fg, fr)| fg == grp && overlaps(fr, r)) {
+                e.tp += 1;
+            } else {
+                e.fn_ += 1;
+                if verbose() {
+                    println!("MISS [groups/{grp}] {:?} in {:?}", text.get(r.clone()).unwrap_or(""), text);
+                }
+            }
+        }
+        for (fg, fr) in &found {
+            if !expected.iter().any(|(grp, r)| grp == fg && overlaps(fr, r)) {
+                t.entry((*fg).to_owned()).or_default().fp += 1;
+                if verbose() {
+                    println!("FALSE [groups/{fg}] {:?} in {:?}", text.get(fr.clone()).unwrap_or(""), text);
+                }
+            }
+        }
+    }
+    t
+}
+
+#[test]
+fn entity_groups_on_synthetic_sentences() {
+    let Some(dir) = data_dir() else {
+        println!("NOTE: ../shared/data/guard not found; skipping the entity groups.");
+        return;
+    };
+    let synth: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("presidio_research_synth_dataset_v2.json")).unwrap())
+            .unwrap();
+    let g = Guard::new();
+    assert!(g.has_recognizer(), "the entity recogniser's weights are missing");
+    let held = group_eval(&g, &synth, Some(0));
+    print_table("Issue 16 groups, held-out split (index % 5 == 0, never trained or tuned on)", &held);
+    print_table("Issue 16 groups, training split (index % 5 != 0)", &group_eval(&g, &synth, Some(1)));
+    print_table(
+        "Issue 16 groups, rules only (before issue 16), held-out split",
+        &group_eval(&Guard::rules_only(), &synth, Some(0)),
+    );
+    // Floors a little below the recorded held-out figures (docs/GUARD.md).
+    let floor = |k: &str, r: f64, p: f64| {
+        let v = held.get(k).copied().unwrap_or_default();
+        assert!(v.recall() >= r, "{k} recall {:.3} < {r}", v.recall());
+        assert!(v.precision() >= p, "{k} precision {:.3} < {p}", v.precision());
+    };
+    floor("person names", 0.80, 0.80);
+    floor("postal addresses", 0.70, 0.75);
+    floor("dates", 0.60, 0.60);
+    floor("structured PII", 0.95, 0.95);
+}
+
+// ------------------------------------------------------------------------------------------------
 
 struct Results {
     secrets: Table,
@@ -722,7 +824,8 @@ fn run() -> Results {
     let mut negatives = Tally::default();
     for _ in 0..2000 {
         let text = hard_negative(&mut rng);
-        let found = g.scan(&text);
+        // Entity kinds are scored on their own (a timestamp is a date there).
+        let found: Vec<Finding> = g.scan(&text).into_iter().filter(|f| !f.kind.is_entity()).collect();
         if found.is_empty() {
             negatives.tp += 1;
         } else {

@@ -11,6 +11,7 @@ pub mod calibrate;
 pub mod commands;
 pub mod data;
 pub mod embedding;
+pub mod from_evals;
 pub mod metrics;
 pub mod multi;
 pub mod plot;

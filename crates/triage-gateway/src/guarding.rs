@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::Value;
 use triage_core::anthropic::{self as a, Block, Event};
 use triage_core::catalog::GuardAction;
-use triage_core::guard::{Guard, Kind, Redaction, Restorer};
+use triage_core::guard::{Finding, Guard, Kind, Redaction, Restorer};
 use triage_core::openai::{ChatChunk, ChatCompletion, FunctionCallDelta, ToolCallDelta};
 use triage_core::translate;
 
@@ -36,19 +36,34 @@ impl Sensitivity {
     }
 }
 
-/// Scans `inbound` and applies the policy.
+/// Scans `inbound` and applies the policy: the caller's key and team overrides (`[guard.keys.*]`,
+/// `[guard.teams.*]`) over the global one, and each kind's confidence threshold
+/// (`[guard.min_confidence]`; findings below it are ignored).
 ///
 /// Errors: [`GatewayError::SensitiveBlocked`] when a found kind's action is `block`.
-pub fn apply(state: &AppState, guard: &Guard, inbound: &mut Inbound) -> Result<Sensitivity, GatewayError> {
-    let kinds = match &inbound.anthropic {
-        Some(native) => guard.kinds(native),
-        None => guard.kinds(&inbound.openai),
+pub fn apply(
+    state: &AppState,
+    guard: &Guard,
+    inbound: &mut Inbound,
+    key: Option<(&str, &str)>,
+) -> Result<Sensitivity, GatewayError> {
+    let policy = state.catalog.guard();
+    let keep = |f: &Finding| f.confidence >= policy.min_confidence(f.kind.as_str());
+    let mut kinds = BTreeSet::new();
+    let found = match &inbound.anthropic {
+        Some(native) => guard.scan_request(native),
+        None => guard.scan_request(&inbound.openai),
     };
+    for (_, f) in &found {
+        if keep(f) {
+            kinds.insert(f.kind);
+        }
+    }
     if kinds.is_empty() {
         return Ok(Sensitivity::default());
     }
-    let policy = state.catalog.guard();
-    let action = |k: Kind| policy.action(k.as_str(), k.is_secret());
+    let (key_id, team) = (key.map(|k| k.0), key.map(|k| k.1));
+    let action = |k: Kind| policy.action_for(k.as_str(), k.is_secret(), key_id, team);
     let names = |pred: &dyn Fn(GuardAction) -> bool| -> String {
         kinds.iter().filter(|k| pred(action(**k))).map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
     };
@@ -58,16 +73,16 @@ pub fn apply(state: &AppState, guard: &Guard, inbound: &mut Inbound) -> Result<S
     let local_only = kinds.iter().any(|k| action(*k) == GuardAction::LocalOnly);
     let redact: BTreeSet<Kind> = kinds.iter().copied().filter(|k| action(*k) == GuardAction::Redact).collect();
     if !redact.is_empty() {
-        let select = |k: Kind| redact.contains(&k);
+        let select = |f: &Finding| redact.contains(&f.kind) && keep(f);
         let redacted = match &inbound.anthropic {
             Some(native) => {
                 let mut n = native.clone();
-                let map = guard.redact_request(&mut n, select);
+                let map = guard.redact_request_where(&mut n, select);
                 Redacted { openai: translate::anthropic_to_openai(&n), anthropic: Some(n), map: Arc::new(map) }
             }
             None => {
                 let mut o = inbound.openai.clone();
-                let map = guard.redact_request(&mut o, select);
+                let map = guard.redact_request_where(&mut o, select);
                 Redacted { openai: o, anthropic: None, map: Arc::new(map) }
             }
         };

@@ -186,7 +186,7 @@ async fn serve(
     acct.stream = inbound.stream;
     let catalog = &state.catalog;
     let sensitivity = match &state.guard {
-        Some(g) => guarding::apply(state, g, &mut inbound)?,
+        Some(g) => guarding::apply(state, g, &mut inbound, key.as_ref().map(|k| (k.id.as_str(), k.team.as_str())))?,
         None => Default::default(),
     };
     if !sensitivity.kinds.is_empty() {

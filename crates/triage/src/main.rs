@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod admin;
+mod evals_cmd;
 mod local_models;
 mod ollama;
 mod paths;
@@ -88,6 +89,9 @@ enum Command {
     Keys(admin::KeysCommand),
     /// Spend report: requests, tokens, cost, the "always frontier" cost and the saving.
     Spend(admin::SpendArgs),
+    /// Production evaluation (`[evals]`): the report of shadow-evaluated requests.
+    #[command(subcommand)]
+    Evals(evals_cmd::EvalsCommand),
     /// Print the router's decision for a prompt (or a JSON chat request on stdin) without calling any model.
     Route {
         /// The prompt, sent as one user message. Without it, a JSON chat request is read from stdin.
@@ -105,7 +109,7 @@ enum Command {
     /// Train a scorer (lexical or embedding) and write a model file with its metadata.
     Train {
         /// Data folder (RouteLLM layout and/or arena-bench); repeat for several.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "from_evals")]
         data: Vec<PathBuf>,
         /// lexical or embedding.
         #[arg(long, default_value = "lexical")]
@@ -122,6 +126,8 @@ enum Command {
         /// Sample for the default thresholds (60/40 for 2 tiers, 50/30/20 for 3).
         #[arg(long, default_value = "arena-bench")]
         calibrate_on: String,
+        #[command(flatten)]
+        evals: evals_cmd::TrainFromEvals,
     },
     /// Replay a benchmark through a router: sweep, PGR, APGR, CPT, random and oracle baselines, JSON and SVG.
     Eval {
@@ -163,7 +169,7 @@ enum Command {
     /// Set a model's thresholds from a sample of prompts, for target shares per tier or a target cost.
     Calibrate {
         /// Data folder(s) holding the sample.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "from_evals")]
         data: Vec<PathBuf>,
         /// The sample: a benchmark name or a .jsonl file (prompts only are needed).
         #[arg(long, default_value = "arena-bench")]
@@ -195,6 +201,8 @@ enum Command {
         /// Relative split among the tiers above the cheapest (default equal).
         #[arg(long, value_delimiter = ',')]
         mix: Option<Vec<f64>>,
+        #[command(flatten)]
+        evals: evals_cmd::CalibrateFromEvals,
     },
 }
 
@@ -429,6 +437,18 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::spend(&catalog, args))
         }
+        Command::Evals(cmd) => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(evals_cmd::evals(&catalog, cmd))
+        }
+        Command::Train { evals, out, .. } if evals.from_evals => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(evals_cmd::train(&catalog, evals, out))
+        }
+        Command::Calibrate { evals, model, out, .. } if evals.from_evals => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(evals_cmd::calibrate(&catalog, evals, model, out))
+        }
         Command::Models { action: Some(action), .. } => models_action(action),
         Command::Models { action: None, json, gateway } => {
             let catalog = load_catalog(cli.config.as_deref())?;
@@ -461,7 +481,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             route_cmd(&catalog, prompt, scorer.as_deref(), model.as_deref(), json)
         }
-        Command::Train { data, scorer, exclude, out, hp, calibrate_on } => {
+        Command::Train { data, scorer, exclude, out, hp, calibrate_on, evals: _ } => {
             let scorer: triage_core::router::ScorerKind = scorer.parse().map_err(|e| format!("{e}"))?;
             let embedding = match scorer {
                 triage_core::router::ScorerKind::Embedding => Some(hp.embedding(None)?),
@@ -537,6 +557,7 @@ fn run(cli: Cli) -> Result<(), String> {
             tier_prices,
             tokens_per_request,
             mix,
+            evals: _,
         } => {
             let scorer: triage_core::router::ScorerKind = scorer.parse().map_err(|e| format!("{e}"))?;
             let args = triage_eval::commands::CalibrateArgs {

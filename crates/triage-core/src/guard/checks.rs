@@ -56,11 +56,20 @@ pub(super) fn random_value(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
 }
 
 pub(super) fn jwt(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
-    if validate::jwt_header(h.value_str()) {
-        Some((h.value.clone(), 0.95))
-    } else {
-        None
+    let v = h.value_str().trim_end_matches('.');
+    if !validate::jwt_header(v) {
+        return None;
     }
+    // An unsigned token (`alg: none`: `header.payload.` or `header.payload`) carries its claims
+    // all the same; with no signature the payload must decode to a JSON object too.
+    let segs: Vec<&str> = v.split('.').collect();
+    if segs.len() < 3 || segs[2].is_empty() {
+        let payload = segs.get(1).and_then(|p| validate::base64url_decode(p));
+        if !payload.is_some_and(|p| String::from_utf8_lossy(&p).trim_start().starts_with('{')) {
+            return None;
+        }
+    }
+    Some((h.value.start..h.value.start + v.len(), 0.95))
 }
 
 pub(super) fn private_key(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
@@ -138,6 +147,16 @@ pub(super) const CARD_WORDS: &[&str] =
 
 pub(super) fn iban(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     let v = h.value_str();
+    // Written in lower case, only a country of the registry with its exact length counts (a
+    // random lower-case token passes mod 97 at one of several cut points too often).
+    if v.bytes().any(|b| b.is_ascii_lowercase()) {
+        let cc = v.as_bytes().get(..2)?.to_ascii_uppercase();
+        let len = validate::iban_length(&cc)?;
+        let compact: Vec<u8> = v.bytes().filter(|b| *b != b' ').collect();
+        if compact.len() < len {
+            return None;
+        }
+    }
     // Try the longest prefix (in whole 1-4 character groups) that passes mod 97.
     let mut end = v.len();
     loop {
@@ -347,6 +366,35 @@ pub(super) fn phone_strong(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     Some((h.value.clone(), 0.85))
 }
 
+/// A national number with a trunk `0`: 9-12 digits in groups, not a date, a decimal or a
+/// version, not next to an identifier's name.
+pub(super) fn phone_national(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let d = digits_of(v);
+    if !(9..=12).contains(&d.len()) || d.starts_with("00") {
+        return None;
+    }
+    let (before, after) = around(h.text, &h.value);
+    if before.is_ascii_alphanumeric() || matches!(before, b'.' | b'/' | b'-' | b'_' | b',' | b':') {
+        return None;
+    }
+    if after.is_ascii_alphanumeric() || matches!(after, b'_' | b'-' | b'/' | b':' | b'%') {
+        return None;
+    }
+    if after == b'.' && h.text.as_bytes().get(h.value.end + 1).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    // One kind of separator besides spaces, and not `0.5 0.25`-style decimals.
+    let seps: Vec<u8> = v.bytes().filter(|b| !b.is_ascii_digit() && *b != b' ' && *b != b'(' && *b != b')').collect();
+    if seps.windows(2).any(|w| w[0] != w[1]) || looks_like_date(v) || v.starts_with("0.") {
+        return None;
+    }
+    if !context(h.text, h.value.start, 40, PHONE_STRONG) && context(h.text, h.value.start, 40, NOT_PHONE) {
+        return None;
+    }
+    Some((h.value.clone(), 0.65))
+}
+
 pub(super) fn phone_context(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     let v = h.value_str();
     let d = digits_of(v);
@@ -471,9 +519,33 @@ pub(super) const NOT_NAMES: &[&str] = &[
     "value",
 ];
 
+/// True when the credential at `value` is a documentation placeholder: it sits inside `<...>`,
+/// `[...]` or `{...}` (`<user:password>`, `https://[USER]:[PASSWORD]@host`), or it is a word
+/// such as `password`, `YOUR_PASSWORD`, `db-pass`.
+pub(super) fn credential_placeholder(text: &str, value: &Range<usize>) -> bool {
+    let v = text.get(value.clone()).unwrap_or("");
+    if validate::is_placeholder(v) {
+        return true;
+    }
+    let b = text.as_bytes();
+    // The token around the value: back to whitespace, a quote or `=`.
+    let mut s = value.start;
+    while s > 0 && !matches!(b[s - 1], b' ' | b'\t' | b'\n' | b'"' | b'\'' | b'`' | b'=') {
+        s -= 1;
+    }
+    let opener = text.get(s..value.start).unwrap_or("").bytes().find(|c| matches!(c, b'<' | b'[' | b'{'));
+    let closer = v.bytes().chain(b.get(value.end).copied()).any(|c| matches!(c, b'>' | b']' | b'}'));
+    if opener.is_some() && closer {
+        return true;
+    }
+    let word = v.trim_matches(|c: char| !c.is_ascii_alphanumeric()).to_ascii_lowercase();
+    word.bytes().all(|c| c.is_ascii_lowercase() || matches!(c, b'_' | b'-' | b'.'))
+        && ["pass", "pwd", "secret", "your", "token", "user", "changeit"].iter().any(|w| word.contains(w))
+}
+
 pub(super) fn db_url(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     let v = h.value_str();
-    if validate::is_placeholder(v)
+    if credential_placeholder(h.text, &h.value)
         || matches!(v.to_ascii_lowercase().as_str(), "password" | "pass" | "pwd" | "secret" | "passwd")
     {
         return None;
@@ -491,12 +563,24 @@ pub(super) fn password(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     let raw = h.value_str();
     let v = if quoted { raw } else { raw.trim_end_matches([';', ',', ')', '.']) };
     let span = h.value.start..h.value.start + v.len();
-    if v.len() < if quoted { 4 } else { 6 }
-        || v.len() > 200
-        || validate::is_placeholder(v)
-        || v.matches(' ').count() >= 2
-    {
+    if v.len() < if quoted { 4 } else { 6 } || v.len() > 200 || credential_placeholder(h.text, &span) {
         return None;
+    }
+    // `<db-password>@host`: the host part of a URL after a placeholder, not a value.
+    if !quoted && v.starts_with('@') {
+        return None;
+    }
+    // A quoted value may hold spaces (a passphrase), but not a sentence addressed to a reader
+    // (`"Enter your password"`); unquoted, a space ends the value.
+    if v.contains(' ') {
+        let l = v.to_ascii_lowercase();
+        if !quoted
+            || ["your ", "enter ", "must ", "please", "the ", " is ", " at least", "should "]
+                .iter()
+                .any(|w| l.contains(w))
+        {
+            return None;
+        }
     }
     if !key_may_hold_secret(h, v) {
         return None;
@@ -508,22 +592,67 @@ pub(super) fn password(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     ) {
         return None;
     }
-    if !quoted {
-        // An unquoted identifier or call is a variable, not a literal.
-        if v.bytes().all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'.' || b == b'-')
-            || v.contains('(')
-            || v.starts_with("os.")
-            || v.starts_with("process.")
-            || v.starts_with("env")
-        {
-            return None;
-        }
+    if !quoted && is_code_reference(v) {
+        return None;
     }
     if v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && v.contains('_') {
         return None;
     }
     let conf = if validate::entropy(v) >= 3.0 { 0.85 } else { 0.6 };
     Some((span, conf))
+}
+
+/// True when an unquoted value is code that refers to a value held elsewhere, not a literal: an
+/// identifier or a member path (`var.db_password`, `config.db.pass_2`, `settings["pw"]`,
+/// `Self::PASSWORD`), a call (`getenv("PW")`, `vault.read(...)`), a shell substitution or
+/// variable (`$(cat /run/secrets/x)`, `` `cat f` ``, `${PW}`, `$PW`), or a file path.
+pub(super) fn is_code_reference(v: &str) -> bool {
+    let ident_start = |c: u8| c.is_ascii_alphabetic() || c == b'_' || c == b'$' || c == b'@';
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$';
+    let b = v.as_bytes();
+    if b.is_empty() {
+        return true;
+    }
+    if v.starts_with('$') || v.starts_with('`') || v.starts_with('/') || v.starts_with("./") || v.starts_with("~/") {
+        return true;
+    }
+    if v.starts_with("os.") || v.starts_with("process.") || v.starts_with("env") {
+        return true;
+    }
+    // Plain words: `hunter_two`, `db-pass` (letters only) read as a name.
+    if b.iter().all(|&c| c.is_ascii_alphabetic() || matches!(c, b'_' | b'.' | b'-')) {
+        return true;
+    }
+    if !ident_start(b[0]) {
+        return false;
+    }
+    // A path of identifiers joined by `.`, `::` or `->`, with `[...]` indexes and a call at the
+    // end; an identifier with digits must be part of a path or a call (`pass2word` alone may be
+    // a literal).
+    let mut i = 0;
+    let mut joins = 0;
+    while i < b.len() {
+        let c = b[i];
+        if ident(c) {
+            i += 1;
+        } else if c == b'.' && b.get(i + 1).is_some_and(|&n| ident_start(n)) {
+            joins += 1;
+            i += 1;
+        } else if v[i..].starts_with("::") || v[i..].starts_with("->") {
+            joins += 1;
+            i += 2;
+        } else if c == b'[' {
+            // `creds["db"]`: the value stops at the quote, so an open `[` ends a path too.
+            let Some(close) = v[i..].find(']') else { return i + 1 == v.len() };
+            joins += 1;
+            i += close + 1;
+        } else if c == b'(' {
+            return true;
+        } else {
+            return false;
+        }
+    }
+    joins > 0
 }
 
 /// A value next to a key-like name: must look random.
@@ -808,7 +937,7 @@ pub(super) fn slack(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
 
 pub(super) fn curl_user(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     let v = h.value_str();
-    if validate::is_placeholder(v) || v.starts_with('$') || v.contains("${") || v.contains("{{") {
+    if credential_placeholder(h.text, &h.value) || v.starts_with('$') || v.contains("${") || v.contains("{{") {
         return None;
     }
     let lower = v.to_ascii_lowercase();

@@ -26,7 +26,9 @@
 //! digits, IBAN-shaped starts; `scan.rs`), so clean prose costs a few passes over the bytes.
 //! Precision and recall per kind, and what is not covered, are in docs/GUARD.md.
 
+mod cache;
 mod checks;
+pub mod ner;
 mod redact;
 mod rules;
 mod scan;
@@ -112,11 +114,20 @@ pub enum Kind {
     /// A token of another provider recognised by its documented prefix (DigitalOcean, Shopify,
     /// Vault, Databricks, Discord, Telegram, ...).
     ApiToken,
+    /// A person's name found by the entity recogniser (no supporting word needed).
+    Person,
+    /// A postal address found by the entity recogniser (any country's layout, one line or
+    /// several).
+    Address,
+    /// A date (of birth, of an appointment, ...) found by the entity recogniser.
+    Date,
+    /// An organisation's name found by the entity recogniser.
+    Organization,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 31] = [
+    pub const ALL: [Kind; 35] = [
         Kind::Email,
         Kind::Phone,
         Kind::CreditCard,
@@ -148,6 +159,10 @@ impl Kind {
         Kind::Password,
         Kind::GenericSecret,
         Kind::ApiToken,
+        Kind::Person,
+        Kind::Address,
+        Kind::Date,
+        Kind::Organization,
     ];
 
     /// Stable snake_case name for headers, metrics and the ledger (`"email"`, `"aws_access_key"`).
@@ -184,6 +199,10 @@ impl Kind {
             Kind::Password => "password",
             Kind::GenericSecret => "generic_secret",
             Kind::ApiToken => "api_token",
+            Kind::Person => "person",
+            Kind::Address => "address",
+            Kind::Date => "date",
+            Kind::Organization => "organization",
         }
     }
 
@@ -221,6 +240,10 @@ impl Kind {
             Kind::Password => "PASSWORD",
             Kind::GenericSecret => "SECRET",
             Kind::ApiToken => "API_TOKEN",
+            Kind::Person => "PERSON",
+            Kind::Address => "ADDRESS",
+            Kind::Date => "DATE",
+            Kind::Organization => "ORG",
         }
     }
 
@@ -237,7 +260,17 @@ impl Kind {
                 | Kind::DateOfBirth
                 | Kind::PostalAddress
                 | Kind::PersonName
+                | Kind::Person
+                | Kind::Address
+                | Kind::Date
+                | Kind::Organization
         )
+    }
+
+    /// True for the kinds of the entity recogniser (`person`, `address`, `date`,
+    /// `organization`), whose findings carry a model confidence rather than a rule's.
+    pub fn is_entity(self) -> bool {
+        matches!(self, Kind::Person | Kind::Address | Kind::Date | Kind::Organization)
     }
 }
 
@@ -270,6 +303,10 @@ pub struct Finding {
 /// text; a clean 8 KB request takes about 65 µs on a 2 vCPU EPYC (docs/BENCHMARKS.md).
 pub struct Guard {
     rules: Vec<Rule>,
+    /// The entity recogniser (person, address, date, organisation); `None` for rules only.
+    ner: Option<&'static ner::Model>,
+    /// Verdicts per distinct text (bounded); `None` when built without a cache.
+    cache: Option<cache::VerdictCache>,
     /// Keyword prefilter over all `Gate::Keywords` rules (ASCII case-insensitive).
     keywords: Option<AhoCorasick>,
     /// Keyword prefilter over all `Gate::Cased` rules (case-sensitive).
@@ -302,23 +339,111 @@ impl Guard {
                 compiled.push(rule);
             }
         }
-        Guard::from_rules(compiled)
+        Guard::from_rules(compiled, ner::Model::builtin())
     }
 
-    fn from_rules(rules: Vec<Rule>) -> Guard {
+    /// The rules without the entity recogniser (what the guard was before issue 16).
+    pub fn rules_only() -> Guard {
+        let mut g = Guard::new();
+        g.ner = None;
+        g
+    }
+
+    fn from_rules(rules: Vec<Rule>, ner: Option<&'static ner::Model>) -> Guard {
         let (keywords, keyword_rules) = keyword_automaton(&rules, false);
         let (cased_keywords, cased_keyword_rules) = keyword_automaton(&rules, true);
-        Guard { rules, keywords, keyword_rules, cased_keywords, cased_keyword_rules }
+        let cache = Some(cache::VerdictCache::new(CACHE_ENTRIES));
+        Guard { rules, ner, cache, keywords, keyword_rules, cased_keywords, cased_keyword_rules }
+    }
+
+    /// True when the entity recogniser runs.
+    pub fn has_recognizer(&self) -> bool {
+        self.ner.is_some()
     }
 
     /// Scans one text. Returns findings sorted by span start, never overlapping (where two rules
     /// match the same bytes, the more specific rule wins, then the longer span). Linear in
     /// `text.len()`; never panics, on any UTF-8.
+    ///
+    /// Verdicts are cached per distinct text (bounded, per `Guard`): scanning the same text again
+    /// costs one hash of it and a map look-up. [`Guard::scan_uncached`] always scans.
     pub fn scan(&self, text: &str) -> Vec<Finding> {
         if text.is_empty() {
             return Vec::new();
         }
-        let mut raw = scan::run_all(self, text);
+        let Some(cache) = &self.cache else { return self.scan_uncached(text) };
+        let key = cache.key(text);
+        if let Some(hit) = cache.get(key) {
+            return hit.to_vec();
+        }
+        let found = self.scan_uncached(text);
+        cache.put(key, found.as_slice().into());
+        found
+    }
+
+    /// (entries, hits, misses) of the verdict cache (zeros without one).
+    pub fn cache_stats(&self) -> (usize, u64, u64) {
+        self.cache.as_ref().map_or((0, 0, 0), cache::VerdictCache::stats)
+    }
+
+    /// Returns this guard without its verdict cache (benchmarks of the scan itself).
+    pub fn without_cache(mut self) -> Guard {
+        self.cache = None;
+        self
+    }
+
+    /// [`Guard::scan`] without the verdict cache.
+    pub fn scan_uncached(&self, text: &str) -> Vec<Finding> {
+        if text.is_empty() {
+            return Vec::new();
+        }
+        let raw = scan::run_all(self, text);
+        let mut out = resolve(raw);
+        if let Some(model) = self.ner {
+            add_entities(&mut out, text, model.find(text));
+        }
+        out
+    }
+}
+
+/// Entity findings go around the rules' findings: where a rule found something inside an entity
+/// (a phone in an address block), the entity keeps the pieces beside it.
+fn add_entities(out: &mut Vec<Finding>, text: &str, found: Vec<(Kind, Range<usize>, f32)>) {
+    if found.is_empty() {
+        return;
+    }
+    let rules_found: Vec<Range<usize>> = out.iter().map(|f| f.span.clone()).collect();
+    for (kind, span, confidence) in found {
+        let mut pieces = vec![span];
+        for r in &rules_found {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|p| {
+                    if p.end <= r.start || r.end <= p.start {
+                        vec![p]
+                    } else {
+                        vec![p.start..r.start.max(p.start), r.end.min(p.end)..p.end]
+                    }
+                })
+                .collect();
+        }
+        for p in pieces {
+            let Some(piece) = text.get(p.clone()) else { continue };
+            let lead = piece.len() - piece.trim_start_matches(|c: char| !c.is_alphanumeric()).len();
+            let kept = piece.trim_matches(|c: char| !c.is_alphanumeric());
+            if kept.is_empty() {
+                continue;
+            }
+            let span = p.start + lead..p.start + lead + kept.len();
+            out.push(Finding { kind, span, confidence, rule: "entity_recognizer" });
+        }
+    }
+    out.sort_by_key(|f| f.span.start);
+}
+
+/// Resolves overlapping rule findings: higher priority, then longer, then earlier wins.
+fn resolve(mut raw: Vec<(u8, Finding)>) -> Vec<Finding> {
+    {
         if raw.is_empty() {
             return Vec::new();
         }
@@ -337,7 +462,9 @@ impl Guard {
         out.sort_by_key(|f| f.span.start);
         out
     }
+}
 
+impl Guard {
     /// Scans every text of a request ([`TextVisit`]: messages, parts, tool calls, tool
     /// definitions) and tags each finding with where it is. Spans are relative to the visited
     /// string ([`Location`] says which).
@@ -373,11 +500,21 @@ impl Guard {
         R: TextVisit + ?Sized,
         F: Fn(Kind) -> bool,
     {
+        self.redact_request_where(req, |f: &Finding| select(f.kind))
+    }
+
+    /// [`Guard::redact_request`] with a selection per finding (kind and confidence: the
+    /// gateway drops findings below a kind's threshold).
+    pub fn redact_request_where<R, F>(&self, req: &mut R, select: F) -> Redaction
+    where
+        R: TextVisit + ?Sized,
+        F: Fn(&Finding) -> bool,
+    {
         let mut per_text: Vec<Vec<Finding>> = Vec::new();
         let mut reserved = std::collections::HashSet::new();
         req.visit_texts(&mut |_, text| {
             redact::collect_placeholder_like(text, &mut reserved);
-            per_text.push(self.scan(text).into_iter().filter(|f| select(f.kind)).collect());
+            per_text.push(self.scan(text).into_iter().filter(|f| select(f)).collect());
         });
         let mut redaction = Redaction::with_reserved(reserved);
         if per_text.iter().all(Vec::is_empty) {
@@ -411,6 +548,9 @@ impl Guard {
         self.rules.len()
     }
 }
+
+/// Distinct texts whose verdicts a guard keeps (about 100 bytes each, text not included).
+const CACHE_ENTRIES: usize = 16_384;
 
 /// Builds the keyword automaton of the keyword-gated rules (case-insensitive ones, or the
 /// case-sensitive ones when `cased`). Leftmost-longest matching reports one keyword per place,

@@ -261,7 +261,7 @@ pub(crate) fn specs() -> Vec<Spec> {
         Spec {
             name: "iban",
             kind: Kind::Iban,
-            pattern: r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b".into(),
+            pattern: r"\b[A-Za-z]{2}\d{2}(?: ?[A-Za-z0-9]{4}){2,7}(?: ?[A-Za-z0-9]{1,4})?\b".into(),
             group: 0,
             gate: Gate::IbanStart,
             check: iban,
@@ -270,7 +270,7 @@ pub(crate) fn specs() -> Vec<Spec> {
         Spec {
             name: "us_ssn",
             kind: Kind::UsSsn,
-            pattern: r"\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b|\b\d{9}\b".into(),
+            pattern: r"\b\d{3}-\d{2}-\d{4}\b|\b\d{3} \d{2} \d{4}\b|\b\d{3}\.\d{2}\.\d{4}\b|\b\d{9}\b".into(),
             group: 0,
             gate: Gate::DigitRun(9),
             check: ssn,
@@ -297,7 +297,7 @@ pub(crate) fn specs() -> Vec<Spec> {
         Spec {
             name: "phone_international",
             kind: Kind::Phone,
-            pattern: r"(?:\+|\b00)\d{1,3}[ .\-]?(?:\(0?\d{1,4}\)[ .\-]?)?\d{1,5}(?:[ .\-]?\d{2,5}){1,5}(?: ?(?:x|ext\.?) ?\d{1,5})?\b".into(),
+            pattern: r"(?:\+|\b00)\d{1,3}(?:[ .\-/]?(?:\(0?\d{1,5}\)|\d{1,6})){1,7}(?: ?(?:x|ext\.?) ?\d{1,5})?\b".into(),
             group: 0,
             gate: Gate::Always,
             check: phone_strong,
@@ -306,11 +306,22 @@ pub(crate) fn specs() -> Vec<Spec> {
         Spec {
             name: "phone_nanp",
             kind: Kind::Phone,
-            pattern: r"(?:\b1[ .\-]|\b001[ .\-])?(?:\(\d{3}\) ?|\b\d{3}[.\-])\d{3}[.\-]\d{4}(?: ?(?:x|ext\.?) ?\d{1,5})?\b".into(),
+            pattern: r"(?:\b1[ .\-]|\b001[ .\-])?(?:\(\d{3}\)[ .\-]?\d{3}[ .\-]?\d{4}|\b\d{3}[.\-]\d{3}[.\-]\d{4}|\b[2-9]\d{2} [2-9]\d{2} \d{4}|\b\d{3}[.\-]\d{4}[.\-]\d{3}|\b\d{3}[.\-]\d{2}[.\-]\d{2}[.\-]\d{3})(?: ?(?:x|ext\.?) ?\d{1,5})?\b".into(),
             group: 0,
             gate: Gate::DigitRun(10),
             check: phone_strong,
             priority: 4,
+        },
+        Spec {
+            // National numbers with a trunk prefix, grouped any way (`020 7946 0018`,
+            // `0171/234 56 78`, `06-12 34 56 78`).
+            name: "phone_national",
+            kind: Kind::Phone,
+            pattern: r"\(?\b0\d{1,4}\)?(?:[ .\-/]{1,2}\d{2,8}){1,5}\b".into(),
+            group: 0,
+            gate: Gate::DigitRun(9),
+            check: phone_national,
+            priority: 3,
         },
         Spec {
             name: "phone_context",
@@ -634,7 +645,7 @@ pub(crate) fn specs() -> Vec<Spec> {
         Spec {
             name: "jwt",
             kind: Kind::Jwt,
-            pattern: r"\b(ey[A-Za-z0-9_\-]{10,}\.ey[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{0,600}|ey[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{10,600})".into(),
+            pattern: r"\b(ey[A-Za-z0-9_\-]{10,}\.ey[A-Za-z0-9_\-]{2,}(?:\.[A-Za-z0-9_\-]{0,600})?|ey[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]{10,600})".into(),
             group: 1,
             gate: Gate::Always,
             check: jwt,

@@ -203,13 +203,13 @@ fn assignment_near(b: &[u8], at: usize) -> bool {
     after || b.get(at.saturating_sub(24)..at).is_some_and(|s| s.contains(&b'='))
 }
 
-/// Offsets of `[A-Z]{2}[0-9]{2}` not preceded by a letter or digit.
+/// Offsets of `[A-Za-z]{2}[0-9]{2}` (IBANs are written in either case) not preceded by a letter or digit.
 fn iban_starts(b: &[u8]) -> Vec<usize> {
     let mut out = Vec::new();
     let mut i = 0;
     while i + 4 <= b.len() {
-        if b[i].is_ascii_uppercase()
-            && b[i + 1].is_ascii_uppercase()
+        if b[i].is_ascii_alphabetic()
+            && b[i + 1].is_ascii_alphabetic()
             && b[i + 2].is_ascii_digit()
             && b[i + 3].is_ascii_digit()
             && (i == 0 || !b[i - 1].is_ascii_alphanumeric())

@@ -49,10 +49,10 @@ pub fn card_prefix_ok(digits: &str) -> bool {
 }
 
 /// ISO 13616 IBAN check: country code, two check digits, then mod 97 of the rearranged number
-/// equals 1 (ISO 7064 MOD 97-10). Spaces are ignored; letters must be upper case. When the
+/// equals 1 (ISO 7064 MOD 97-10). Spaces are ignored; letters may be either case. When the
 /// country is in [`iban_length`]'s table the length must match it.
 pub fn iban(s: &str) -> bool {
-    let compact: Vec<u8> = s.bytes().filter(|b| *b != b' ').collect();
+    let compact: Vec<u8> = s.bytes().filter(|b| *b != b' ').map(|b| b.to_ascii_uppercase()).collect();
     if compact.len() < 15 || compact.len() > 34 {
         return false;
     }
@@ -239,7 +239,36 @@ pub fn is_placeholder(s: &str) -> bool {
         }
         n
     };
-    distinct <= 2 || (b.len() >= 16 && distinct <= 4)
+    distinct <= 2 || (b.len() >= 16 && distinct <= 4) || is_alphabet(s)
+}
+
+/// True when `s` is a constant alphabet rather than a random value: no character twice, and
+/// most neighbouring characters are consecutive (`ABCDEFGHIJKLMNOPQRSTUVWXYZ`, `0123456789abcdef`, the base58
+/// alphabet `123456789ABCDEFGHJKLMNPQRSTUVWXYZabc...`), or it runs along a keyboard row
+/// (`qwertyuiop`).
+pub fn is_alphabet(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() < 10 {
+        return false;
+    }
+    // An alphabet lists each symbol once (`12345678ABCDEFH12345678` repeats: a sample value).
+    let mut seen = [false; 256];
+    for &x in b {
+        if std::mem::replace(&mut seen[usize::from(x)], true) {
+            return false;
+        }
+    }
+    let steps = b.windows(2).filter(|w| w[1] == w[0].wrapping_add(1) || w[1] == w[0].wrapping_add(2)).count();
+    if steps * 10 >= (b.len() - 1) * 7 {
+        return true;
+    }
+    const ROWS: [&str; 4] = ["1234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm"];
+    let lower = s.to_ascii_lowercase();
+    let on_rows = lower.as_bytes().windows(3).filter(|w| {
+        let t = std::str::from_utf8(w).unwrap_or("");
+        ROWS.iter().any(|r| r.contains(t))
+    });
+    on_rows.count() * 10 >= (b.len() - 2) * 8
 }
 
 /// True when the whole of `s` is a reference to a value held elsewhere: `${VAR}`, `{{ var }}`,
@@ -256,6 +285,14 @@ pub fn is_reference(s: &str) -> bool {
         || s.strip_prefix('{')
             .and_then(|t| t.strip_suffix('}'))
             .is_some_and(|t| t.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        || (s.len() > 2
+            && s.starts_with('[')
+            && s.ends_with(']')
+            && s[1..s.len() - 1]
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b' ' | b':' | b'.')))
+        || s.starts_with("$(")
+        || (s.len() > 2 && s.starts_with('`') && s.ends_with('`'))
         || s.starts_with("process.env")
         || s.starts_with("os.environ")
         || s.starts_with("os.getenv")
