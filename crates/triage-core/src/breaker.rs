@@ -113,6 +113,15 @@ impl Breaker {
 
     /// Records a failed call. Returns true when this failure opened the breaker.
     pub fn on_failure(&mut self, now: Instant) -> bool {
+        self.on_failure_with(now, true, 0.5)
+    }
+
+    /// Records a failed call; returns true when this failure opened the breaker. When it would
+    /// open but `may_open` is false (enough of the model's other deployments are ejected
+    /// already, `BreakerPolicy::max_ejection`), the failure is counted and the breaker stays
+    /// closed, its counts starting over. `jitter` in [0, 1] draws the cooldown in
+    /// [0.8, 1.2] × `cooldown`, so breakers that open together do not probe together.
+    pub fn on_failure_with(&mut self, now: Instant, may_open: bool, jitter: f64) -> bool {
         self.roll_window(now);
         self.window_calls += 1;
         self.window_failures += 1;
@@ -121,13 +130,23 @@ impl Breaker {
         let rate_tripped = self.window_calls >= self.policy.min_requests
             && f64::from(self.window_failures) >= self.policy.failure_rate * f64::from(self.window_calls);
         let trip = was_probe || self.consecutive >= self.policy.consecutive_failures || rate_tripped;
+        if trip && !may_open && !was_probe {
+            self.consecutive = 0;
+            self.window_start = None;
+            return false;
+        }
         if trip {
             let already_open = self.open_until.is_some_and(|u| now < u);
-            self.open_until = Some(now + self.policy.cooldown);
+            self.open_until = Some(now + self.policy.cooldown.mul_f64(0.8 + 0.4 * jitter.clamp(0.0, 1.0)));
             self.window_start = None;
             return !already_open;
         }
         false
+    }
+
+    /// True while the breaker is open or half-open (its deployment is ejected).
+    pub fn is_ejected(&self) -> bool {
+        self.open_until.is_some()
     }
 
     /// Releases a probe whose call ended without a verdict (the client went away).
@@ -161,7 +180,32 @@ mod tests {
             min_requests: 10,
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(30),
+            ..BreakerPolicy::default()
         }
+    }
+
+    /// A breaker that may not open (its siblings are ejected) counts the failures and stays
+    /// closed; the cooldown of one that opens is drawn within ±20 %.
+    #[test]
+    fn a_capped_breaker_stays_closed_and_cooldowns_are_jittered() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(policy());
+        // Three trips (three in a row each), none of which opens; the counts start over each time.
+        for _ in 0..9 {
+            assert!(!b.on_failure_with(t0, false, 0.0));
+            assert_eq!(b.state(t0), BreakerState::Closed);
+        }
+        assert!(!b.is_ejected());
+        assert!(!b.on_failure_with(t0, true, 0.0));
+        assert!(!b.on_failure_with(t0, true, 0.0));
+        assert!(b.on_failure_with(t0, true, 0.0), "three in a row once it may open");
+        assert_eq!(b.remaining(t0), Some(Duration::from_secs(24)));
+        let mut late = Breaker::new(policy());
+        for _ in 0..3 {
+            late.on_failure_with(t0, true, 1.0);
+        }
+        assert_eq!(late.remaining(t0), Some(Duration::from_secs(36)));
+        assert!(late.is_ejected());
     }
 
     #[test]

@@ -177,6 +177,67 @@ pub struct ServerSettings {
     pub max_body_bytes: usize,
     /// How long in-flight requests may run on after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// Who may call the endpoints that [`Endpoint`] names when `auth = "keys"`.
+    pub access: BTreeMap<Endpoint, Access>,
+    /// A request head (request line and headers) must arrive within this long of its first
+    /// byte, else the connection is closed (default 10 s; slowloris).
+    pub header_read_timeout: Duration,
+    /// A request body must arrive whole within this long (default 60 s); else 408.
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this long idle
+    /// (default 60 s). A response being written (a stream) is never idle.
+    pub idle_timeout: Duration,
+    /// How often a gateway checks the key store for revocations made elsewhere (another
+    /// gateway, `triage keys revoke`) and drops its cached keys when there are new ones
+    /// (default 1 s): a revoked key stops working within about this long.
+    pub key_recheck: Duration,
+    /// Bytes of prompt text tokenised exactly per request (default 1 MiB); text beyond it is
+    /// counted at the ratio measured on the tokenised part, so a count's cost is bounded.
+    pub max_tokenize_bytes: usize,
+}
+
+/// An endpoint whose access [`ServerSettings::access`] sets (the others always need a key when
+/// `auth = "keys"`, except `GET /healthz`, which is always open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Endpoint {
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens,
+    /// `GET /v1/models` (and `/models`).
+    Models,
+    /// `GET /readyz`.
+    Readyz,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /v1/health/deployments`.
+    Deployments,
+}
+
+impl Endpoint {
+    /// Every endpoint, with its path.
+    pub const ALL: [(Endpoint, &'static str); 5] = [
+        (Endpoint::CountTokens, "/v1/messages/count_tokens"),
+        (Endpoint::Models, "/v1/models"),
+        (Endpoint::Readyz, "/readyz"),
+        (Endpoint::Metrics, "/metrics"),
+        (Endpoint::Deployments, "/v1/health/deployments"),
+    ];
+
+    /// The endpoint at `path` (`/models` is `/v1/models`), if it is one of these.
+    pub fn of_path(path: &str) -> Option<Endpoint> {
+        let path = if path == "/models" { "/v1/models" } else { path };
+        Self::ALL.iter().find(|(_, p)| *p == path).map(|(e, _)| *e)
+    }
+}
+
+/// Who may call an endpoint when `auth = "keys"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a key.
+    Public,
+    /// Any valid key.
+    Key,
+    /// An admin key.
+    Admin,
 }
 
 impl Default for ServerSettings {
@@ -185,6 +246,20 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
             max_body_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
+            // Probes and Prometheus scrapers usually carry no key: the operational endpoints stay
+            // open unless configured otherwise; everything that costs work needs a key.
+            access: BTreeMap::from([
+                (Endpoint::CountTokens, Access::Key),
+                (Endpoint::Models, Access::Key),
+                (Endpoint::Readyz, Access::Public),
+                (Endpoint::Metrics, Access::Public),
+                (Endpoint::Deployments, Access::Public),
+            ]),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            key_recheck: Duration::from_secs(1),
+            max_tokenize_bytes: 1024 * 1024,
         }
     }
 }
@@ -228,8 +303,21 @@ pub struct BreakerPolicy {
     pub min_requests: u32,
     /// Length of the failure-rate window.
     pub window: Duration,
-    /// How long an open breaker stays open before one probe call is let through (half-open).
+    /// How long an open breaker stays open before one probe call is let through (half-open);
+    /// each opening draws it with ±20 % jitter, so breakers that opened together do not probe
+    /// together.
     pub cooldown: Duration,
+    /// Panic threshold (Envoy's `healthy_panic_threshold`): when fewer than this fraction of a
+    /// model's usable deployments (two or more) are healthy (breaker closed, not cooling down),
+    /// ejections are ignored for that model and every deployment takes calls (default 0.5).
+    pub panic_threshold: f64,
+    /// At most this fraction of a model's deployments may have an open breaker at once (Envoy's
+    /// `max_ejection_percent`); one may always open. A failure that would open one more is
+    /// counted but opens nothing (default 0.5: one of two).
+    pub max_ejection: f64,
+    /// How long a deployment whose upstream rejected Triage's provider key (401, 403) is
+    /// skipped (while another deployment can serve; default 10 s).
+    pub auth_quarantine: Duration,
 }
 
 impl Default for BreakerPolicy {
@@ -240,6 +328,9 @@ impl Default for BreakerPolicy {
             min_requests: 20,
             window: Duration::from_secs(60),
             cooldown: Duration::from_secs(30),
+            panic_threshold: 0.5,
+            max_ejection: 0.5,
+            auth_quarantine: Duration::from_secs(10),
         }
     }
 }

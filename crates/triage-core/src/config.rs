@@ -14,9 +14,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::catalog::{
-    AuthMode, AutoRouting, BreakerPolicy, BudgetPeriod, BudgetScope, BudgetSpec, Capabilities, Catalog, Deployment,
-    GuardAction, GuardPolicy, LocalEngine, Model, ModelId, Provider, ProviderKind, RetryPolicy, ServerSettings,
-    SpendSettings, Timeouts,
+    Access, AuthMode, AutoRouting, BreakerPolicy, BudgetPeriod, BudgetScope, BudgetSpec, Capabilities, Catalog,
+    Deployment, Endpoint, GuardAction, GuardPolicy, LocalEngine, Model, ModelId, Provider, ProviderKind, RetryPolicy,
+    ServerSettings, SpendSettings, Timeouts,
 };
 use crate::cost::{PerMillion, Price};
 use crate::router::ScorerKind;
@@ -276,6 +276,9 @@ struct RawBreaker {
     min_requests: Option<u32>,
     window_ms: Option<u64>,
     cooldown_ms: Option<u64>,
+    panic_threshold: Option<Spanned<f64>>,
+    max_ejection: Option<Spanned<f64>>,
+    auth_quarantine_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -291,6 +294,13 @@ struct RawServer {
     listen: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<u64>>,
     shutdown_grace_secs: Option<u64>,
+    #[serde(default)]
+    access: BTreeMap<Spanned<String>, Spanned<String>>,
+    header_read_timeout_ms: Option<Spanned<u64>>,
+    body_read_timeout_ms: Option<Spanned<u64>>,
+    idle_timeout_ms: Option<Spanned<u64>>,
+    key_recheck_ms: Option<Spanned<u64>>,
+    max_tokenize_bytes: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -690,6 +700,11 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
     };
     let d = BreakerPolicy::default();
     let b = raw.breaker;
+    let fraction = |v: &Option<Spanned<f64>>, field: &str, default: f64| match v {
+        Some(v) if (0.0..=1.0).contains(v.get_ref()) => Ok(*v.get_ref()),
+        Some(v) => Err(ctx.err(&v.span(), field, "must be a fraction in [0, 1]")),
+        None => Ok(default),
+    };
     let failure_rate = match b.failure_rate {
         Some(v) if (0.0..=1.0).contains(v.get_ref()) && *v.get_ref() > 0.0 => *v.get_ref(),
         Some(v) => return Err(ctx.err(&v.span(), "breaker.failure_rate", "must be a fraction in (0, 1]")),
@@ -701,6 +716,9 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         min_requests: b.min_requests.unwrap_or(d.min_requests).max(1),
         window: ms(b.window_ms, d.window),
         cooldown: ms(b.cooldown_ms, d.cooldown),
+        panic_threshold: fraction(&b.panic_threshold, "breaker.panic_threshold", d.panic_threshold)?,
+        max_ejection: fraction(&b.max_ejection, "breaker.max_ejection", d.max_ejection)?,
+        auth_quarantine: ms(b.auth_quarantine_ms, d.auth_quarantine),
     };
 
     let auth = match raw.auth {
@@ -972,6 +990,39 @@ fn validate_server(ctx: &Ctx<'_>, raw: RawServer) -> Result<ServerSettings, Conf
     }
     if let Some(g) = raw.shutdown_grace_secs {
         s.shutdown_grace = Duration::from_secs(g);
+    }
+    for (path, level) in raw.access {
+        let field = format!("server.access.\"{}\"", path.get_ref());
+        let Some(endpoint) = Endpoint::of_path(path.get_ref()) else {
+            let known: Vec<&str> = Endpoint::ALL.iter().map(|(_, p)| *p).collect();
+            return Err(ctx.err(&path.span(), field, format!("not one of {}", known.join(", "))));
+        };
+        let access = match level.get_ref().as_str() {
+            "public" => Access::Public,
+            "key" => Access::Key,
+            "admin" => Access::Admin,
+            other => return Err(ctx.err(&level.span(), field, format!("\"{other}\" is not public, key or admin"))),
+        };
+        s.access.insert(endpoint, access);
+    }
+    let positive_ms = |v: &Option<Spanned<u64>>, name: &str, into: &mut Duration| -> Result<(), ConfigError> {
+        if let Some(v) = v {
+            if *v.get_ref() == 0 {
+                return Err(ctx.err(&v.span(), format!("server.{name}"), "must be at least 1"));
+            }
+            *into = Duration::from_millis(*v.get_ref());
+        }
+        Ok(())
+    };
+    positive_ms(&raw.header_read_timeout_ms, "header_read_timeout_ms", &mut s.header_read_timeout)?;
+    positive_ms(&raw.body_read_timeout_ms, "body_read_timeout_ms", &mut s.body_read_timeout)?;
+    positive_ms(&raw.idle_timeout_ms, "idle_timeout_ms", &mut s.idle_timeout)?;
+    positive_ms(&raw.key_recheck_ms, "key_recheck_ms", &mut s.key_recheck)?;
+    if let Some(b) = raw.max_tokenize_bytes {
+        s.max_tokenize_bytes = usize::try_from(*b.get_ref())
+            .ok()
+            .filter(|&n| n >= 1024)
+            .ok_or_else(|| ctx.err(&b.span(), "server.max_tokenize_bytes", "must be at least 1024 bytes"))?;
     }
     Ok(s)
 }

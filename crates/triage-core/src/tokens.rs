@@ -14,6 +14,7 @@
 //! async caller that is about to need one should load them off its executor first
 //! ([`is_loaded`], then [`warm_up`] on a blocking thread).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use tiktoken_rs::CoreBPE;
@@ -23,6 +24,18 @@ use crate::openai::{ChatRequest, Content};
 const TOKENS_PER_MESSAGE: u64 = 3;
 const REPLY_PRIMING: u64 = 3;
 const TOKENS_PER_IMAGE: u64 = 85;
+
+/// Bytes of prompt text [`PromptSize::estimate`] tokenises exactly (default 1 MiB); see
+/// [`set_max_tokenize_bytes`].
+static MAX_TOKENIZE_BYTES: AtomicUsize = AtomicUsize::new(1024 * 1024);
+
+/// Sets how many bytes of a prompt's text [`PromptSize::estimate`] tokenises exactly (the
+/// gateway's `server.max_tokenize_bytes`); text beyond them is counted at the tokens-per-byte
+/// ratio of the tokenised part. Tokenising costs up to about 0.5 s per MiB (one long "word"),
+/// so this bounds what one request can cost.
+pub fn set_max_tokenize_bytes(bytes: usize) {
+    MAX_TOKENIZE_BYTES.store(bytes.max(1024), Ordering::Relaxed);
+}
 
 /// The o200k_base tokenizer, `None` if it failed to load; built on first use.
 static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
@@ -72,13 +85,41 @@ impl<'a> PromptSize<'a> {
         self.upper_bound
     }
 
-    /// The estimated prompt token count (tokenises on first call).
+    /// The estimated prompt token count (tokenises on first call, at most
+    /// [`set_max_tokenize_bytes`] bytes of text; the rest at the ratio measured on those).
     pub fn estimate(&self) -> u64 {
-        *self.exact.get_or_init(|| {
-            let mut n = REPLY_PRIMING;
-            visit(self.request, &mut |t, k| n += count_text(t) + k);
-            n.min(self.upper_bound)
-        })
+        *self.exact.get_or_init(|| self.count_capped(MAX_TOKENIZE_BYTES.load(Ordering::Relaxed)))
+    }
+
+    /// True once [`PromptSize::estimate`] has counted (it returns at once from then on).
+    pub fn is_counted(&self) -> bool {
+        self.exact.get().is_some()
+    }
+
+    /// Tokenises the first `cap` bytes of text; the bytes after them count at the measured
+    /// tokens per byte (4 bytes a token when nothing was tokenised), never above the byte bound.
+    fn count_capped(&self, cap: usize) -> u64 {
+        let mut n = REPLY_PRIMING;
+        let (mut budget, mut counted_bytes, mut counted_tokens, mut rest) = (cap, 0u64, 0u64, 0u64);
+        visit(self.request, &mut |t, k| {
+            n += k;
+            let mut cut = t.len().min(budget);
+            while !t.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if cut > 0 {
+                counted_tokens += count_text(&t[..cut]);
+                counted_bytes += cut as u64;
+                budget -= cut;
+            }
+            rest += (t.len() - cut) as u64;
+        });
+        let extra = match (rest, counted_bytes) {
+            (0, _) => 0,
+            (r, 0) => r.div_ceil(4),
+            (r, b) => u64::try_from((u128::from(r) * u128::from(counted_tokens)).div_ceil(u128::from(b))).unwrap_or(r),
+        };
+        (n + counted_tokens + extra).min(self.upper_bound)
     }
 
     /// The exact count if something already asked for it, else a free approximation of it: the
@@ -138,6 +179,24 @@ mod tests {
 
     fn req(json: &str) -> ChatRequest {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// A prompt longer than the cap costs a bounded count: the tokenised part is exact, the
+    /// rest is extrapolated at its ratio (regression: count_tokens of 8 MB froze the gateway).
+    #[test]
+    fn the_count_tokenises_at_most_the_cap() {
+        let words = "the quick brown fox jumps over the lazy dog ".repeat(1000); // 44,000 bytes
+        let json = format!(r#"{{"model":"m","messages":[{{"role":"user","content":"{words}"}}]}}"#);
+        let r = req(&json);
+        let size = PromptSize::new(&r);
+        let exact = size.count_capped(usize::MAX);
+        let capped = size.count_capped(4096);
+        assert_eq!(exact, 3 + 3 + 9 * 1000 + 1);
+        let off = exact.abs_diff(capped);
+        assert!(off * 100 <= exact, "capped {capped} vs exact {exact}");
+        // Nothing tokenised: 4 bytes a token.
+        let none = PromptSize::new(&r).count_capped(0);
+        assert_eq!(none, 3 + 3 + 44_000u64.div_ceil(4));
     }
 
     #[test]

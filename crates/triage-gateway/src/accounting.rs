@@ -35,6 +35,46 @@ pub struct KeyCache {
     entries: Mutex<HashMap<String, (Option<KeyRecord>, Instant)>>,
 }
 
+impl KeyCache {
+    /// Forgets every cached key: the next request of each key reads the store again.
+    pub fn clear(&self) {
+        if let Ok(mut m) = self.entries.lock() {
+            m.clear();
+        }
+    }
+}
+
+/// With `auth = "keys"` and a store: every `server.key_recheck_ms`, reads the store's revocation
+/// stamp (how many keys are revoked, and the latest revocation) and, when it changed, drops the
+/// cached keys, so a key revoked by another gateway on the same database or by `triage keys
+/// revoke` stops working within about that long rather than the cache's 30 s.
+pub fn spawn_revocation_watch(state: SharedState) -> Option<tokio::task::JoinHandle<()>> {
+    if state.catalog.auth() != AuthMode::Keys {
+        return None;
+    }
+    let store = state.store.clone()?;
+    let every = state.catalog.server().key_recheck;
+    Some(tokio::spawn(async move {
+        let mut last = store.revocation_stamp().await.ok();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match store.revocation_stamp().await {
+                Ok(stamp) if last.as_ref() != Some(&stamp) => {
+                    if last.is_some() {
+                        tracing::info!(revoked = stamp.0, "keys were revoked: key cache cleared");
+                    }
+                    state.keys.clear();
+                    last = Some(stamp);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot read key revocations"),
+            }
+        }
+    }))
+}
+
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(http::header::AUTHORIZATION)
@@ -186,7 +226,7 @@ pub async fn admit(
             return Ok((decision, Reservation::none(), stepped));
         }
         // The reservation uses the exact prompt count.
-        crate::pipeline::load_tokenizer().await;
+        crate::pipeline::count_prompt(state, &req.prompt).await;
         let amount = estimate(state, decision.model, req);
         let now = triage_store::now_ms();
         let db = |e: triage_store::StoreError| {

@@ -86,8 +86,9 @@ pub struct Failed {
 enum Class {
     /// Retry the same deployment (after backoff or `retry_after`), then fall back.
     Retryable { retry_after: Option<Duration>, provider_fault: bool },
-    /// Skip this deployment for `cooldown`, move to the next one.
-    NextDeployment { cooldown: Option<Duration> },
+    /// Skip this deployment for `cooldown`, move to the next one; `auth`: the upstream refused
+    /// Triage's provider key (quarantined for `breaker.auth_quarantine`).
+    NextDeployment { cooldown: Option<Duration>, auth: bool },
     /// Switch to the typed fallback list.
     Typed(TypedFallback),
     /// Give up: the request itself is at fault.
@@ -120,10 +121,11 @@ fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> C
     let quota =
         contains_any(&text, &["insufficient_quota", "exceeded your current quota", "credit balance", "billing"]);
     match status {
-        429 if quota => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
+        429 if quota => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))), auth: false },
         429 => Class::Retryable { retry_after, provider_fault: false },
         408 | 500 | 502 | 503 | 504 | 529 => Class::Retryable { retry_after, provider_fault: true },
-        401..=403 => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))) },
+        402 => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))), auth: false },
+        401 | 403 => Class::NextDeployment { cooldown: retry_after, auth: true },
         s if (400..500).contains(&s) => {
             if contains_any(
                 &text,
@@ -164,9 +166,13 @@ fn classify(e: &AttemptError) -> Class {
             classify_status(status.as_u16(), body, retry_after_of(retry_after.as_ref(), retry_after_ms.as_ref()))
         }
         // A full local engine is no fault of the provider: go to the next deployment at once.
-        AttemptError::Call(CallError::Failed(UpstreamError::Busy(_))) => Class::NextDeployment { cooldown: None },
+        AttemptError::Call(CallError::Failed(UpstreamError::Busy(_))) => {
+            Class::NextDeployment { cooldown: None, auth: false }
+        }
         // A dead engine worker is restarted by its supervisor: no point retrying it now.
-        AttemptError::Call(CallError::Failed(UpstreamError::Crashed(_))) => Class::NextDeployment { cooldown: None },
+        AttemptError::Call(CallError::Failed(UpstreamError::Crashed(_))) => {
+            Class::NextDeployment { cooldown: None, auth: false }
+        }
         AttemptError::Call(CallError::Failed(_)) => Class::Retryable { retry_after: None, provider_fault: true },
     }
 }
@@ -336,17 +342,52 @@ pub async fn dispatch(
     let mut typed_used = false;
     let mut shortest_wait: Option<Duration> = None;
 
-    'plan: while let Some(cand) = queue.pop_front() {
+    // Candidates skipped because they were only ejected (open breaker, cooldown) while another
+    // could serve: tried last, so the last deployment able to serve is never removed.
+    let mut deferred: VecDeque<Candidate> = VecDeque::new();
+
+    'plan: loop {
+        let (cand, last_resort) = match queue.pop_front() {
+            Some(c) => (c, false),
+            None => match deferred.pop_front() {
+                Some(c) => (c, true),
+                None => break,
+            },
+        };
         let d = cand.deployment;
         let dep = &state.catalog.deployments()[d];
         let model_id = &state.catalog.models()[dep.model].id;
         let provider_name = &state.catalog.providers()[dep.provider].name;
         if let Some(why) = state.deployment_unavailable(d, Instant::now()) {
-            if let Unavailable::BreakerOpen(w) | Unavailable::CoolingDown(w) = why {
-                shortest_wait = Some(shortest_wait.map_or(w, |s| s.min(w)));
+            let ejected = state.only_ejected(d, Instant::now());
+            let wait = match why {
+                Unavailable::BreakerOpen(w) | Unavailable::CoolingDown(w) => Some(w),
+                _ => None,
+            };
+            if ejected && !last_resort {
+                deferred.push_back(cand);
+                attempts.push(Attempt { deployment: d, outcome: why.as_str().to_owned(), latency: Duration::ZERO });
+                continue;
             }
-            attempts.push(Attempt { deployment: d, outcome: why.as_str().to_owned(), latency: Duration::ZERO });
-            continue;
+            // The last resort: an open breaker lets the call through; a cooldown is waited out
+            // when it is short enough (`retry.max_retry_wait`) and within the deadline.
+            let cooling = match why {
+                Unavailable::CoolingDown(w) => Some(w),
+                _ => None,
+            };
+            let too_long = cooling.is_some_and(|w| w > policy.max_retry_wait || Instant::now() + w > deadline);
+            if !ejected || too_long {
+                if let Some(w) = wait {
+                    shortest_wait = Some(shortest_wait.map_or(w, |s| s.min(w)));
+                }
+                if !last_resort {
+                    attempts.push(Attempt { deployment: d, outcome: why.as_str().to_owned(), latency: Duration::ZERO });
+                }
+                continue;
+            }
+            if let Some(w) = cooling {
+                tokio::time::sleep(w).await;
+            }
         }
         if !attempts.is_empty() {
             metrics::counter!("triage_fallbacks_total", "to_model" => model_id.clone(), "via" => cand.via.as_str())
@@ -354,7 +395,7 @@ pub async fn dispatch(
         }
         let mut retries = 0u32;
         loop {
-            let admission = state.admit(d, Instant::now());
+            let admission = state.admit(d, Instant::now(), last_resort);
             if admission == Admission::Refused {
                 attempts.push(Attempt { deployment: d, outcome: "breaker_open".into(), latency: Duration::ZERO });
                 continue 'plan;
@@ -403,11 +444,17 @@ pub async fn dispatch(
                     }
                     typed_used = true;
                     queue = next.into();
+                    deferred.clear();
                     continue 'plan;
                 }
-                Class::NextDeployment { cooldown } => {
+                Class::NextDeployment { cooldown, auth } => {
                     if admission == Admission::Probe {
                         state.release_probe(d);
+                    }
+                    if auth {
+                        if let AttemptError::Call(CallError::Status { status, .. }) = &err {
+                            state.quarantine_auth(d, status.as_u16());
+                        }
                     }
                     if let Some(c) = cooldown {
                         state.cool_down(d, c);
@@ -432,17 +479,30 @@ pub async fn dispatch(
                     // when another one is ready, go there at once instead of waiting here.
                     let other_ready =
                         || queue.iter().any(|c| state.deployment_unavailable(c.deployment, Instant::now()).is_none());
+                    // Left for another deployment with retries to spare, this one comes back as
+                    // a last resort (its cooldown waited out, if short) should the others fail.
                     let wait = match retry_after {
-                        Some(ra) => {
-                            if ra > policy.max_retry_wait || other_ready() {
-                                continue 'plan;
+                        Some(ra) if ra > policy.max_retry_wait => continue 'plan,
+                        Some(_) if other_ready() => {
+                            if !last_resort {
+                                deferred.push_back(cand);
                             }
-                            ra
+                            continue 'plan;
                         }
-                        None if timed_out && other_ready() => continue 'plan,
+                        Some(ra) => ra,
+                        None if timed_out && other_ready() => {
+                            if !last_resort {
+                                deferred.push_back(cand);
+                            }
+                            continue 'plan;
+                        }
                         None => retry::backoff(&policy, retries, fastrand::f64()),
                     };
                     let opened = state.breaker_state(d, Instant::now()) == BreakerState::Open;
+                    if opened && !last_resort {
+                        deferred.push_back(cand);
+                        continue 'plan;
+                    }
                     if opened || Instant::now() + wait > deadline {
                         continue 'plan;
                     }
@@ -504,6 +564,7 @@ mod tests {
         for s in [401, 402, 403] {
             assert!(matches!(classify_status(s, b"{}", None), Class::NextDeployment { .. }), "{s}");
         }
+        assert_eq!(classify_status(401, b"{}", None), Class::NextDeployment { cooldown: None, auth: true });
         for s in [400, 404, 413, 422] {
             assert_eq!(classify_status(s, b"{\"error\":{\"message\":\"bad\"}}", None), Class::Fatal, "{s}");
         }

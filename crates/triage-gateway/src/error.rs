@@ -59,6 +59,12 @@ pub enum GatewayError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The body did not arrive whole within `server.body_read_timeout_ms` (408).
+    #[error("the request body did not arrive within {ms} ms")]
+    BodyTimeout {
+        /// The timeout in milliseconds.
+        ms: u64,
+    },
     /// Routing failed: unknown model (404), unmet requirement (400) or nothing available (503).
     #[error(transparent)]
     Route(#[from] RouteError),
@@ -104,6 +110,7 @@ impl GatewayError {
         match self {
             GatewayError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Forbidden(_) | GatewayError::SensitiveBlocked(_) | GatewayError::SensitiveNeedsLocal(_) => {
                 StatusCode::FORBIDDEN
@@ -116,6 +123,7 @@ impl GatewayError {
             GatewayError::Route(RouteError::Unavailable { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NothingAvailable { rate_limited: true, .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::NothingAvailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::UpstreamStatus { status, .. } if is_upstream_auth(*status) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamStatus { status, .. } => upstream_status_to_client(*status),
             GatewayError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -129,6 +137,7 @@ impl GatewayError {
         let (kind, code, param) = match self {
             GatewayError::InvalidRequest { param, .. } => ("invalid_request_error", None, param.clone()),
             GatewayError::PayloadTooLarge { .. } => ("invalid_request_error", Some("request_too_large"), None),
+            GatewayError::BodyTimeout { .. } => ("invalid_request_error", Some("request_timeout"), None),
             GatewayError::Unauthorized(_) => ("invalid_request_error", Some("invalid_api_key"), None),
             GatewayError::Forbidden(_) => {
                 ("invalid_request_error", Some("model_not_allowed"), Some("model".to_owned()))
@@ -152,6 +161,9 @@ impl GatewayError {
                 ("rate_limit_error", Some("rate_limited"), None)
             }
             GatewayError::NothingAvailable { .. } => ("api_error", Some("provider_unavailable"), None),
+            GatewayError::UpstreamStatus { status, .. } if is_upstream_auth(*status) => {
+                ("api_error", Some("upstream_auth_failed"), None)
+            }
             GatewayError::UpstreamStatus { status, .. } if status.is_client_error() => {
                 (triage_core::anthropic::error_type_for_status(status.as_u16()), Some("upstream_error"), None)
             }
@@ -162,6 +174,11 @@ impl GatewayError {
             GatewayError::Upstream { .. } => ("api_error", Some("upstream_unavailable"), None),
         };
         let message = match self {
+            GatewayError::UpstreamStatus { provider, status, body, .. } if is_upstream_auth(*status) => format!(
+                "upstream {provider} refused Triage's credentials for it (HTTP {}): the gateway's provider key is missing, wrong or not allowed this model; {}",
+                status.as_u16(),
+                upstream_error_message(body).unwrap_or_default()
+            ),
             GatewayError::UpstreamStatus { provider, status, body, .. } => match upstream_error_message(body) {
                 Some(m) => format!("upstream {provider} answered HTTP {}: {m}", status.as_u16()),
                 None => self.to_string(),
@@ -182,6 +199,12 @@ fn upstream_error_message(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let m = v.pointer("/error/message").or_else(|| v.get("message"))?.as_str()?;
     Some(m.chars().take(500).collect())
+}
+
+/// An upstream 401 or 403: the upstream refused Triage's provider key, which is no fault of the
+/// client's and no answer to its own key, so it is reported as a 502 `upstream_auth_failed`.
+fn is_upstream_auth(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 403)
 }
 
 /// Upstream 4xx are the client's to see (passed through); upstream 5xx become 502, except
@@ -236,7 +259,7 @@ impl GatewayError {
     /// The upstream's 4xx body when it is a JSON object that `same_format` accepts.
     fn passthrough_body(&self, same_format: impl Fn(&serde_json::Value) -> bool) -> Option<Bytes> {
         if let GatewayError::UpstreamStatus { body, status, .. } = self {
-            if status.is_client_error() && body.first() == Some(&b'{') {
+            if status.is_client_error() && !is_upstream_auth(*status) && body.first() == Some(&b'{') {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
                     if same_format(&v) {
                         return Some(body.clone());

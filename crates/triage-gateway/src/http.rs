@@ -8,14 +8,21 @@
 //! - `GET /v1/spend`: the spend report (admin key when `auth = "keys"`);
 //! - `POST /v1/feedback` and `GET /v1/evals` (admin): [`crate::evals::http`];
 //! - `GET /metrics`: Prometheus text format.
+//!
+//! With `auth = "keys"`, every endpoint but `GET /healthz` needs a key; `[server.access]` may
+//! open `count_tokens`, `/v1/models` and the operational endpoints (`/readyz`, `/metrics`,
+//! `/v1/health/deployments`) to anyone or close them to all but admin keys. The check
+//! ([`access`]) runs before the handler reads a byte of the body.
 
-use axum::extract::{Query, State};
+use axum::extract::{Query, Request, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use triage_core::catalog::{Access, AuthMode, Endpoint};
 use triage_core::openai::{ErrorBody, ErrorEnvelope};
 
 use crate::error::GatewayError;
@@ -40,7 +47,35 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/evals", get(crate::evals::http::report))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)
+}
+
+/// Applies `[server.access]` to the endpoints it names (see the module docs): 401 without a
+/// valid key, 403 without an admin key where one is needed, before the handler runs. Other
+/// paths pass through (their handlers authenticate first thing).
+pub async fn access(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    if state.catalog.auth() == AuthMode::Keys {
+        if let Some(endpoint) = Endpoint::of_path(req.uri().path()) {
+            let level = state.catalog.server().access.get(&endpoint).copied().unwrap_or(Access::Key);
+            let format = if endpoint == Endpoint::CountTokens {
+                crate::inbound::Format::Anthropic
+            } else {
+                crate::inbound::Format::OpenAi
+            };
+            if level != Access::Public {
+                match crate::accounting::authenticate(&state, req.headers()).await {
+                    Err(e) => return e.into_response_for(format),
+                    Ok(k) if level == Access::Admin && !k.as_ref().is_some_and(|k| k.admin) => {
+                        return GatewayError::Forbidden(format!("{} needs an admin key", req.uri().path()))
+                            .into_response_for(format)
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+    next.run(req).await
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

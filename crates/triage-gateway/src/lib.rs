@@ -4,6 +4,7 @@
 #![deny(missing_docs)]
 
 pub mod accounting;
+pub mod conn;
 pub mod dispatch;
 pub mod error;
 pub mod evals;
@@ -18,7 +19,7 @@ pub mod scoring;
 pub mod state;
 pub mod telemetry;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -56,25 +57,18 @@ pub async fn serve(
     let mut probes = health::spawn(state.clone());
     probes.extend(evals::spawn(&state));
     probes.push(scoring::spawn_reloader(state.clone()));
+    probes.extend(accounting::spawn_revocation_watch(state.clone()));
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
-    // Small SSE writes must leave at once: without TCP_NODELAY, Nagle's algorithm meeting the
-    // client's delayed ACK holds a token back for ~40 ms (measured, docs/BENCHMARKS.md).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp: &mut tokio::net::TcpStream| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
+    let limits = conn::Limits::of(state.catalog.server());
+    let server = conn::serve(listener, http::app(state.clone()), limits, async move {
+        shutdown.await;
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections, in-flight requests may finish"
+        );
+        notify.notify_one();
     });
-    let server = axum::serve(listener, http::app(state.clone()))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!(
-                grace_secs = grace.as_secs(),
-                "shutting down: no new connections, in-flight requests may finish"
-            );
-            notify.notify_one();
-        })
-        .into_future();
     let result = tokio::select! {
         r = server => r,
         _ = async { stopping.notified().await; tokio::time::sleep(grace).await } => {

@@ -70,23 +70,54 @@ pub async fn messages(State(state): State<SharedState>, headers: HeaderMap, body
 }
 
 /// Axum handler for `POST /v1/messages/count_tokens`: `{"input_tokens": N}`, estimated with the
-/// same tokenizer the router uses (o200k_base; Anthropic's own count may differ slightly).
+/// same tokenizer the router uses (o200k_base; Anthropic's own count may differ slightly). The key
+/// is checked before the body is read ([`crate::http::access`]); the count runs off the async
+/// workers and tokenises at most `server.max_tokenize_bytes` ([`count_prompt`]).
 pub async fn count_tokens(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
-        let bytes = read_body(&headers, body, state.catalog.server().max_body_bytes).await?;
+        let bytes = read_body(&headers, body, state.catalog.server()).await?;
         // count_tokens takes a Messages request without max_tokens.
         let mut v: serde_json::Value = crate::inbound::parse_json(&bytes)?;
+        drop(bytes);
         if let Some(o) = v.as_object_mut() {
             o.entry("max_tokens").or_insert(1.into());
         }
-        let bytes = serde_json::to_vec(&v).unwrap_or_default();
-        let inbound = Inbound::parse(Format::Anthropic, &bytes)?;
-        load_tokenizer().await;
-        let tokens = PromptSize::new(&inbound.openai).estimate();
+        let native: triage_core::anthropic::MessagesRequest = serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            GatewayError::invalid(format!("{path}: {}", e.inner()), Some(path))
+        })?;
+        if native.messages.is_empty() {
+            return Err(GatewayError::invalid("messages: must contain at least one message", Some("messages".into())));
+        }
+        let openai = translate::anthropic_to_openai(&native);
+        drop(native);
+        let size = PromptSize::new(&openai);
+        count_prompt(&state, &size).await;
+        let tokens = size.estimate();
         Ok::<_, GatewayError>(axum::Json(serde_json::json!({"input_tokens": tokens})).into_response())
     }
     .await;
     result.unwrap_or_else(|e| e.into_response_for(Format::Anthropic))
+}
+
+/// Counts `size`'s prompt exactly (the first `server.max_tokenize_bytes` of it), once, without
+/// stalling the async workers: the tokenizer's tables load on a blocking thread, at most one
+/// count per core runs at a time (`AppState::count_slots`), and the count itself runs in
+/// `block_in_place` (inline on a current-thread runtime, where there is no other worker to
+/// starve). Returns at once when the prompt is already counted.
+pub async fn count_prompt(state: &AppState, size: &PromptSize<'_>) {
+    if size.is_counted() {
+        return;
+    }
+    load_tokenizer().await;
+    let _permit = state.count_slots.acquire().await;
+    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        tokio::task::block_in_place(|| {
+            size.estimate();
+        });
+    } else {
+        size.estimate();
+    }
 }
 
 async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Format) -> Response {
@@ -180,7 +211,7 @@ async fn serve(
 ) -> Result<Response, GatewayError> {
     let key = accounting::authenticate(state, headers).await?;
     acct.key.clone_from(&key);
-    let bytes = read_body(headers, body, state.catalog.server().max_body_bytes).await?;
+    let bytes = read_body(headers, body, state.catalog.server()).await?;
     let mut inbound = Inbound::parse(acct.format, &bytes)?;
     acct.requested_model.clone_from(&inbound.openai.model);
     acct.stream = inbound.stream;
@@ -213,7 +244,7 @@ async fn serve(
         if (acct.format == Format::Anthropic && inbound.stream)
             || requirements.prompt.fit_needs_count(requirements.output_tokens, smallest_window)
         {
-            load_tokenizer().await;
+            count_prompt(state, &requirements.prompt).await;
         }
         if let Target::Model { model, .. } = &target {
             if !allowed(*model) {
@@ -409,23 +440,31 @@ fn route_auto(
     })
 }
 
-/// Reads the whole body, refusing more than `limit` bytes: at once when `content-length` says
-/// so, else as soon as the limit is crossed (memory stays bounded either way).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+/// Reads the whole body, refusing more than `server.max_body_bytes`: at once when
+/// `content-length` says so, else as soon as the limit is crossed (`http_body_util::Limited`,
+/// whose typed error is recognised), so memory stays bounded either way; a body that has not
+/// arrived whole within `server.body_read_timeout_ms` is a 408.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    server: &triage_core::catalog::ServerSettings,
+) -> Result<Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    let limit = server.max_body_bytes;
     let declared =
         headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
-        if too_large {
-            GatewayError::PayloadTooLarge { limit }
-        } else {
-            GatewayError::invalid(format!("could not read the request body: {e}"), None)
+    let timeout = server.body_read_timeout;
+    match tokio::time::timeout(timeout, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(GatewayError::PayloadTooLarge { limit })
         }
-    })
+        Ok(Err(e)) => Err(GatewayError::invalid(format!("could not read the request body: {e}"), None)),
+        Err(_) => Err(GatewayError::BodyTimeout { ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX) }),
+    }
 }
 
 fn complete_response(completion: Completion, info: &RouteInfo, acct: Accounting) -> Response {

@@ -73,6 +73,8 @@ impl ProviderHealth {
 pub struct DeploymentHealth {
     breaker: Mutex<Breaker>,
     cooldown_until: Mutex<Option<Instant>>,
+    /// When the upstream last refused the provider key, and its status.
+    auth_failed: Mutex<Option<(Instant, u16)>>,
     /// Exponentially weighted mean latency of successful calls (to response headers), µs.
     latency_ewma_us: AtomicU64,
     calls: AtomicU64,
@@ -139,6 +141,8 @@ pub struct AppState {
     pub evals: Option<crate::evals::Shadow>,
     /// Permits for concurrent blocking scorers (the embedding encoder): one per core.
     pub scoring_slots: Arc<tokio::sync::Semaphore>,
+    /// Permits for concurrent exact token counts ([`crate::pipeline::count_prompt`]): one per core.
+    pub count_slots: Arc<tokio::sync::Semaphore>,
     /// Metric handles of the series every answered request touches.
     pub instruments: crate::telemetry::Instruments,
     /// Set when the shutdown grace period is over: in-flight requests end themselves.
@@ -188,6 +192,7 @@ impl AppState {
             .map(|_| DeploymentHealth {
                 breaker: Mutex::new(Breaker::new(*catalog.breaker())),
                 cooldown_until: Mutex::new(None),
+                auth_failed: Mutex::new(None),
                 latency_ewma_us: AtomicU64::new(0),
                 calls: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
@@ -195,7 +200,10 @@ impl AppState {
             .collect();
         let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::new);
         let instruments = crate::telemetry::Instruments::new(&catalog);
+        triage_core::tokens::set_max_tokenize_bytes(catalog.server().max_tokenize_bytes);
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Ok(AppState {
+            count_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
             catalog,
             instruments,
             providers,
@@ -243,8 +251,22 @@ impl AppState {
     }
 
     /// Why deployment `d` cannot take a call at `now`, or `None` if it can (a half-open breaker
-    /// counts as callable: admission then decides who probes).
+    /// counts as callable: admission then decides who probes). An open breaker or a cooldown
+    /// (an ejection) does not count while `d`'s model is in panic ([`AppState::panicking`]).
     pub fn deployment_unavailable(&self, d: DeploymentId, now: Instant) -> Option<Unavailable> {
+        if let Some(why) = self.hard_unavailable(d) {
+            return Some(why);
+        }
+        let why = self.ejection(d, now)?;
+        if self.panicking(self.catalog.deployments()[d].model, now) {
+            return None;
+        }
+        Some(why)
+    }
+
+    /// Why `d` cannot take a call whatever its health: no key, unreachable, a failed or crashed
+    /// or full local engine.
+    fn hard_unavailable(&self, d: DeploymentId) -> Option<Unavailable> {
         let p = self.catalog.deployments()[d].provider;
         if !self.providers[p].has_key() {
             return Some(Unavailable::NoKey);
@@ -264,6 +286,11 @@ impl AppState {
         if self.providers[p].busy() {
             return Some(Unavailable::Busy);
         }
+        None
+    }
+
+    /// `d`'s ejection at `now`: a `Retry-After` or quarantine cooldown, or an open breaker.
+    fn ejection(&self, d: DeploymentId, now: Instant) -> Option<Unavailable> {
         let h = &self.deployments[d];
         if let Some(until) = h.cooldown_until.lock().ok().and_then(|c| *c) {
             if let Some(rem) = until.checked_duration_since(now).filter(|r| !r.is_zero()) {
@@ -277,14 +304,55 @@ impl AppState {
         }
     }
 
+    /// True when `model` is in panic (Envoy's healthy panic threshold): it has two or more
+    /// deployments that could take calls but for their health, and fewer than
+    /// `breaker.panic_threshold` of them are healthy (breaker not open, not cooling down). Its
+    /// ejections are then ignored and load spreads over all of them, so a partial outage
+    /// never becomes a total one.
+    pub fn panicking(&self, model: ModelId, now: Instant) -> bool {
+        let (mut usable, mut healthy) = (0usize, 0usize);
+        for &d in &self.catalog.models()[model].deployments {
+            if self.hard_unavailable(d).is_none() {
+                usable += 1;
+                if self.ejection(d, now).is_none() {
+                    healthy += 1;
+                }
+            }
+        }
+        usable >= 2 && (healthy as f64) < self.catalog.breaker().panic_threshold * usable as f64
+    }
+
+    /// True when `d` is only ejected (open breaker or cooldown), not hard-unavailable: a last
+    /// resort when nothing else of a request's plan can serve it.
+    pub fn only_ejected(&self, d: DeploymentId, now: Instant) -> bool {
+        self.hard_unavailable(d).is_none() && self.ejection(d, now).is_some()
+    }
+
+    /// True when opening `d`'s breaker now keeps its model within `breaker.max_ejection`: no
+    /// other deployment of the model is ejected, or one more still fits the fraction.
+    fn may_eject(&self, d: DeploymentId) -> bool {
+        let siblings = &self.catalog.models()[self.catalog.deployments()[d].model].deployments;
+        let ejected = siblings
+            .iter()
+            .filter(|&&s| s != d)
+            .filter(|&&s| self.deployments[s].breaker.lock().is_ok_and(|b| b.is_ejected()))
+            .count();
+        ejected == 0 || (ejected + 1) as f64 <= self.catalog.breaker().max_ejection * siblings.len() as f64
+    }
+
     /// The state of `d`'s breaker at `now`.
     pub fn breaker_state(&self, d: DeploymentId, now: Instant) -> BreakerState {
         self.deployments[d].breaker.lock().map(|b| b.state(now)).unwrap_or(BreakerState::Closed)
     }
 
-    /// Asks `d`'s breaker for a call.
-    pub fn admit(&self, d: DeploymentId, now: Instant) -> Admission {
-        self.deployments[d].breaker.lock().map(|mut b| b.admit(now)).unwrap_or(Admission::Call)
+    /// Asks `d`'s breaker for a call; while `d`'s model is in panic, or when `force` (the last
+    /// deployment able to serve a request), an open breaker lets the call through.
+    pub fn admit(&self, d: DeploymentId, now: Instant, force: bool) -> Admission {
+        let panic = force || self.panicking(self.catalog.deployments()[d].model, now);
+        match self.deployments[d].breaker.lock().map(|mut b| b.admit(now)).unwrap_or(Admission::Call) {
+            Admission::Refused if panic => Admission::Call,
+            a => a,
+        }
     }
 
     /// Releases a half-open probe whose call ended without a verdict.
@@ -311,15 +379,42 @@ impl AppState {
         }
     }
 
-    /// Records a provider failure of `d` (never a client's fault or cancellation).
+    /// Records a provider failure of `d` (never a client's fault or cancellation). Its breaker
+    /// opens only within `breaker.max_ejection` of its model, after a jittered cooldown.
     pub fn record_failure(&self, d: DeploymentId) {
         let h = &self.deployments[d];
         h.calls.fetch_add(1, Ordering::Relaxed);
         h.failures.fetch_add(1, Ordering::Relaxed);
-        let opened = h.breaker.lock().map(|mut b| b.on_failure(Instant::now())).unwrap_or(false);
+        let may_open = self.may_eject(d);
+        let opened =
+            h.breaker.lock().map(|mut b| b.on_failure_with(Instant::now(), may_open, fastrand::f64())).unwrap_or(false);
         if opened {
             self.breaker_changed(d, BreakerState::Open);
         }
+    }
+
+    /// Quarantines `d` for `breaker.auth_quarantine` after its upstream refused Triage's
+    /// provider key (`status` 401 or 403): logged at WARN once per quarantine, counted in
+    /// `triage_upstream_auth_failures_total`, shown in `/v1/health/deployments`.
+    pub fn quarantine_auth(&self, d: DeploymentId, status: u16) {
+        let dep = &self.catalog.deployments()[d];
+        let (model, provider) = (&self.catalog.models()[dep.model].id, &self.catalog.providers()[dep.provider].name);
+        let for_ = self.catalog.breaker().auth_quarantine;
+        let fresh = self.deployments[d]
+            .auth_failed
+            .lock()
+            .map(|mut a| {
+                let fresh = a.is_none_or(|(at, _)| at.elapsed() >= for_);
+                *a = Some((Instant::now(), status));
+                fresh
+            })
+            .unwrap_or(true);
+        if fresh {
+            tracing::warn!(model = %model, provider = %provider, status, quarantine_secs = for_.as_secs_f64(),
+                "the upstream refused the provider's API key: check the key in its api_key_env; deployment quarantined");
+        }
+        metrics::counter!("triage_upstream_auth_failures_total", "model" => model.clone(), "provider" => provider.clone()).increment(1);
+        self.cool_down(d, for_);
     }
 
     /// Makes `d` skip calls for `for_` (an upstream's `Retry-After`, a quota or key refusal).
@@ -380,7 +475,12 @@ impl AppState {
             "latency_ms": h.latency_ewma_us.load(Ordering::Relaxed) as f64 / 1000.0,
             "probe": match p.reachability() { Reachability::Up => "up", Reachability::Down => "down", Reachability::Unknown => "unknown" },
             "probe_latency_ms": p.probe_latency_us() as f64 / 1000.0,
+            "panic": self.panicking(dep.model, now),
         });
+        if let Some((at, status)) = h.auth_failed.lock().ok().and_then(|a| *a) {
+            report["upstream_auth_failed"] =
+                serde_json::json!({"status": status, "secs_ago": at.elapsed().as_secs_f64()});
+        }
         if let Some(h) = engine {
             // `state`: loading (calls wait for it), ready, busy, failed: <reason>, crashed: <how>.
             let state = match (&h.state, unavailable) {

@@ -271,11 +271,13 @@ async fn the_provider_key_is_sent_upstream_and_never_returned() {
         .replace("kind = \"openai\"", "kind = \"openai\"\napi_key_env = \"TRIAGE_TEST_KEY_ECHO\"");
     let gw = start(&toml).await;
     let resp = post(&gw, r#"{"model":"openai-model","messages":[{"role":"user","content":"hi"}]}"#).await;
-    assert_eq!(resp.status(), 401);
+    // The upstream refused the gateway's provider key: not the client's 401 (issue 18, item 5).
+    assert_eq!(resp.status(), 502);
     let headers = format!("{:?}", resp.headers());
     let text = resp.text().await.unwrap();
     assert!(!text.contains(key) && !headers.contains(key), "{text}");
     assert!(text.contains("[REDACTED]"));
+    assert!(text.contains("\"code\":\"upstream_auth_failed\""), "{text}");
     assert_eq!(up.requests()[0].header("authorization"), Some(format!("Bearer {key}").as_str()));
 }
 

@@ -124,6 +124,19 @@ impl Store {
         rows.iter().map(record).collect()
     }
 
+    /// The revocation stamp: how many keys are revoked, and the latest revocation time. A
+    /// gateway that caches keys drops its cache when the stamp changes.
+    ///
+    /// Errors: [`StoreError`].
+    pub async fn revocation_stamp(&self) -> Result<(i64, Option<String>), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, MAX(revoked_at) AS latest FROM virtual_keys WHERE revoked_at IS NOT NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.try_get::<i64, _>("n")?, row.try_get::<Option<String>, _>("latest")?))
+    }
+
     /// Revokes key `id`. Returns false if there is no such key.
     ///
     /// Errors: [`StoreError`].
