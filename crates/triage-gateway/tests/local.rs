@@ -784,7 +784,7 @@ async fn what_the_local_tier_cannot_serve_is_a_400_saying_why_not_a_503_naming_a
     let (gw, state) = start_with_state(&with_ollama_down()).await;
     triage_gateway::health::probe_all(&state).await;
     let tools = json!({"model": "local", "max_tokens": 4, "tools": [weather_tool()],
-        "messages": [{"role": "user", "content": TOOL_QUESTION}]});
+        "messages": [{"role": "user", "content": QUESTION}]});
     let resp = post(&gw, &tools.to_string()).await;
     assert_eq!(resp.status(), 400);
     let v = json_body(resp).await;
