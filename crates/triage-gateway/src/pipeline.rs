@@ -299,7 +299,11 @@ async fn serve(
         };
         let (decision, score) = routed.map_err(|e| match e {
             _ if local_only => GatewayError::SensitiveNeedsLocal(sensitivity.names()),
-            RouteError::Unavailable { .. } if key_ref.is_some_and(|k| !k.tiers.is_empty() || !k.models.is_empty()) => {
+            // A restricted key: what is down or unable may be all this key is allowed, so the
+            // answer names the restriction (403) with the reason, not a bare 400/503.
+            RouteError::Unavailable { .. } | RouteError::Unsatisfiable { .. }
+                if key_ref.is_some_and(|k| !k.tiers.is_empty() || !k.models.is_empty()) =>
+            {
                 GatewayError::Forbidden(format!("no model this key may use can serve this request ({e})"))
             }
             e => e.into(),
