@@ -22,6 +22,16 @@ cargo build --release --locked --workspace --bins
 echo "== cargo test (release profile, reuses the build)"
 cargo test --release --locked --workspace
 
+# The build above is for this CPU (target-cpu=native, .cargo/config.toml). A binary for other
+# machines is built with RUSTFLAGS="-C target-cpu=x86-64-v3" (llama.cpp then gets AVX2/FMA/F16C,
+# not -march=native): check that it compiles and that the engine's tests pass with it, in a
+# target directory of its own so the native build is not thrown away.
+if [ "$(uname -m)" = x86_64 ]; then
+  echo "== the local engine built for any x86-64-v3 CPU (target/portable)"
+  RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/portable \
+    cargo test --release --locked -p triage-local
+fi
+
 echo "== Python SDK client tests"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
