@@ -486,6 +486,10 @@ pub struct SpendSettings {
     pub soft_limit: f64,
     /// Output tokens reserved when a request sets no `max_tokens` (capped by the model's maximum).
     pub default_output_tokens: u64,
+    /// How long a gateway's budget reservations outlive its last heartbeat (renewed every third
+    /// of it): after a crash the budget comes back within this plus a third
+    /// (`reservation_lease_secs`, default 15 s).
+    pub reservation_lease: std::time::Duration,
 }
 
 /// Who a budget applies to.

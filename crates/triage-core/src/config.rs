@@ -247,6 +247,7 @@ struct RawSpend {
     baseline_model: Option<Spanned<String>>,
     soft_limit: Option<Spanned<f64>>,
     default_output_tokens: Option<u64>,
+    reservation_lease_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -825,11 +826,19 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         Some(v) => return Err(ctx.err(&v.span(), "spend.soft_limit", "must be a fraction between 0 and 1")),
         None => 0.8,
     };
+    let reservation_lease = match rs.reservation_lease_secs {
+        Some(v) if (1..=3600).contains(v.get_ref()) => std::time::Duration::from_secs(*v.get_ref()),
+        Some(v) => {
+            return Err(ctx.err(&v.span(), "spend.reservation_lease_secs", "must be between 1 and 3600 seconds"))
+        }
+        None => std::time::Duration::from_secs(15),
+    };
     let spend = SpendSettings {
         database,
         baseline_model,
         soft_limit,
         default_output_tokens: rs.default_output_tokens.unwrap_or(4096),
+        reservation_lease,
     };
     let mut budgets = Vec::new();
     for (i, b) in raw.budgets.into_iter().enumerate() {

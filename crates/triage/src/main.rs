@@ -89,6 +89,9 @@ enum Command {
     Keys(admin::KeysCommand),
     /// Spend report: requests, tokens, cost, the "always frontier" cost and the saving.
     Spend(admin::SpendArgs),
+    /// Budgets of the current day and month: limit, spent, reserved (and the age of the oldest
+    /// reservation); `triage budgets release KEY` gives back a key's stale reservations.
+    Budgets(admin::BudgetsArgs),
     /// Production evaluation (`[evals]`): the report of shadow-evaluated requests.
     #[command(subcommand)]
     Evals(evals_cmd::EvalsCommand),
@@ -513,6 +516,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Spend(args) => {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::spend(&catalog, args))
+        }
+        Command::Budgets(args) => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(admin::budgets(&catalog, args))
         }
         Command::Evals(cmd) => {
             let catalog = load_catalog(cli.config.as_deref())?;
