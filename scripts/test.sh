@@ -25,17 +25,6 @@ cargo test --release --locked --workspace
 echo "== llama.cpp built without its AMX kernels (issue 17; docs/RELIABILITY.md)"
 bash scripts/check-no-amx.sh target/release
 
-# The build above is for this CPU (target-cpu=native, .cargo/config.toml). A binary for other
-# machines is built with RUSTFLAGS="-C target-cpu=x86-64-v3" (llama.cpp then gets AVX2/FMA/F16C,
-# not -march=native): check that it compiles and that the engine's tests pass with it, in a
-# target directory of its own so the native build is not thrown away.
-if [ "$(uname -m)" = x86_64 ]; then
-  echo "== the local engine built for any x86-64-v3 CPU (target/portable)"
-  RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/portable \
-    cargo test --release --locked -p triage-local
-  bash scripts/check-no-amx.sh target/portable/release
-fi
-
 echo "== Python SDK client tests"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
