@@ -30,19 +30,14 @@
 //! Fit: squared error, AdaGrad, L2, seeded initialisation and shuffle (deterministic).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use triage_core::router::features::{self, RequestText};
+use triage_core::router::features::RequestText;
+pub use triage_core::router::quality::{canonical, merged_hashed, raw_dense, ExtraFeatures, QualityModel};
 
 use crate::data::{self, Dataset};
 use crate::replay::{self, EvalConfig, EvalReport, Split};
 use crate::train::{adagrad, Rng, TrainReport};
 use crate::EvalError;
-
-/// Extra dense features of a request text (for example a static token embedding), appended to
-/// the 19 lexical dense features. Must return the same length for every text.
-pub type ExtraFeatures = Arc<dyn Fn(&RequestText) -> Vec<f32> + Send + Sync>;
 
 /// Hyper-parameters of the quality predictor.
 #[derive(Clone)]
@@ -91,16 +86,6 @@ impl Default for QualityConfig {
     }
 }
 
-/// A model name reduced for matching across datasets: lowercased, organisation prefix
-/// (`org/`) removed, `_` → `-`, and `gpt4-…` → `gpt-4-…`.
-pub fn canonical(name: &str) -> String {
-    let base = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase().replace('_', "-");
-    match base.strip_prefix("gpt4") {
-        Some(rest) if rest.is_empty() || rest.starts_with('-') => format!("gpt-4{rest}"),
-        _ => base,
-    }
-}
-
 /// A prompt's features: merged hashed entries and the standardised dense vector.
 #[derive(Debug, Clone)]
 struct Row {
@@ -108,120 +93,8 @@ struct Row {
     dense: Vec<f32>,
 }
 
-/// The trained predictor (see the module docs).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QualityModel {
-    /// Rank k.
-    pub rank: usize,
-    /// Hashed buckets (0 = none).
-    pub buckets: u32,
-    /// Means of the dense features (19 lexical, then the extra ones).
-    pub dense_mean: Vec<f32>,
-    /// Standard deviations of the dense features.
-    pub dense_sd: Vec<f32>,
-    /// Projection rows of the hashed buckets, `buckets × k`, row-major.
-    pub w_hashed: Vec<f32>,
-    /// Projection rows of the dense features, `dense × k`, row-major.
-    pub w_dense: Vec<f32>,
-    /// Canonical model names.
-    pub models: Vec<String>,
-    /// One vector of k numbers per model.
-    pub vectors: Vec<Vec<f32>>,
-    /// Mean per-dataset offset of each model (standardised units): its overall level.
-    pub offsets: Vec<f32>,
-}
-
-impl QualityModel {
-    fn row(&self, rt: &RequestText, extra: Option<&ExtraFeatures>) -> Row {
-        make_row(rt, self.buckets, extra, &self.dense_mean, &self.dense_sd)
-    }
-
-    fn project(&self, r: &Row) -> Vec<f32> {
-        let k = self.rank;
-        let mut z = vec![0f32; k];
-        for &(i, v) in &r.hashed {
-            let w = &self.w_hashed[i as usize * k..(i as usize + 1) * k];
-            for (zj, wj) in z.iter_mut().zip(w) {
-                *zj += v * wj;
-            }
-        }
-        for (j, &x) in r.dense.iter().enumerate() {
-            let w = &self.w_dense[j * k..(j + 1) * k];
-            for (zj, wj) in z.iter_mut().zip(w) {
-                *zj += x * wj;
-            }
-        }
-        z
-    }
-
-    /// The vector of `model` (matched by [`canonical`]); the mean of all vectors (the default
-    /// profile) for a model never seen, with its offset likewise.
-    pub fn vector(&self, model: &str) -> (Vec<f32>, f32) {
-        let c = canonical(model);
-        match self.models.iter().position(|m| *m == c) {
-            Some(i) => (self.vectors[i].clone(), self.offsets[i]),
-            None => {
-                let n = self.vectors.len().max(1) as f32;
-                let mut v = vec![0f32; self.rank];
-                for u in &self.vectors {
-                    for (a, b) in v.iter_mut().zip(u) {
-                        *a += b / n;
-                    }
-                }
-                (v, self.offsets.iter().sum::<f32>() / n)
-            }
-        }
-    }
-
-    /// Predicted quality (standardised units) of each of `models` on the request text `rt`.
-    pub fn predict(&self, rt: &RequestText, models: &[&str], extra: Option<&ExtraFeatures>) -> Vec<f32> {
-        let z = self.project(&self.row(rt, extra));
-        models
-            .iter()
-            .map(|m| {
-                let (u, b) = self.vector(m);
-                b + dot(&u, &z)
-            })
-            .collect()
-    }
-
-    /// The two-model score: `q̂(strong) − q̂(weak)` on `rt` (higher = the strong model gains more).
-    pub fn pair_score(&self, rt: &RequestText, weak: &str, strong: &str, extra: Option<&ExtraFeatures>) -> f32 {
-        let p = self.predict(rt, &[weak, strong], extra);
-        p[1] - p[0]
-    }
-}
-
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn raw_dense(rt: &RequestText, extra: Option<&ExtraFeatures>) -> Vec<f32> {
-    let mut d = features::dense(rt).to_vec();
-    if let Some(f) = extra {
-        d.extend(f(rt));
-    }
-    d
-}
-
-fn make_row(rt: &RequestText, buckets: u32, extra: Option<&ExtraFeatures>, mu: &[f32], sd: &[f32]) -> Row {
-    let hashed = if buckets == 0 { Vec::new() } else { merged_hashed(rt, buckets) };
-    let dense = raw_dense(rt, extra).iter().zip(mu.iter().zip(sd)).map(|(x, (m, s))| (x - m) / s).collect();
-    Row { hashed, dense }
-}
-
-fn merged_hashed(rt: &RequestText, buckets: u32) -> Vec<(u32, f32)> {
-    let f = features::extract_text(rt, buckets);
-    let mut h: Vec<(u32, f32)> = f.hashed.iter().map(|x| (x.index, x.value)).collect();
-    h.sort_unstable_by_key(|x| x.0);
-    let mut out: Vec<(u32, f32)> = Vec::with_capacity(h.len());
-    for (i, v) in h {
-        match out.last_mut() {
-            Some(l) if l.0 == i => l.1 += v,
-            _ => out.push((i, v)),
-        }
-    }
-    out
 }
 
 /// One training dataset: the dataset and the items to train on.

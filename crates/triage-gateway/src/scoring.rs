@@ -41,8 +41,42 @@ pub fn build_router(auto: &AutoRouting) -> Result<Option<Arc<Router>>, String> {
             let scorer = triage_embed::EmbeddingScorer::new(Arc::new(encoder), head).map_err(|e| e.to_string())?;
             Router::new(Box::new(scorer), Thresholds::default())
         }
+        ScorerKind::Quality => {
+            let p = model_file.as_deref().ok_or_else(|| {
+                "[router] scorer = \"quality\" needs [router] model_file (a quality model: `triage train --scorer quality`)"
+                    .to_owned()
+            })?;
+            Router::new(Box::new(quality_scorer(p, &file(p)?, encoder_dir.as_deref())?), Thresholds::default())
+        }
     };
     Ok(Some(Arc::new(router)))
+}
+
+/// The quality scorer of the model file at `path` (contents `json`). When the model reads a
+/// static token embedding, its table is the file the model names, relative to the model file's
+/// folder, and its tokenizer the encoder directory's `tokenizer.json` (`encoder_dir`, else the
+/// default: scripts/fetch-embedding-model.sh).
+///
+/// Errors: a message naming the file that does not parse or load.
+pub fn quality_scorer(
+    path: &str,
+    json: &str,
+    encoder_dir: Option<&str>,
+) -> Result<triage_core::router::quality::QualityScorer, String> {
+    use triage_core::router::quality::{ExtraFeatures, QualityFile, QualityScorer};
+    let qf = QualityFile::from_json(json).map_err(|e| format!("router model {path}: {e}"))?;
+    let extra: Option<ExtraFeatures> = match &qf.static_embed {
+        None => None,
+        Some(table) => {
+            let bin = std::path::Path::new(path).parent().unwrap_or(std::path::Path::new(".")).join(table);
+            let dir = encoder_dir.map_or_else(triage_embed::default_dir, std::path::PathBuf::from);
+            let se = triage_embed::StaticEmbedding::load(&bin, &dir.join("tokenizer.json"))
+                .map_err(|e| format!("router model {path}: static embedding: {e}"))?;
+            let se = Arc::new(se);
+            Some(Arc::new(move |rt: &triage_core::router::features::RequestText| se.embed(&rt.text)))
+        }
+    };
+    QualityScorer::new(qf, extra).map_err(|e| format!("router model {path}: {e}"))
 }
 
 /// Permits for concurrent blocking scorers: one per core.

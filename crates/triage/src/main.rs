@@ -709,6 +709,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 triage_core::router::ScorerKind::Random => {
                     return Err("the random scorer has no thresholds to calibrate".into())
                 }
+                triage_core::router::ScorerKind::Quality => {
+                    return Err("calibrating the quality scorer: not yet".into())
+                }
             };
             print!("{text}");
             let out = out.unwrap_or_else(|| PathBuf::from(format!("models/{name}-v1.json")));
