@@ -63,18 +63,11 @@ pub fn quality_scorer(
     json: &str,
     encoder_dir: Option<&str>,
 ) -> Result<triage_core::router::quality::QualityScorer, String> {
-    use triage_core::router::quality::{ExtraFeatures, QualityFile, QualityScorer};
+    use triage_core::router::quality::{QualityFile, QualityScorer};
     let qf = QualityFile::from_json(json).map_err(|e| format!("router model {path}: {e}"))?;
-    let extra: Option<ExtraFeatures> = match &qf.static_embed {
+    let extra = match &qf.static_embed {
         None => None,
-        Some(table) => {
-            let bin = std::path::Path::new(path).parent().unwrap_or(std::path::Path::new(".")).join(table);
-            let dir = encoder_dir.map_or_else(triage_embed::default_dir, std::path::PathBuf::from);
-            let se = triage_embed::StaticEmbedding::load(&bin, &dir.join("tokenizer.json"))
-                .map_err(|e| format!("router model {path}: static embedding: {e}"))?;
-            let se = Arc::new(se);
-            Some(Arc::new(move |rt: &triage_core::router::features::RequestText| se.embed(&rt.text)))
-        }
+        Some(table) => Some(static_extra(path, table, encoder_dir)?),
     };
     QualityScorer::new(qf, extra).map_err(|e| format!("router model {path}: {e}"))
 }
@@ -201,4 +194,22 @@ pub fn spawn_reloader(state: crate::SharedState) -> tokio::task::JoinHandle<()> 
             }
         }
     })
+}
+
+/// The extra features of a quality model that reads a static token embedding: the table
+/// `table` (relative to the model file `model_path`'s folder, or absolute) with the tokenizer
+/// of the encoder directory (`encoder_dir`, else the default).
+///
+/// Errors: a message naming the model file and the file that did not load.
+pub fn static_extra(
+    model_path: &str,
+    table: &str,
+    encoder_dir: Option<&str>,
+) -> Result<triage_core::router::quality::ExtraFeatures, String> {
+    let bin = std::path::Path::new(model_path).parent().unwrap_or(std::path::Path::new(".")).join(table);
+    let dir = encoder_dir.map_or_else(triage_embed::default_dir, std::path::PathBuf::from);
+    let se = triage_embed::StaticEmbedding::load(&bin, &dir.join("tokenizer.json"))
+        .map_err(|e| format!("router model {model_path}: static embedding: {e}"))?;
+    let se = Arc::new(se);
+    Ok(Arc::new(move |rt: &triage_core::router::features::RequestText| se.embed(&rt.text)))
 }
