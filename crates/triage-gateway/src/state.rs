@@ -200,7 +200,10 @@ impl AppState {
                 failures: AtomicU64::new(0),
             })
             .collect();
-        let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::new);
+        // Rules only in the gateway for now: with the entity recogniser on, two shared-case
+        // tests (one-word tool arguments and schema strings tagged as names) failed; the fix
+        // (no tagging of texts under three words) is not yet verified on the whole suite.
+        let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::rules_only);
         let instruments = crate::telemetry::Instruments::new(&catalog);
         triage_core::tokens::set_max_tokenize_bytes(catalog.server().max_tokenize_bytes);
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
