@@ -602,6 +602,9 @@ pub struct Catalog {
     pub(crate) breaker: BreakerPolicy,
     pub(crate) auth: AuthMode,
     pub(crate) auto_routing: AutoRouting,
+    /// `[router] sticky_secs`: how long a conversation keeps the highest tier it was routed to
+    /// (0 = off).
+    pub(crate) sticky_secs: u64,
     pub(crate) guard: GuardPolicy,
     pub(crate) spend: SpendSettings,
     pub(crate) budgets: Vec<BudgetSpec>,
@@ -660,6 +663,11 @@ impl Catalog {
     /// How `model: "auto"` picks a tier.
     pub fn auto_routing(&self) -> &AutoRouting {
         &self.auto_routing
+    }
+    /// Sticky routing per conversation (`[router] sticky_secs`, default 1800): how long a
+    /// conversation keeps the highest tier `auto` routed it to; `None` when off (0).
+    pub fn sticky_routing(&self) -> Option<std::time::Duration> {
+        (self.sticky_secs > 0).then(|| std::time::Duration::from_secs(self.sticky_secs))
     }
     /// How clients authenticate.
     pub fn auth(&self) -> AuthMode {

@@ -237,6 +237,7 @@ struct RawRouter {
     scorer: Option<Spanned<String>>,
     model_file: Option<String>,
     encoder_dir: Option<String>,
+    sticky_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -870,6 +871,8 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         budgets.push(BudgetSpec { scope, period, tier, limit: crate::cost::NanoUsd((usd * 1e9).round() as u64) });
     }
     let evals = evals::validate(&ctx, raw.evals, &models, &roles, spend.database.is_some())?;
+    // Sticky routing per conversation (issue 14): on for 30 minutes unless set; 0 turns it off.
+    let sticky_secs = raw.router.sticky_secs.unwrap_or(1800);
 
     Ok(Catalog {
         source: file.to_owned(),
@@ -884,6 +887,7 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         breaker,
         auth,
         auto_routing,
+        sticky_secs,
         guard,
         spend,
         budgets,

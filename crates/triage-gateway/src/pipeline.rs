@@ -261,13 +261,38 @@ async fn serve(
                 (d, None)
             }),
             Target::Auto => {
-                let scored = match state.router.get() {
+                let mut scored = match state.router.get() {
                     Some(r) => {
                         crate::scoring::decide(&r, &state.scoring_slots, &inbound.openai, catalog.tiers().len()).await
                     }
                     None => None,
                 };
-                route_auto(state, scored, &requirements, &available)
+                // Sticky routing: a conversation never drops below the highest tier it reached.
+                let mut stuck_from = None;
+                if let (Some(d), Some(sticky), Some(key)) = (
+                    scored.as_mut(),
+                    state.sticky.as_ref(),
+                    triage_core::router::choice::conversation_key(&inbound.openai),
+                ) {
+                    let follow_up =
+                        inbound.openai.messages.iter().any(|m| m.role == triage_core::openai::Role::Assistant);
+                    let (tier, stuck) = sticky.apply(key, d.tier, follow_up, std::time::Instant::now());
+                    if stuck {
+                        stuck_from = Some(d.tier);
+                        d.tier = tier;
+                    }
+                }
+                route_auto(state, scored, &requirements, &available).map(|(mut dec, score)| {
+                    if let Some(own) = stuck_from {
+                        dec.reason = format!(
+                            "sticky: this conversation was routed to tier {} before, so it stays there (this turn alone scored tier {}); {}",
+                            catalog.tiers()[dec.tier.min(catalog.tiers().len().saturating_sub(1))],
+                            catalog.tiers()[own.min(catalog.tiers().len().saturating_sub(1))],
+                            dec.reason
+                        );
+                    }
+                    (dec, score)
+                })
             }
             _ => route::select(catalog, &target, &requirements, available).map(|d| (d, None)),
         };

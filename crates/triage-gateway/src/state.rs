@@ -141,6 +141,8 @@ pub struct AppState {
     pub evals: Option<crate::evals::Shadow>,
     /// Permits for concurrent blocking scorers (the embedding encoder): one per core.
     pub scoring_slots: Arc<tokio::sync::Semaphore>,
+    /// Per-conversation memory of the highest `auto` tier (`[router] sticky_secs`; `None` = off).
+    pub sticky: Option<Arc<triage_core::router::choice::StickyRoutes>>,
     /// Permits for concurrent exact token counts ([`crate::pipeline::count_prompt`]): one per core.
     pub count_slots: Arc<tokio::sync::Semaphore>,
     /// Counts for the periodic INFO summary line.
@@ -205,6 +207,8 @@ impl AppState {
         // (no tagging of texts under three words) is not yet verified on the whole suite.
         let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::rules_only);
         let instruments = crate::telemetry::Instruments::new(&catalog);
+        let sticky =
+            catalog.sticky_routing().map(|ttl| Arc::new(triage_core::router::choice::StickyRoutes::new(ttl, 100_000)));
         triage_core::tokens::set_max_tokenize_bytes(catalog.server().max_tokenize_bytes);
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Ok(AppState {
@@ -221,6 +225,7 @@ impl AppState {
             router: crate::scoring::RouterSlot::new(router),
             evals: None,
             scoring_slots: crate::scoring::scoring_slots(),
+            sticky,
             guard,
             stop: tokio::sync::watch::Sender::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
