@@ -87,6 +87,12 @@ pub struct LocalEngine {
     /// finds its socket in its environment, so the command may be wrapped, e.g. in `nice`).
     /// `None` (the default): the running executable with its hidden `engine-worker` subcommand.
     pub worker: Option<Vec<String>>,
+    /// Tokens generated at most when a request sets no `max_tokens`; default
+    /// [`crate::config::DEFAULT_LOCAL_MAX_TOKENS`].
+    pub max_tokens: u32,
+    /// The chat template (Jinja) to use instead of the one in the model file, or where the file
+    /// has none; the config's `chat_template`, inline or read from the file it names.
+    pub chat_template: Option<String>,
 }
 
 /// An upstream API endpoint.
@@ -484,6 +490,10 @@ pub struct SpendSettings {
     pub soft_limit: f64,
     /// Output tokens reserved when a request sets no `max_tokens` (capped by the model's maximum).
     pub default_output_tokens: u64,
+    /// How long a gateway's budget reservations outlive its last heartbeat (renewed every third
+    /// of it): after a crash the budget comes back within this plus a third
+    /// (`reservation_lease_secs`, default 15 s).
+    pub reservation_lease: std::time::Duration,
 }
 
 /// Who a budget applies to.

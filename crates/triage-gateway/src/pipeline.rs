@@ -136,6 +136,7 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         sensitivity: None,
         done: false,
         shadow: None,
+        dispatched: None,
     };
     let request_id = acct.request_id.clone();
     let mut route: Option<RouteInfo> = None;
@@ -298,14 +299,18 @@ async fn serve(
         };
         let (decision, score) = routed.map_err(|e| match e {
             _ if local_only => GatewayError::SensitiveNeedsLocal(sensitivity.names()),
-            RouteError::Unavailable { .. } if key_ref.is_some_and(|k| !k.tiers.is_empty() || !k.models.is_empty()) => {
+            // A restricted key: what is down or unable may be all this key is allowed, so the
+            // answer names the restriction (403) with the reason, not a bare 400/503.
+            RouteError::Unavailable { .. } | RouteError::Unsatisfiable { .. }
+                if key_ref.is_some_and(|k| !k.tiers.is_empty() || !k.models.is_empty()) =>
+            {
                 GatewayError::Forbidden(format!("no model this key may use can serve this request ({e})"))
             }
             e => e.into(),
         })?;
         *route_out = Some(RouteInfo::routed(&decision));
         let (decision, reservation, stepped) =
-            accounting::admit(state, key_ref, &target, decision, &requirements, &available).await?;
+            accounting::admit(state, &acct.request_id, key_ref, &target, decision, &requirements, &available).await?;
         if stepped {
             *route_out = Some(RouteInfo::routed(&decision));
         }
@@ -344,6 +349,7 @@ async fn serve(
         p.retain(|c| allowed(catalog.deployments()[c.deployment].model));
         p
     };
+    acct.dispatched = Some(RouteInfo::routed(&decision));
     let served = match dispatch(state, &mut inbound, plan, typed, acct.started).await {
         Ok(s) => s,
         Err(Failed { error, attempts }) => {

@@ -282,14 +282,17 @@ impl AppState {
         if !self.providers[p].has_key() {
             return Some(Unavailable::NoKey);
         }
-        // A local engine's own state says more than its probe.
+        // A local engine's own state is the truth (its probe only repeats it, and lags: a
+        // worker back after a crash would read `unreachable` until the next probe).
         match self.providers[p].local_state() {
             Some(EngineState::Failed(_)) => return Some(Unavailable::EngineFailed),
             Some(EngineState::Crashed(_)) => return Some(Unavailable::EngineCrashed),
-            _ => {}
-        }
-        if self.health[p].reachability() == Reachability::Down || !self.providers[p].loaded() {
-            return Some(Unavailable::Unreachable);
+            Some(EngineState::Loading | EngineState::Ready) => {}
+            None => {
+                if self.health[p].reachability() == Reachability::Down {
+                    return Some(Unavailable::Unreachable);
+                }
+            }
         }
         if self.providers[p].busy() {
             return Some(Unavailable::Busy);
@@ -512,8 +515,10 @@ impl AppState {
         if !self.providers[p].has_key() {
             return Some("no API key".into());
         }
-        if let Some(s @ (EngineState::Failed(_) | EngineState::Crashed(_))) = self.providers[p].local_state() {
-            return Some(s.describe());
+        match self.providers[p].local_state() {
+            Some(s @ (EngineState::Failed(_) | EngineState::Crashed(_))) => return Some(s.describe()),
+            Some(EngineState::Loading | EngineState::Ready) => return None,
+            None => {}
         }
         match self.health[p].reachability() {
             Reachability::Down => Some("unreachable".into()),

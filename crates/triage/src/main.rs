@@ -89,6 +89,9 @@ enum Command {
     Keys(admin::KeysCommand),
     /// Spend report: requests, tokens, cost, the "always frontier" cost and the saving.
     Spend(admin::SpendArgs),
+    /// Budgets of the current day and month: limit, spent, reserved (and the age of the oldest
+    /// reservation); `triage budgets release KEY` gives back a key's stale reservations.
+    Budgets(admin::BudgetsArgs),
     /// Production evaluation (`[evals]`): the report of shadow-evaluated requests.
     #[command(subcommand)]
     Evals(evals_cmd::EvalsCommand),
@@ -514,6 +517,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::spend(&catalog, args))
         }
+        Command::Budgets(args) => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(admin::budgets(&catalog, args))
+        }
         Command::Evals(cmd) => {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(evals_cmd::evals(&catalog, cmd))
@@ -825,6 +832,12 @@ fn print_on_disk(found: &[local_models::OnDisk]) {
     for m in found {
         let size = m.size.map_or_else(|| "file missing".to_owned(), ollama::human_size);
         println!("found on disk: {} ({}, {size}) {}", m.name, m.source.label(), m.path.display());
+        // Say when the engine will not prompt it with the file's own template, or cannot.
+        match triage_local::ModelInfo::read(&m.path).map(|i| i.template()) {
+            Ok(Ok(triage_local::TemplateSource::File)) | Err(_) => {}
+            Ok(Ok(t)) => println!("  chat template: {t}"),
+            Ok(Err(why)) => println!("  cannot be served as it is: {why}"),
+        }
     }
 }
 
@@ -843,6 +856,11 @@ fn models_action(action: ModelsAction) -> Result<(), String> {
                 ollama::human_size(m.size),
                 m.path.display()
             );
+            // `add` refused a file without a template the engine can run.
+            if let Ok(t) = triage_local::ModelInfo::read(&m.path).map_err(|e| e.to_string()).and_then(|i| i.template())
+            {
+                println!("chat template: {t}");
+            }
         }
         ModelsAction::Remove { name } => {
             let m = registry.remove(&name)?;
