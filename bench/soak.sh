@@ -99,6 +99,16 @@ def worker(i):
 
 t0 = time.time()
 samples = [sample(t0, 0, 0)]
+# Warm-up: one request of each kind, so that what is loaded once (the router's model, the
+# tokenizer tables, the first ledger rows, one metric series per label set) is told apart from
+# what grows with load.
+wc = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+for b in bodies:
+    wc.request("POST", "/v1/chat/completions", b, {"content-type": "application/json"})
+    wc.getresponse().read()
+wc.close()
+time.sleep(1)
+warm = sample(t0, len(bodies), 0)
 threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(conns)]
 for t in threads:
     t.start()
@@ -123,7 +133,7 @@ with open(out + ".md", "w") as f:
     f.write(f"Soak: {rate:.0f} req/s for {duration:.0f} s (then {idle:.0f} s idle), {conns} keep-alive connections, "
             f"default log level; sampled every {interval:.0f} s ({out}.csv).\n\n")
     f.write("| | t (s) | RSS (MiB) | fds | threads | log (bytes) | requests | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
-    for name, s in [("start", samples[0]), ("after 1 min", first_min), ("end of load", last_loaded), ("after idle", last)]:
+    for name, s in [("start", samples[0]), ("after warm-up (1 request of each kind)", warm), ("after 1 min", first_min), ("end of load", last_loaded), ("after idle", last)]:
         f.write(f"| {name} | {s['t_s']} | {s['rss_mib']} | {s['fds']} | {s['threads']} | {s['log_bytes']} | {s['requests']} | {s['errors']} |\n")
     f.write(f"\nPeak RSS {peak} MiB; achieved {last['requests'] / max(duration, 1):.0f} req/s.\n")
 print(open(out + ".md").read())

@@ -607,7 +607,10 @@ async fn shadow_work_starts_after_the_answer_and_adds_no_latency() {
     let total = started.elapsed();
     assert!(String::from_utf8_lossy(&rest).contains("[DONE]"));
     assert!(ttft < REFERENCE_DELAY, "TTFT {ttft:?}");
-    assert!(total < REFERENCE_DELAY, "the client's answer took {total:?}; the reference alone takes {REFERENCE_DELAY:?}");
+    assert!(
+        total < REFERENCE_DELAY,
+        "the client's answer took {total:?}; the reference alone takes {REFERENCE_DELAY:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while f.reference.calls() == 0 {
         assert!(Instant::now() < deadline, "the reference was never asked");
