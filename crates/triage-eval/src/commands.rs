@@ -134,6 +134,9 @@ pub fn train_cmd(a: &TrainArgs) -> Result<String, EvalError> {
             (Trained::Embedding(h, emb), rep, embedding::feature_meta(max_tokens), "embedding")
         }
         ScorerKind::Random => return Err(EvalError::Usage("the random scorer has nothing to train".into())),
+        ScorerKind::Quality => {
+            return Err(EvalError::Usage("the quality scorer is trained by quality::train_cmd".into()))
+        }
     };
     let sample: Vec<f32> = match sets.iter().find(|d| d.name == a.calibrate_on) {
         Some(d) => (0..d.items.len()).map(|i| model.score(d, i)).collect(),
