@@ -131,8 +131,9 @@ enum Command {
         calibrate_on: String,
         #[command(flatten)]
         evals: evals_cmd::TrainFromEvals,
-        /// Quality scorer: training sets, benchmark names or simple-JSONL files (any number of
-        /// models per row); repeatable (default: every benchmark but --exclude).
+        /// Training sets: benchmark names or simple-JSONL files (any number of models per row;
+        /// lexical and embedding use the files with the --weak/--strong pair); repeatable
+        /// (default: every benchmark but --exclude).
         #[arg(long)]
         train_on: Vec<String>,
         /// Quality scorer: each tier's model profile, cheapest first.
@@ -657,6 +658,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let args = triage_eval::commands::TrainArgs {
                 data,
                 exclude,
+                sets: train_on,
                 calibrate_on,
                 cfg: hp.config()?,
                 scorer,
