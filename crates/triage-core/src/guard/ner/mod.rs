@@ -435,7 +435,9 @@ impl Model {
     /// Tags `text`: entity spans (byte ranges) with their kind and confidence.
     pub fn find(&self, text: &str) -> Vec<(Kind, Range<usize>, f32)> {
         let toks = tokenize(text);
-        if toks.is_empty() {
+        // Texts of one or two words (schema strings, enum values, tool arguments such as
+        // `"Paris"`) carry no context to tell a name from a word: not tagged.
+        if toks.iter().filter(|t| text[t.span.clone()].chars().next().is_some_and(char::is_alphanumeric)).count() < 3 {
             return Vec::new();
         }
         let tagged = self.tag_probs(&toks, self.temperature);
@@ -513,6 +515,19 @@ fn plausible(kind: Kind, s: &str, toks: &[Token]) -> bool {
     }
 }
 
+/// True when a span sits where code has names: a key before `=` or `(`, part of a dotted,
+/// snake-case or path identifier (`config.Name`, `user_Name`, `/Users/Name`, `@Name`).
+fn code_position(text: &str, span: &Range<usize>) -> bool {
+    let before = text[..span.start].chars().next_back();
+    let rest = &text[span.end..];
+    let after = rest.chars().next();
+    let next_sign = rest.trim_start_matches([' ', '"', '\'']).chars().next();
+    matches!(before, Some('.' | '_' | '/' | '@' | '#' | '$' | '-' | '\\'))
+        || matches!(after, Some('_' | '/' | '('))
+        || (after == Some('.') && rest[1..].chars().next().is_some_and(char::is_alphanumeric))
+        || matches!(next_sign, Some('=' | '('))
+}
+
 /// Joins BIO tags into spans; trailing punctuation and newlines are not part of an entity.
 fn spans_of(text: &str, toks: &[Token], tags: &[usize], probs: &[f32]) -> Vec<(Kind, Range<usize>, f32)> {
     let mut out = Vec::new();
@@ -535,7 +550,10 @@ fn spans_of(text: &str, toks: &[Token], tags: &[usize], probs: &[f32]) -> Vec<(K
         }
         let conf = probs[i..=last].iter().sum::<f32>() / (last - i + 1) as f32;
         let span = toks[i].span.start..toks[last].span.end;
-        if let Some(k) = kind_of(e).filter(|k| plausible(*k, &text[span.clone()], &toks[i..=last])) {
+        if let Some(k) = kind_of(e).filter(|k| {
+            plausible(*k, &text[span.clone()], &toks[i..=last])
+                && !(matches!(k, Kind::Person | Kind::Organization) && code_position(text, &span))
+        }) {
             out.push((k, span, conf));
         }
         i = j;
