@@ -87,6 +87,12 @@ pub struct LocalEngine {
     /// finds its socket in its environment, so the command may be wrapped, e.g. in `nice`).
     /// `None` (the default): the running executable with its hidden `engine-worker` subcommand.
     pub worker: Option<Vec<String>>,
+    /// Tokens generated at most when a request sets no `max_tokens`; default
+    /// [`crate::config::DEFAULT_LOCAL_MAX_TOKENS`].
+    pub max_tokens: u32,
+    /// The chat template (Jinja) to use instead of the one in the model file, or where the file
+    /// has none; the config's `chat_template`, inline or read from the file it names.
+    pub chat_template: Option<String>,
 }
 
 /// An upstream API endpoint.
@@ -480,6 +486,10 @@ pub struct SpendSettings {
     pub soft_limit: f64,
     /// Output tokens reserved when a request sets no `max_tokens` (capped by the model's maximum).
     pub default_output_tokens: u64,
+    /// How long a gateway's budget reservations outlive its last heartbeat (renewed every third
+    /// of it): after a crash the budget comes back within this plus a third
+    /// (`reservation_lease_secs`, default 15 s).
+    pub reservation_lease: std::time::Duration,
 }
 
 /// Who a budget applies to.
@@ -598,6 +608,9 @@ pub struct Catalog {
     pub(crate) breaker: BreakerPolicy,
     pub(crate) auth: AuthMode,
     pub(crate) auto_routing: AutoRouting,
+    /// `[router] sticky_secs`: how long a conversation keeps the highest tier it was routed to
+    /// (0 = off).
+    pub(crate) sticky_secs: u64,
     pub(crate) guard: GuardPolicy,
     pub(crate) spend: SpendSettings,
     pub(crate) budgets: Vec<BudgetSpec>,
@@ -656,6 +669,11 @@ impl Catalog {
     /// How `model: "auto"` picks a tier.
     pub fn auto_routing(&self) -> &AutoRouting {
         &self.auto_routing
+    }
+    /// Sticky routing per conversation (`[router] sticky_secs`, default 1800): how long a
+    /// conversation keeps the highest tier `auto` routed it to; `None` when off (0).
+    pub fn sticky_routing(&self) -> Option<std::time::Duration> {
+        (self.sticky_secs > 0).then(|| std::time::Duration::from_secs(self.sticky_secs))
     }
     /// How clients authenticate.
     pub fn auth(&self) -> AuthMode {

@@ -237,6 +237,7 @@ struct RawRouter {
     scorer: Option<Spanned<String>>,
     model_file: Option<String>,
     encoder_dir: Option<String>,
+    sticky_secs: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -246,6 +247,7 @@ struct RawSpend {
     baseline_model: Option<Spanned<String>>,
     soft_limit: Option<Spanned<f64>>,
     default_output_tokens: Option<u64>,
+    reservation_lease_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -317,6 +319,8 @@ struct RawProvider {
     context: Option<Spanned<u32>>,
     threads: Option<Spanned<u32>>,
     worker: Option<Spanned<Vec<String>>>,
+    max_tokens: Option<Spanned<u32>>,
+    chat_template: Option<Spanned<String>>,
     connect_timeout_ms: Option<u64>,
     first_byte_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
@@ -461,6 +465,8 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
                 ("context", p.context.as_ref().map(Spanned::span)),
                 ("threads", p.threads.as_ref().map(Spanned::span)),
                 ("worker", p.worker.as_ref().map(Spanned::span)),
+                ("max_tokens", p.max_tokens.as_ref().map(Spanned::span)),
+                ("chat_template", p.chat_template.as_ref().map(Spanned::span)),
             ]
             .into_iter()
             .find_map(|(n, s)| s.map(|s| (n, s)));
@@ -820,11 +826,19 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         Some(v) => return Err(ctx.err(&v.span(), "spend.soft_limit", "must be a fraction between 0 and 1")),
         None => 0.8,
     };
+    let reservation_lease = match rs.reservation_lease_secs {
+        Some(v) if (1..=3600).contains(v.get_ref()) => std::time::Duration::from_secs(*v.get_ref()),
+        Some(v) => {
+            return Err(ctx.err(&v.span(), "spend.reservation_lease_secs", "must be between 1 and 3600 seconds"))
+        }
+        None => std::time::Duration::from_secs(15),
+    };
     let spend = SpendSettings {
         database,
         baseline_model,
         soft_limit,
         default_output_tokens: rs.default_output_tokens.unwrap_or(4096),
+        reservation_lease,
     };
     let mut budgets = Vec::new();
     for (i, b) in raw.budgets.into_iter().enumerate() {
@@ -869,6 +883,8 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         budgets.push(BudgetSpec { scope, period, tier, limit: crate::cost::NanoUsd((usd * 1e9).round() as u64) });
     }
     let evals = evals::validate(&ctx, raw.evals, &models, &roles, spend.database.is_some())?;
+    // Sticky routing per conversation (issue 14): on for 30 minutes unless set; 0 turns it off.
+    let sticky_secs = raw.router.sticky_secs.unwrap_or(1800);
 
     Ok(Catalog {
         source: file.to_owned(),
@@ -883,6 +899,7 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
         breaker,
         auth,
         auto_routing,
+        sticky_secs,
         guard,
         spend,
         budgets,
@@ -920,6 +937,38 @@ fn local_engine(ctx: &Ctx<'_>, p: &RawProvider, field: &str) -> Result<LocalEngi
         Some(w) => Some(w.get_ref().clone()),
         None => None,
     };
+    let chat_template = match &p.chat_template {
+        None => None,
+        Some(t) if t.get_ref().trim().is_empty() => {
+            return Err(ctx.err(
+                &t.span(),
+                format!("{field}.chat_template"),
+                "is empty: give a Jinja chat template, or the path of a file holding one",
+            ))
+        }
+        // Jinja has `{{` or `{%`; anything else is the path of a file holding the template.
+        Some(t) if t.get_ref().contains("{{") || t.get_ref().contains("{%") => Some(t.get_ref().clone()),
+        Some(t) => match std::fs::read_to_string(t.get_ref()) {
+            Ok(text) if !text.trim().is_empty() => Some(text),
+            Ok(_) => {
+                return Err(ctx.err(
+                    &t.span(),
+                    format!("{field}.chat_template"),
+                    format!("the file {} is empty", t.get_ref()),
+                ))
+            }
+            Err(e) => {
+                return Err(ctx.err(
+                    &t.span(),
+                    format!("{field}.chat_template"),
+                    format!(
+                        "is not Jinja (no `{{{{` or `{{%`), so it names a file, and {} cannot be read: {e}",
+                        t.get_ref()
+                    ),
+                ))
+            }
+        },
+    };
     Ok(LocalEngine {
         worker,
         model_path: path.get_ref().clone(),
@@ -927,8 +976,17 @@ fn local_engine(ctx: &Ctx<'_>, p: &RawProvider, field: &str) -> Result<LocalEngi
         queue: p.queue.as_ref().map_or(8, |q| *q.get_ref()),
         context: positive(&p.context, "context", 4096)?,
         threads: p.threads.as_ref().map_or(0, |t| *t.get_ref()),
+        max_tokens: positive(&p.max_tokens, "max_tokens", DEFAULT_LOCAL_MAX_TOKENS)?,
+        chat_template,
     })
 }
+
+/// Tokens a local engine generates at most for a request that sets no `max_tokens` (nor
+/// `max_completion_tokens`), unless the provider's `max_tokens` says otherwise: without a limit
+/// a base model that never ends its turn would generate until its context is full (minutes on a
+/// laptop's CPU). 512 tokens is a long answer (about 380 English words) and, for a small model on
+/// two cores, some seconds.
+pub const DEFAULT_LOCAL_MAX_TOKENS: u32 = 512;
 
 fn validate_server(ctx: &Ctx<'_>, raw: RawServer) -> Result<ServerSettings, ConfigError> {
     let mut s = ServerSettings::default();
@@ -1251,6 +1309,8 @@ context_window = 2048
                 context: 2048,
                 threads: 0,
                 worker: None,
+                max_tokens: DEFAULT_LOCAL_MAX_TOKENS,
+                chat_template: None,
             })
         );
         assert_eq!(parse(BASE, "t.toml").unwrap().providers()[0].engine, None);
@@ -1282,6 +1342,37 @@ context_window = 2048
         assert_eq!(worker, Some(vec!["nice".into(), "triage".into(), "engine-worker".into()]));
         let e = err_of(&BASE.replace("kind = \"openai\"", "kind = \"openai\"\nworker = [\"x\"]"));
         assert!(e.starts_with("t.toml:6: providers.up.worker: only a kind = \"local\" provider"), "{e}");
+    }
+
+    #[test]
+    fn a_local_providers_default_max_tokens_and_chat_template_are_read() {
+        let engine = |text: &str| parse(text, "t").unwrap().providers()[0].engine.clone().unwrap();
+        let e = engine(&LOCAL.replace("parallel = 3", "max_tokens = 64"));
+        assert_eq!((e.max_tokens, e.chat_template), (64, None));
+        let e = err_of(&LOCAL.replace("parallel = 3", "max_tokens = 0"));
+        assert_eq!(e, "t.toml:7: providers.engine.max_tokens: must be at least 1");
+        let e = err_of(&BASE.replace("kind = \"openai\"", "kind = \"openai\"\nmax_tokens = 9"));
+        assert!(e.starts_with("t.toml:6: providers.up.max_tokens: only a kind = \"local\" provider"), "{e}");
+        // Inline Jinja is taken as it is.
+        let inline = "{% for m in messages %}{{ m.content }}{% endfor %}";
+        let e = engine(&LOCAL.replace("parallel = 3", &format!("chat_template = {inline:?}")));
+        assert_eq!(e.chat_template.as_deref(), Some(inline));
+        // Anything else names a file holding the template.
+        let dir = std::env::temp_dir().join(format!("triage-config-tpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("chat.jinja");
+        std::fs::write(&file, "<|user|>{{ messages[0].content }}").unwrap();
+        let e = engine(&LOCAL.replace("parallel = 3", &format!("chat_template = {:?}", file.display().to_string())));
+        assert_eq!(e.chat_template.as_deref(), Some("<|user|>{{ messages[0].content }}"));
+        let missing = dir.join("missing.jinja").display().to_string();
+        let e = err_of(&LOCAL.replace("parallel = 3", &format!("chat_template = {missing:?}")));
+        assert!(
+            e.starts_with(
+                "t.toml:7: providers.engine.chat_template: is not Jinja (no `{{` or `{%`), so it names a file, and "
+            ) && e.contains("missing.jinja cannot be read"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -313,12 +313,17 @@ fn pick_in_tiers(
     label: &str,
 ) -> Result<RouteDecision, RouteError> {
     let mut first_unmet: Option<String> = None;
+    // The first requirement failed by a model that is available now.
+    let mut unmet_available: Option<String> = None;
     let mut unavailable: Vec<&str> = Vec::new();
     let mut skipped: Vec<&str> = Vec::new();
     for &tier in tiers {
         let mut best: Option<ModelId> = None;
         for (id, m) in catalog.models().iter().enumerate().filter(|(_, m)| m.tier == tier) {
             if let Some(why) = req.unmet(catalog, id) {
+                if unmet_available.is_none() && available(id) {
+                    unmet_available = Some(why.clone());
+                }
                 first_unmet.get_or_insert(why);
                 continue;
             }
@@ -346,6 +351,18 @@ fn pick_in_tiers(
             return Ok(RouteDecision { model, tier, reason });
         }
         skipped.push(&catalog.tiers()[tier]);
+    }
+    // The models that are up cannot serve the request, and those that could are down (a local
+    // model without `tools` next to an Ollama that is not running, a prompt longer than the
+    // local context with no cloud key): the request is what must change, so the answer is the
+    // requirement that failed (400), not "unavailable" (503).
+    if let (Some(why), false) = (unmet_available, unavailable.is_empty()) {
+        return Err(RouteError::Unsatisfiable {
+            requirement: format!(
+                "{why} (the models that could serve it are unavailable now: providers {})",
+                unavailable.join(", ")
+            ),
+        });
     }
     if !unavailable.is_empty() {
         return Err(RouteError::Unavailable {
@@ -548,6 +565,30 @@ capabilities = ["tools", "vision", "json_schema"]
             .map(|cand| c.models()[c.deployments()[cand.deployment].model].id.clone())
             .collect();
         assert_eq!(ids, ["mid-b", "mid-a", "mid-a", "big"]);
+    }
+
+    #[test]
+    fn a_request_the_available_models_cannot_serve_is_unsatisfiable_not_unavailable() {
+        // Tier local: tiny (up, no tools) and a tools-capable model on a provider that is down.
+        let text = CAT.replace(
+            "[[models]]\nid = \"mid-a\"",
+            "[[models]]\nid = \"local-tools\"\nprovider = \"q\"\ntier = \"local\"\nprice = { input = 0.0, output = 0.0 }\ncontext_window = 100\ncapabilities = [\"tools\"]\n[[models]]\nid = \"mid-a\"",
+        );
+        let c = parse(&text, "t").unwrap();
+        let up = |m: ModelId| c.models()[m].id != "local-tools";
+        let tools = req(
+            r#"{"model":"local","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        );
+        assert_eq!(
+            route(&c, &tools, up).unwrap_err(),
+            RouteError::Unsatisfiable {
+                requirement: "the request has tools, and model tiny has no `tools` capability (the models that could serve it are unavailable now: providers q)".into()
+            }
+        );
+        // Nothing of the tier up at all: that is unavailability (503), as before.
+        assert!(matches!(route(&c, &tools, |_| false), Err(RouteError::Unavailable { .. })));
+        // The capable model up: it serves.
+        assert_eq!(id(&c, &route(&c, &tools, |_| true).unwrap()), "local-tools");
     }
 
     #[test]

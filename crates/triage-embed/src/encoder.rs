@@ -145,6 +145,33 @@ impl Encoder {
     }
 }
 
+impl Encoder {
+    /// Number of tokens in the tokenizer's vocabulary (with special tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// The sentence embedding of each single token id alone (`[CLS] id [SEP]`, mean-pooled,
+    /// L2-normalised), for distilling static token embeddings ([`crate::static_embed`]).
+    ///
+    /// Errors: [`EmbedError::Run`] if the forward pass fails.
+    pub fn embed_token_ids(&self, ids: &[u32]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let run = |e: &dyn std::fmt::Display| EmbedError::Run(e.to_string());
+        let cls = self.tokenizer.token_to_id("[CLS]").unwrap_or(101);
+        let sep = self.tokenizer.token_to_id("[SEP]").unwrap_or(102);
+        let n = ids.len();
+        let flat: Vec<u32> = ids.iter().flat_map(|&i| [cls, i, sep]).collect();
+        let ids = Tensor::from_vec(flat, (n, 3), &self.device).map_err(|e| run(&e))?;
+        let mask = Tensor::ones((n, 3), DType::U32, &self.device).map_err(|e| run(&e))?;
+        let types = ids.zeros_like().map_err(|e| run(&e))?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask)).map_err(|e| run(&e))?;
+        pool(&hidden, &mask).map_err(|e| run(&e))
+    }
+}
+
 /// Mean pooling of `hidden` (n × len × DIM) over the tokens where `mask` (n × len, 0/1) is 1,
 /// then L2 normalisation.
 fn pool(hidden: &Tensor, mask: &Tensor) -> candle_core::Result<Vec<Vec<f32>>> {

@@ -11,9 +11,11 @@
 
 pub mod encoder;
 pub mod head;
+pub mod static_embed;
 
 pub use encoder::{default_dir, Encoder, DIM, ENCODER_NAME, MAX_TOKENS};
 pub use head::{embedding_text, EmbeddingFile, EmbeddingHead, EmbeddingScorer};
+pub use static_embed::StaticEmbedding;
 
 /// Tokens of each text the shipped head's encoder reads (see docs/ROUTING.md for how it was
 /// chosen: quality against latency).

@@ -246,6 +246,7 @@ pub fn multi_cmd(
     let (scores, split, router, _) = replay::scores_for(cfg, &ds, &idx)?;
     let r = crate::multi::evaluate(&ds, tiers, &scores, &format!("{router}, {split}"))?;
     let mut s = crate::multi::table_text(&r);
+    s.push_str(&crate::multi::random_aiq_text(&ds, tiers, replay::RANDOM_SEEDS, r.aiq.router)?);
     std::fs::create_dir_all(out_dir)
         .map_err(|e| EvalError::Usage(format!("cannot create {}: {e}", out_dir.display())))?;
     let jp = out_dir.join(format!("eval-{}-tiers-{router}-{split_name}.json", ds.name));

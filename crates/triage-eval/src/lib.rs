@@ -15,6 +15,7 @@ pub mod from_evals;
 pub mod metrics;
 pub mod multi;
 pub mod plot;
+pub mod quality;
 pub mod replay;
 pub mod train;
 

@@ -318,6 +318,37 @@ pub fn table_text(r: &MultiReport) -> String {
     s
 }
 
+/// AIQ of the `random` scorer under the same sweep for seeds `1..=seeds` (the spread a curve
+/// must beat: the upper hull of a 231-point sweep picks lucky points), as a line comparing
+/// `router_aiq` with its mean and nearest-rank 95th percentile and with the hull of all single
+/// models.
+///
+/// Errors: as [`evaluate`].
+pub fn random_aiq_text(ds: &Dataset, tiers: &[String], seeds: u64, router_aiq: f64) -> Result<String, EvalError> {
+    let texts: Vec<String> =
+        ds.items.iter().map(|it| triage_core::router::features::RequestText::of(&it.request).text).collect();
+    let mut v = Vec::new();
+    let mut hull = f64::NAN;
+    for seed in 1..=seeds.max(1) {
+        let r = triage_core::router::RandomScorer { seed };
+        let sc: Vec<f32> = texts.iter().map(|t| r.score_str(t)).collect();
+        let rep = evaluate(ds, tiers, &sc, "random")?;
+        hull = rep.aiq.all_models_mix;
+        v.push(rep.aiq.router);
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let p95 = v[((0.95 * n as f64).ceil() as usize).clamp(1, n) - 1];
+    let mean = v.iter().sum::<f64>() / n as f64;
+    Ok(format!(
+        "AIQ router {router_aiq:.3} vs random scorer over {n} seeds: mean {mean:.3}, 95th percentile {p95:.3} (min {:.3}, max {:.3}); hull of all single models {hull:.3}; above random's p95: {}, above the hull: {}\n",
+        v[0],
+        v[n - 1],
+        router_aiq > p95,
+        router_aiq > hull
+    ))
+}
+
 fn fmt_pts(p: &[(f64, f64)]) -> String {
     p.iter().map(|(c, q)| format!("({c:.3}, {q:.2})")).collect::<Vec<_>>().join(" ")
 }

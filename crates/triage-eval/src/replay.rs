@@ -33,10 +33,12 @@ impl std::str::FromStr for Split {
     fn from_str(s: &str) -> Result<Self, EvalError> {
         match s {
             "shipped" | "none" => Ok(Split::Shipped),
-            "leave-benchmark-out" => Ok(Split::LeaveBenchmarkOut),
+            // "leave-dataset-out" is the same split under the issue-14 name: train on every
+            // other dataset given (`--train-on`, any number of benchmarks and JSONL files).
+            "leave-benchmark-out" | "leave-dataset-out" => Ok(Split::LeaveBenchmarkOut),
             "grouped-5-fold" => Ok(Split::Grouped5Fold),
             _ => Err(EvalError::Usage(format!(
-                "unknown split {s:?}; valid: shipped, leave-benchmark-out, grouped-5-fold"
+                "unknown split {s:?}; valid: shipped, leave-benchmark-out (= leave-dataset-out), grouped-5-fold"
             ))),
         }
     }
@@ -99,9 +101,48 @@ pub struct EvalReport {
     pub oracle: Summary,
     /// Training reports, one per fitted model.
     pub training: Vec<TrainReport>,
+    /// Trapezoid APGR of the `random` scorer over seeds 1..=N ([`RANDOM_SEEDS`]): the spread
+    /// one random draw has on these prompts, to compare the router with.
+    pub random_spread: RandomSpread,
     /// Per-prompt grid of quality for the router, the oracle (k = 0..=n), for plots.
     #[serde(skip)]
     pub curves: Curves,
+}
+
+/// How many seeds of the `random` scorer give the spread printed beside every evaluation.
+pub const RANDOM_SEEDS: u64 = 20;
+
+/// Trapezoid APGR of the `random` scorer (FNV hash of the request text with a seed) over
+/// seeds 1..=`seeds` on the evaluated prompts.
+#[derive(Debug, Clone, Serialize)]
+pub struct RandomSpread {
+    /// Number of seeds.
+    pub seeds: u64,
+    /// Mean trapezoid APGR.
+    pub mean: f64,
+    /// 95th percentile (nearest rank) of the trapezoid APGR.
+    pub p95: f64,
+    /// Smallest and largest.
+    pub min: f64,
+    /// See `min`.
+    pub max: f64,
+}
+
+/// Trapezoid APGR of the random scorer for seeds `1..=seeds` on prompts `idx` of `ds`
+/// (qualities `weak`, `strong` aligned with `idx`): mean, nearest-rank 95th percentile, min, max.
+pub fn random_spread(ds: &Dataset, idx: &[usize], weak: &[f64], strong: &[f64], seeds: u64) -> RandomSpread {
+    let texts: Vec<String> = idx.iter().map(|&i| RequestText::of(&ds.items[i].request).text).collect();
+    let mut v: Vec<f64> = (1..=seeds.max(1))
+        .map(|seed| {
+            let r = RandomScorer { seed };
+            let sc: Vec<f32> = texts.iter().map(|t| r.score_str(t)).collect();
+            metrics::summarize(&metrics::routed_quality(&sc, weak, strong), 1.0, 1.0).apgr_trapezoid
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let rank = ((0.95 * n as f64).ceil() as usize).clamp(1, n) - 1;
+    RandomSpread { seeds: n as u64, mean: v.iter().sum::<f64>() / n as f64, p95: v[rank], min: v[0], max: v[n - 1] }
 }
 
 /// Quality at every k for the router and the oracle.
@@ -293,16 +334,41 @@ fn out_of_fold<M>(
 /// Errors: [`EvalError`] for missing data, models or a bad configuration.
 pub fn evaluate(cfg: &EvalConfig) -> Result<EvalReport, EvalError> {
     let ds = data::load(&cfg.data, &cfg.benchmark, true)?;
-    let pairs = ds.pair(&cfg.train.weak, &cfg.train.strong)?;
+    let idx = pair_items(&ds, &cfg.train.weak, &cfg.train.strong)?;
+    let (scores, split_label, router_name, training) = scores_for(cfg, &ds, &idx)?;
+    report_from_scores(cfg, &ds, &idx, &scores, split_label, router_name, training)
+}
+
+/// The items of `ds` where both models have a quality.
+///
+/// Errors: [`EvalError::Data`] if a model is absent or no item has both.
+pub fn pair_items(ds: &Dataset, weak: &str, strong: &str) -> Result<Vec<usize>, EvalError> {
+    let pairs = ds.pair(weak, strong)?;
     if pairs.is_empty() {
         return Err(EvalError::Data(format!("{}: no prompt has both models' quality", ds.name)));
     }
-    let idx: Vec<usize> = pairs.iter().map(|p| p.0).collect();
-    let weak: Vec<f64> = pairs.iter().map(|p| p.1).collect();
-    let strong: Vec<f64> = pairs.iter().map(|p| p.2).collect();
-    let (scores, split_label, router_name, training) = scores_for(cfg, &ds, &idx)?;
+    Ok(pairs.iter().map(|p| p.0).collect())
+}
+
+/// The report for scores obtained elsewhere: `scores[j]` is the score of `ds.items[idx[j]]`
+/// (higher = send to `cfg.train.strong`); the sweep, every metric, random (expected and over
+/// [`RANDOM_SEEDS`] seeds) and the oracle.
+///
+/// Errors: [`EvalError::Data`] if a model is absent.
+pub fn report_from_scores(
+    cfg: &EvalConfig,
+    ds: &Dataset,
+    idx: &[usize],
+    scores: &[f32],
+    split_label: String,
+    router_name: String,
+    training: Vec<TrainReport>,
+) -> Result<EvalReport, EvalError> {
+    let (wi, si) = (ds.model_index(&cfg.train.weak)?, ds.model_index(&cfg.train.strong)?);
+    let weak: Vec<f64> = idx.iter().map(|&i| ds.items[i].quality[wi]).collect();
+    let strong: Vec<f64> = idx.iter().map(|&i| ds.items[i].quality[si]).collect();
     let (pw, ps) = (cfg.price_weak, cfg.price_strong);
-    let q = metrics::routed_quality(&scores, &weak, &strong);
+    let q = metrics::routed_quality(scores, &weak, &strong);
     let oq = metrics::routed_quality(&metrics::oracle_scores(&weak, &strong), &weak, &strong);
     let rq = metrics::random_quality(&weak, &strong);
     Ok(EvalReport {
@@ -320,6 +386,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<EvalReport, EvalError> {
         random: metrics::summarize(&rq, pw, ps),
         oracle: metrics::summarize(&oq, pw, ps),
         training,
+        random_spread: random_spread(ds, idx, &weak, &strong, RANDOM_SEEDS),
         curves: Curves { router: q, oracle: oq },
     })
 }
@@ -360,22 +427,28 @@ pub fn table(r: &EvalReport) -> String {
     }
     let _ = writeln!(
         s,
-        "{:<10} {:>12} {:>15} {:>7} {:>7} {:>22}",
-        "", "APGR(paper)", "APGR(trapezoid)", "CPT50", "CPT80", "95%-quality cost/strong"
+        "{:<10} {:>15} {:>12} {:>7} {:>7} {:>22}",
+        "", "APGR(trapezoid)", "APGR(mean10)", "CPT50", "CPT80", "95%-quality cost/strong"
     );
     for (name, m) in [(r.router.as_str(), &r.router_summary), ("random", &r.random), ("oracle", &r.oracle)] {
         let _ = writeln!(
             s,
-            "{:<10} {:>12.3} {:>15.3} {:>6.1}% {:>6.1}% {:>10.3} (at {:.1}% strong)",
+            "{:<10} {:>15.3} {:>12.3} {:>6.1}% {:>6.1}% {:>10.3} (at {:.1}% strong)",
             name,
-            m.apgr_mean10,
             m.apgr_trapezoid,
+            m.apgr_mean10,
             m.cpt50 * 100.0,
             m.cpt80 * 100.0,
             m.cheapest_95.cost_rel,
             m.cheapest_95.strong_share * 100.0
         );
     }
+    let sp = &r.random_spread;
+    let _ = writeln!(
+        s,
+        "APGR (trapezoid; random = 0.500, RouteLLM's published scale): {} {:.3}; random scorer over {} seeds: mean {:.3}, 95th percentile {:.3} (min {:.3}, max {:.3})",
+        r.router, r.router_summary.apgr_trapezoid, sp.seeds, sp.mean, sp.p95, sp.min, sp.max
+    );
     s
 }
 

@@ -7,7 +7,9 @@
 //!   (prompt tokens plus the output limit, at the model's prices) reserved atomically; past a
 //!   budget's soft limit, or over a tier allowance, the request steps down to the next cheaper
 //!   capable tier when the client let Triage choose; over a hard limit it is refused (429
-//!   `budget_exceeded`, with the limit and the reset time).
+//!   `budget_exceeded`, with the limit and the reset time). The reservation is one transaction
+//!   over every line, owned by this process's lease, and a guard: a request future dropped at
+//!   any point (the client hung up) releases it (`triage_store::Reservation`).
 //! - [`Accounting::finish`]: the real cost replaces the reservation, and one ledger row per
 //!   request (with its attempts) is queued for the background writer.
 
@@ -19,7 +21,7 @@ use axum::http::HeaderMap;
 use triage_core::catalog::{AuthMode, BudgetPeriod, BudgetScope, ModelId, TierId};
 use triage_core::cost::{NanoUsd, TokenUsage};
 use triage_core::route::{self, Requirements, RouteDecision, Target};
-use triage_store::{AttemptRecord, BudgetLine, KeyRecord, Period, RequestRecord, Reservation};
+use triage_store::{AttemptRecord, BudgetLine, Holder, KeyRecord, Period, RequestRecord, Reservation};
 
 use crate::dispatch::Attempt;
 use crate::error::GatewayError;
@@ -205,12 +207,13 @@ fn step_down(
     (0..tier).rev().find_map(|t| route::select(&state.catalog, &Target::Tier(t), req, available).ok())
 }
 
-/// Applies budgets to a routed request; see the module docs. Returns the (possibly stepped-down)
-/// decision and the reservation to settle.
+/// Applies budgets to a routed request (`request_id` owns the reservation); see the module docs.
+/// Returns the (possibly stepped-down) decision and the reservation to settle.
 ///
 /// Errors: [`GatewayError::BudgetExceeded`].
 pub async fn admit(
     state: &AppState,
+    request_id: &str,
     key: Option<&KeyRecord>,
     target: &Target,
     mut decision: RouteDecision,
@@ -257,7 +260,8 @@ pub async fn admit(
                 }
             }
         }
-        match store.reserve(&lines, amount, now).await.map_err(db)? {
+        let holder = Holder { request_id, key_id: key.map(|k| k.id.as_str()) };
+        match store.reserve_for(&lines, amount, now, holder).await.map_err(db)? {
             Ok(r) => return Ok((decision, r, stepped)),
             Err(over) => {
                 if chooses && over.line.tier.is_some() {
@@ -320,12 +324,19 @@ pub struct Accounting {
     pub done: bool,
     /// The ticket of a request sampled for production evaluation ([`crate::evals`]).
     pub shadow: Option<crate::evals::Ticket>,
+    /// Set when the request goes upstream (the routed model): one that ends before (refused,
+    /// or its client hung up during admission) cost nothing, and no usage is estimated for it;
+    /// one dropped after (its client hung up while it waited on the upstream) is recorded as
+    /// `cancelled` on this model with its prompt's estimated cost, as a provider bills it.
+    pub dispatched: Option<RouteInfo>,
 }
 
 impl Drop for Accounting {
     fn drop(&mut self) {
         if !self.done {
-            self.record(None, "cancelled", None, 0, None);
+            let route = self.dispatched.take();
+            self.dispatched = route.clone();
+            self.record(route.as_ref(), "cancelled", None, 0, None);
         }
     }
 }
@@ -349,6 +360,7 @@ impl Accounting {
             sensitivity: None,
             done: true,
             shadow: None,
+            dispatched: None,
         }
     }
 
@@ -383,7 +395,7 @@ impl Accounting {
         let answered = matches!(status, "200" | "stream_error" | "cancelled" | "shutdown");
         let (usage, estimated) = match usage {
             Some(u) => (u, false),
-            None if answered && route.is_some() => (
+            None if answered && route.is_some() && self.dispatched.is_some() => (
                 TokenUsage { input: self.prompt_estimate, output: output_chars.div_ceil(4), ..Default::default() },
                 true,
             ),
@@ -401,16 +413,8 @@ impl Accounting {
         if route.is_some() && answered {
             record_usage(st, route.map(|r| r.model), usage, estimated, cost, &self.request_id);
         }
-        if !self.reservation.is_empty() {
-            if let Some(store) = st.store.clone() {
-                let r = self.reservation.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store.settle(&r, cost).await {
-                        tracing::error!(error = %e, "budget settlement failed");
-                    }
-                });
-            }
-        }
+        // On a spawned task: a request dropped right after this still settles.
+        std::mem::replace(&mut self.reservation, Reservation::none()).settle_in_background(cost);
         if let (Some(ticket), Some(r)) = (self.shadow.take(), route) {
             let meta = crate::evals::Meta {
                 request_id: self.request_id.clone(),

@@ -29,8 +29,8 @@ pub use error::GatewayError;
 pub use state::{AppState, SharedState};
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then stops accepting connections,
-/// lets in-flight requests and streams finish for up to `server.shutdown_grace`, and writes every
-/// queued ledger row.
+/// lets in-flight requests and streams finish for up to `server.shutdown_grace`, writes every
+/// queued ledger row, settles every budget reservation and ends its lease.
 ///
 /// Errors: the database cannot be opened, an HTTP client cannot be built, or the listener fails.
 pub async fn serve(
@@ -55,6 +55,12 @@ pub async fn serve(
     let state = Arc::new(state);
     let ledger = state.ledger.clone();
     let mut probes = health::spawn(state.clone());
+    // Budget reservations are owned by this process's lease: renew it, and give back what the
+    // expired leases of stopped gateways (a previous process killed with requests in flight)
+    // still hold, at start-up and then every third of a lease.
+    if let Some(store) = &state.store {
+        probes.push(store.spawn_lease_keeper(state.catalog.spend().reservation_lease));
+    }
     probes.extend(evals::spawn(&state));
     probes.push(scoring::spawn_reloader(state.clone()));
     probes.extend(accounting::spawn_revocation_watch(state.clone()));
@@ -91,6 +97,22 @@ pub async fn serve(
     if let Some(l) = ledger {
         tokio::task::yield_now().await;
         l.shutdown().await;
+    }
+    // Every request has settled (or released) its reservation on a spawned task: wait for
+    // those, then give back anything still held and end the lease.
+    if let Some(store) = &state.store {
+        let left = store.drain(std::time::Duration::from_secs(5)).await;
+        match store.retire().await {
+            Ok(r) if r.reservations > 0 || left > 0 => tracing::warn!(
+                pending = left,
+                released = r.reservations,
+                "budget reservations still held at shutdown were released"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "could not release this gateway's reservations at shutdown; its lease expires")
+            }
+        }
     }
     result
 }

@@ -136,6 +136,7 @@ async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Form
         sensitivity: None,
         done: false,
         shadow: None,
+        dispatched: None,
     };
     let request_id = acct.request_id.clone();
     let mut route: Option<RouteInfo> = None;
@@ -261,26 +262,55 @@ async fn serve(
                 (d, None)
             }),
             Target::Auto => {
-                let scored = match state.router.get() {
+                let mut scored = match state.router.get() {
                     Some(r) => {
                         crate::scoring::decide(&r, &state.scoring_slots, &inbound.openai, catalog.tiers().len()).await
                     }
                     None => None,
                 };
-                route_auto(state, scored, &requirements, &available)
+                // Sticky routing: a conversation never drops below the highest tier it reached.
+                let mut stuck_from = None;
+                if let (Some(d), Some(sticky), Some(key)) = (
+                    scored.as_mut(),
+                    state.sticky.as_ref(),
+                    triage_core::router::choice::conversation_key(&inbound.openai),
+                ) {
+                    let follow_up =
+                        inbound.openai.messages.iter().any(|m| m.role == triage_core::openai::Role::Assistant);
+                    let (tier, stuck) = sticky.apply(key, d.tier, follow_up, std::time::Instant::now());
+                    if stuck {
+                        stuck_from = Some(d.tier);
+                        d.tier = tier;
+                    }
+                }
+                route_auto(state, scored, &requirements, &available).map(|(mut dec, score)| {
+                    if let Some(own) = stuck_from {
+                        dec.reason = format!(
+                            "sticky: this conversation was routed to tier {} before, so it stays there (this turn alone scored tier {}); {}",
+                            catalog.tiers()[dec.tier.min(catalog.tiers().len().saturating_sub(1))],
+                            catalog.tiers()[own.min(catalog.tiers().len().saturating_sub(1))],
+                            dec.reason
+                        );
+                    }
+                    (dec, score)
+                })
             }
             _ => route::select(catalog, &target, &requirements, available).map(|d| (d, None)),
         };
         let (decision, score) = routed.map_err(|e| match e {
             _ if local_only => GatewayError::SensitiveNeedsLocal(sensitivity.names()),
-            RouteError::Unavailable { .. } if key_ref.is_some_and(|k| !k.tiers.is_empty() || !k.models.is_empty()) => {
+            // A restricted key: what is down or unable may be all this key is allowed, so the
+            // answer names the restriction (403) with the reason, not a bare 400/503.
+            RouteError::Unavailable { .. } | RouteError::Unsatisfiable { .. }
+                if key_ref.is_some_and(|k| !k.tiers.is_empty() || !k.models.is_empty()) =>
+            {
                 GatewayError::Forbidden(format!("no model this key may use can serve this request ({e})"))
             }
             e => e.into(),
         })?;
         *route_out = Some(RouteInfo::routed(&decision));
         let (decision, reservation, stepped) =
-            accounting::admit(state, key_ref, &target, decision, &requirements, &available).await?;
+            accounting::admit(state, &acct.request_id, key_ref, &target, decision, &requirements, &available).await?;
         if stepped {
             *route_out = Some(RouteInfo::routed(&decision));
         }
@@ -319,6 +349,7 @@ async fn serve(
         p.retain(|c| allowed(catalog.deployments()[c.deployment].model));
         p
     };
+    acct.dispatched = Some(RouteInfo::routed(&decision));
     let served = match dispatch(state, &mut inbound, plan, typed, acct.started).await {
         Ok(s) => s,
         Err(Failed { error, attempts }) => {

@@ -141,6 +141,8 @@ pub struct AppState {
     pub evals: Option<crate::evals::Shadow>,
     /// Permits for concurrent blocking scorers (the embedding encoder): one per core.
     pub scoring_slots: Arc<tokio::sync::Semaphore>,
+    /// Per-conversation memory of the highest `auto` tier (`[router] sticky_secs`; `None` = off).
+    pub sticky: Option<Arc<triage_core::router::choice::StickyRoutes>>,
     /// Permits for concurrent exact token counts ([`crate::pipeline::count_prompt`]): one per core.
     pub count_slots: Arc<tokio::sync::Semaphore>,
     /// Metric handles of the series every answered request touches.
@@ -203,6 +205,8 @@ impl AppState {
         // (no tagging of texts under three words) is not yet verified on the whole suite.
         let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::rules_only);
         let instruments = crate::telemetry::Instruments::new(&catalog);
+        let sticky =
+            catalog.sticky_routing().map(|ttl| Arc::new(triage_core::router::choice::StickyRoutes::new(ttl, 100_000)));
         triage_core::tokens::set_max_tokenize_bytes(catalog.server().max_tokenize_bytes);
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Ok(AppState {
@@ -218,6 +222,7 @@ impl AppState {
             router: crate::scoring::RouterSlot::new(router),
             evals: None,
             scoring_slots: crate::scoring::scoring_slots(),
+            sticky,
             guard,
             stop: tokio::sync::watch::Sender::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
@@ -274,14 +279,17 @@ impl AppState {
         if !self.providers[p].has_key() {
             return Some(Unavailable::NoKey);
         }
-        // A local engine's own state says more than its probe.
+        // A local engine's own state is the truth (its probe only repeats it, and lags: a
+        // worker back after a crash would read `unreachable` until the next probe).
         match self.providers[p].local_state() {
             Some(EngineState::Failed(_)) => return Some(Unavailable::EngineFailed),
             Some(EngineState::Crashed(_)) => return Some(Unavailable::EngineCrashed),
-            _ => {}
-        }
-        if self.health[p].reachability() == Reachability::Down || !self.providers[p].loaded() {
-            return Some(Unavailable::Unreachable);
+            Some(EngineState::Loading | EngineState::Ready) => {}
+            None => {
+                if self.health[p].reachability() == Reachability::Down {
+                    return Some(Unavailable::Unreachable);
+                }
+            }
         }
         if self.providers[p].busy() {
             return Some(Unavailable::Busy);
@@ -504,8 +512,10 @@ impl AppState {
         if !self.providers[p].has_key() {
             return Some("no API key".into());
         }
-        if let Some(s @ (EngineState::Failed(_) | EngineState::Crashed(_))) = self.providers[p].local_state() {
-            return Some(s.describe());
+        match self.providers[p].local_state() {
+            Some(s @ (EngineState::Failed(_) | EngineState::Crashed(_))) => return Some(s.describe()),
+            Some(EngineState::Loading | EngineState::Ready) => return None,
+            None => {}
         }
         match self.health[p].reachability() {
             Reachability::Down => Some("unreachable".into()),

@@ -90,8 +90,15 @@ async fn direct(max_tokens: u32) -> Output {
 async fn direct_with(sampling: Sampling, max_tokens: u32) -> Output {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     let e = ENGINE.get_or_init(|| {
-        Engine::load(EngineConfig { model_path: model_file(), parallel: 1, queue: 4, context: 512, threads: 1 })
-            .unwrap()
+        Engine::load(EngineConfig {
+            model_path: model_file(),
+            parallel: 1,
+            queue: 4,
+            context: 512,
+            threads: 1,
+            chat_template: None,
+        })
+        .unwrap()
     });
     let req = GenerateRequest {
         messages: vec![Message::new("user", QUESTION)],
@@ -414,8 +421,15 @@ const TOOL_QUESTION: &str = "What is the weather in Oslo?";
 async fn direct_tool_call() -> Output {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
     let e = ENGINE.get_or_init(|| {
-        Engine::load(EngineConfig { model_path: tools_model_file(), parallel: 1, queue: 4, context: 2048, threads: 1 })
-            .unwrap()
+        Engine::load(EngineConfig {
+            model_path: tools_model_file(),
+            parallel: 1,
+            queue: 4,
+            context: 2048,
+            threads: 1,
+            chat_template: None,
+        })
+        .unwrap()
     });
     let f = &weather_tool()["function"];
     let req = GenerateRequest {
@@ -574,8 +588,15 @@ async fn tools_for_a_template_without_tool_support_are_a_400_saying_why() {
 /// A prompt the tiny model answers at full length (`tokens` tokens, greedy, in a context of
 /// `context`), found by running the engine in-process.
 async fn long_prompt(context: u32, tokens: u32) -> String {
-    let e =
-        Engine::load(EngineConfig { model_path: model_file(), parallel: 1, queue: 0, context, threads: 1 }).unwrap();
+    let e = Engine::load(EngineConfig {
+        model_path: model_file(),
+        parallel: 1,
+        queue: 0,
+        context,
+        threads: 1,
+        chat_template: None,
+    })
+    .unwrap();
     for i in 0..40 {
         let prompt = format!("Tell me a long story, number {i}.");
         let req = GenerateRequest {
@@ -729,4 +750,76 @@ async fn a_crashing_engine_leaves_cloud_traffic_untouched_and_comes_back() {
         }
     }
     assert!(n >= 20, "only {n} cloud requests ran through the crash");
+}
+
+// ---- Defaults and clear errors. ----
+
+#[tokio::test]
+async fn a_request_without_max_tokens_gets_the_providers_default() {
+    let expected = direct(7).await;
+    let gw = start(&config(0, "").replace("threads = 1\n", "threads = 1\nmax_tokens = 7\n")).await;
+    let body = json!({"model": "tiny", "temperature": 0, "messages": [{"role": "user", "content": QUESTION}]});
+    let resp = post(&gw, &body.to_string()).await;
+    assert_eq!(resp.status(), 200);
+    let v = json_body(resp).await;
+    assert_eq!(v["choices"][0]["message"]["content"], expected.text.as_str());
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 7);
+    // A request's own limit still wins.
+    let v = json_body(post(&gw, &request(false, 3)).await).await;
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+}
+
+/// The tiny model (no tools, 512 tokens) and, in the same tier, a tools-capable model with a
+/// large context on an Ollama-like provider that is not running.
+fn with_ollama_down() -> String {
+    config(
+        0,
+        "\n[providers.ollama]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:9/v1\"\nlocal = true\n\n[[models]]\nid = \"qwen-ollama\"\nprovider = \"ollama\"\ntier = \"local\"\nprice = { input = 0.0, output = 0.0 }\ncontext_window = 32768\ncapabilities = [\"tools\"]\n\n[spend]\ndatabase = \"\"\n",
+    )
+}
+
+#[tokio::test]
+async fn what_the_local_tier_cannot_serve_is_a_400_saying_why_not_a_503_naming_another_provider() {
+    let (gw, state) = start_with_state(&with_ollama_down()).await;
+    triage_gateway::health::probe_all(&state).await;
+    let tools = json!({"model": "local", "max_tokens": 4, "tools": [weather_tool()],
+        "messages": [{"role": "user", "content": QUESTION}]});
+    let resp = post(&gw, &tools.to_string()).await;
+    assert_eq!(resp.status(), 400);
+    let v = json_body(resp).await;
+    assert_eq!(
+        v["error"]["message"],
+        "no model can serve this request: the request has tools, and model tiny has no `tools` capability (the models that could serve it are unavailable now: providers ollama)"
+    );
+    let long = "lorem ipsum dolor sit amet ".repeat(200);
+    let body = json!({"model": "local", "max_tokens": 4, "messages": [{"role": "user", "content": long}]});
+    let resp = post(&gw, &body.to_string()).await;
+    assert_eq!(resp.status(), 400);
+    let m = json_body(resp).await["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        m.contains("exceed the context window of model tiny (512 tokens)") && m.ends_with("providers ollama)"),
+        "{m}"
+    );
+    // What the tiny model can serve, it serves.
+    let resp = post(&gw, &request(false, 4).replace("\"tiny\"", "\"local\"")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-triage-model"], "tiny");
+}
+
+#[tokio::test]
+async fn a_local_engines_health_is_its_own_state_never_unreachable() {
+    let (gw, state) = start_with_state(&config(0, "\n[spend]\ndatabase = \"\"\n")).await;
+    let engine = state.providers.iter().find_map(|p| p.local_engine()).expect("a local engine").clone();
+    engine.ready().await.unwrap();
+    // A probe taken while the worker was down (after a crash) is stale once it is back.
+    state.health[0].record(triage_gateway::state::Reachability::Down, 0);
+    let health = json_body(client().get(gw.url("/v1/health/deployments")).send().await.unwrap()).await;
+    let tiny = &health["deployments"][0];
+    assert_eq!(
+        (&tiny["available"], &tiny["reason"], &tiny["engine"]["state"]),
+        (&json!(true), &json!(null), &json!("ready"))
+    );
+    let resp = post(&gw, &request(false, 2)).await;
+    assert_eq!(resp.status(), 200);
 }

@@ -502,24 +502,172 @@ async fn abandoned_requests_release_their_reservation() {
         limit: NanoUsd(1_000_000_000),
         soft: 0.8,
     };
-    let quick = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
-    let r = quick
+    let request = client()
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(&key)
         .header("x-request-id", "gone-1")
         .body(r#"{"model":"openai-model","max_tokens":50,"messages":[{"role":"user","content":"x"}]}"#)
-        .send()
-        .await;
-    assert!(r.is_err(), "the client gave up");
+        .send();
+    // The client gives up once its request is upstream.
+    let sent = tokio::spawn(request);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.calls() == 0 {
+        assert!(Instant::now() < deadline, "the request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sent.abort();
+    assert!(sent.await.is_err(), "the client gave up");
+    let (status, model, cost, usage, estimated) = row(&store, "gone-1").await;
+    // It was upstream when its client left: the prompt is billed (estimated, flagged so).
+    assert_eq!((status.as_str(), model.as_deref(), estimated), ("cancelled", Some("openai-model"), true));
+    assert_eq!((usage.output, cost), (0, NanoUsd(usage.input * 1000)));
+    assert!(usage.input > 0);
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let (spent, reserved) = store.budget_used(&line, triage_store::now_ms()).await.unwrap();
         if reserved.0 == 0 {
-            assert_eq!(spent, NanoUsd(0));
+            assert_eq!(spent, cost, "the budget counts what the ledger records");
             break;
         }
         assert!(Instant::now() < deadline, "reservation never released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(row(&store, "gone-1").await.0, "cancelled");
+}
+
+/// Issue 18, item 2: clients that hang up while their request is being admitted. 2,000 requests
+/// (64 at a time) over four budget lines (the key's day and month, a user and a team budget),
+/// each client giving up after a time spread log-uniformly from 0.1 ms to 1 s: while
+/// connecting or sending, being authenticated, routed or admitted, waiting on the 30 ms
+/// upstream, or answered (the test checks that each of these stages was hit). Afterwards nothing
+/// is reserved on any line, no reservation row is left, and what the budgets count as spent
+/// equals the ledger's cost for the same requests (none lost, none counted twice). On today's
+/// main this leaked reservations on both databases (the issue: 62 of 2,000 on SQLite, 559 on
+/// PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_hanging_up_during_admission_leak_no_reservation() {
+    for db in databases() {
+        let up = FakeUpstream::replay(Reply::steps(
+            200,
+            vec![Step::Sleep(Duration::from_millis(30)), Step::Write(COMPLETION.as_bytes().to_vec())],
+        ))
+        .await;
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let (user, team) = (format!("hang-u-{tag}"), format!("hang-t-{tag}"));
+        let budgets = format!(
+            "auth = \"keys\"\n[[budgets]]\nscope = \"team\"\nsubject = \"{team}\"\nperiod = \"day\"\nlimit_usd = 100\n[[budgets]]\nscope = \"user\"\nsubject = \"{user}\"\nperiod = \"month\"\nlimit_usd = 100\n"
+        );
+        let gw = Arc::new(start(&config(&up.url(), &db, &budgets)).await);
+        let store = Store::connect(&db).await.unwrap();
+        let (rec, key) = store
+            .create_key(&NewKey {
+                user: user.clone(),
+                team: team.clone(),
+                budget_day: Some(NanoUsd(100_000_000_000)),
+                budget_month: Some(NanoUsd(100_000_000_000)),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let line = |scope: &str, subject: &str, period| triage_store::BudgetLine {
+            scope: scope.into(),
+            subject: subject.into(),
+            tier: None,
+            period,
+            limit: NanoUsd(100_000_000_000),
+            soft: 0.8,
+        };
+        use triage_store::Period::{Day, Month};
+        let lines = [
+            line("key", &rec.id, Day),
+            line("key", &rec.id, Month),
+            line("user", &user, Month),
+            line("team", &team, Day),
+        ];
+        let body = r#"{"model":"openai-model","max_tokens":50,"messages":[{"role":"user","content":"x"}]}"#;
+        // One whole request first (the key is cached, the tokenizer loaded).
+        assert_eq!(post_id(&gw, &format!("{tag}-warm"), body, Some(&key)).await.status(), 200);
+        let key = Arc::new(key);
+        let permits = Arc::new(tokio::sync::Semaphore::new(64));
+        let n = 2000u64;
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let (gw, key, permits, tag) = (gw.clone(), key.clone(), permits.clone(), tag.clone());
+            // Interleaved so that every stretch of the run has short and long waits.
+            let j = (i * 1237) % n;
+            let wait_us = (100.0 * 10_000f64.powf(j as f64 / n as f64)) as u64;
+            tasks.push(tokio::spawn(async move {
+                let _p = permits.acquire().await.unwrap();
+                let c = reqwest::Client::builder().timeout(Duration::from_micros(wait_us)).build().unwrap();
+                let r = c
+                    .post(gw.url("/v1/chat/completions"))
+                    .header("x-request-id", format!("{tag}-{i}"))
+                    .bearer_auth(&*key)
+                    .body(body)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) => (r.status().as_u16(), r.bytes().await.is_ok()),
+                    Err(_) => (0, false),
+                }
+            }));
+        }
+        let mut outcomes = std::collections::BTreeMap::new();
+        for t in tasks {
+            let (status, _) = t.await.unwrap();
+            *outcomes.entry(status).or_insert(0u64) += 1;
+        }
+        assert!(outcomes.keys().all(|s| *s == 0 || *s == 200), "{outcomes:?}");
+        // Every request the gateway saw ends (the upstream's 30 ms), settles and reaches the ledger.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let (used, ledger) = loop {
+            let mut used = Vec::new();
+            for l in &lines {
+                used.push(store.budget_used(l, triage_store::now_ms()).await.unwrap());
+            }
+            let ledger = store
+                .spend(triage_store::GroupBy::User, None)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|r| r.key == user)
+                .map(|r| r.cost)
+                .unwrap_or(NanoUsd(0));
+            let status = store.budget_status(triage_store::now_ms()).await.unwrap();
+            let rows: u64 = status
+                .iter()
+                .filter(|s| s.subject == rec.id || s.subject == user || s.subject == team)
+                .map(|s| s.reservations)
+                .sum();
+            let settled = used.iter().all(|(spent, reserved)| reserved.0 == 0 && *spent == ledger) && rows == 0;
+            if settled || Instant::now() > deadline {
+                assert_eq!(rows, 0, "reservation rows left ({:?}): {status:?}", store.backend());
+                break (used, ledger);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        for (l, (spent, reserved)) in lines.iter().zip(&used) {
+            assert_eq!(*reserved, NanoUsd(0), "{} leaked a reservation on {db}", l.describe());
+            assert_eq!(*spent, ledger, "{}: budget spend vs ledger on {db}", l.describe());
+        }
+        // Where the clients hung up, from the ledger: never seen (before the handler or its
+        // authentication), cancelled before going upstream (routing, admission), cancelled
+        // upstream, answered.
+        let mut stages = [0u64; 4];
+        for i in 0..n {
+            let stage = match store.request_summary(&format!("{tag}-{i}")).await.unwrap() {
+                None => 0,
+                Some((status, _, cost, _, _)) if status == "cancelled" && cost.0 == 0 => 1,
+                Some((status, ..)) if status == "cancelled" => 2,
+                Some(_) => 3,
+            };
+            stages[stage] += 1;
+        }
+        eprintln!(
+            "{db}: {n} requests: {} hung up before being seen, {} during routing/admission, {} upstream, {} answered; {outcomes:?}; spent {ledger} on each line, nothing reserved",
+            stages[0], stages[1], stages[2], stages[3]
+        );
+        // Before, during and after admission (how many hang up while upstream, a 30 ms window,
+        // depends on the machine's load).
+        assert!(stages[0] > 0 && stages[1] > 0 && stages[2] + stages[3] > 0, "every stage is hit: {stages:?}");
+    }
 }

@@ -293,6 +293,7 @@ async fn run(
         // Room for the pp prompt, or for a short prompt and tg tokens.
         context: pp.max(tg + 64) + 16,
         threads,
+        chat_template: None,
     };
     let local = Engine::load(config.clone())?;
     // The pp prompt is made with an in-process engine (templating and token counts).

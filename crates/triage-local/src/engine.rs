@@ -12,6 +12,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::known::TemplateSource;
 use crate::template::ChatTemplate;
 use crate::tools::ToolFormat;
 
@@ -30,6 +31,10 @@ pub struct EngineConfig {
     pub context: u32,
     /// CPU threads llama.cpp uses for each decode step; 0 = the number of cores.
     pub threads: u32,
+    /// A chat template (Jinja) to use instead of the model file's; `None`: the file's, or, when
+    /// the file has none that can be run, the known template of the model's family.
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 /// Why the engine cannot serve a request.
@@ -440,39 +445,85 @@ pub(crate) struct Model {
     jinja: Option<ChatTemplate>,
     /// The tool-call format when the template supports tools, or why it does not.
     pub tool_support: Result<ToolFormat, String>,
+    /// Where the prompt format comes from.
+    pub template_source: TemplateSource,
 }
 
 /// The name of the tool rendered to find out whether a template shows tools to the model.
 const PROBE_TOOL: &str = "triage_probe_tool_5e1f";
 
 impl Model {
-    fn new(llama: LlamaModel) -> Result<Model, EngineError> {
-        let source = llama
-            .chat_template(None)
-            .map_err(|e| EngineError::Template(format!("the model has no usable chat template: {e}")))?;
+    /// The model and its prompt format: `configured` (the provider's `chat_template`) when given,
+    /// else the file's own template run as Jinja, else the known template of the model's family
+    /// ([`crate::known`]), else the file's template through llama.cpp's built-in matcher.
+    fn new(llama: LlamaModel, configured: Option<&str>) -> Result<Model, EngineError> {
         let probe = [Message::new("user", "hi")];
         let vocab = llama.vocab();
         let text = |t: LlamaToken| vocab.text(t).map(|c| c.to_string_lossy().into_owned()).unwrap_or_default();
         let (bos, eos) = (text(vocab.bos()), text(vocab.eos()));
-        let jinja = match source.to_str() {
-            Ok(src) => ChatTemplate::new(src, &bos, &eos)
-                .and_then(|t| t.render(&probe, None, true).map(|_| t).map_err(|e| e.to_string())),
-            Err(e) => Err(format!("the template is not UTF-8: {e}")),
+        let compile = |src: &str| {
+            ChatTemplate::new(src, &bos, &eos)
+                .and_then(|t| t.render(&probe, None, true).map(|_| t).map_err(|e| e.to_string()))
         };
-        let mut model = Model { llama, builtin: Some(source), jinja: None, tool_support: Err(String::new()) };
-        let builtin_ok = model.render_builtin(&probe);
-        if builtin_ok.is_err() {
-            model.builtin = None;
+        let mut model = Model {
+            llama,
+            builtin: None,
+            jinja: None,
+            tool_support: Err(String::new()),
+            template_source: TemplateSource::File,
+        };
+        if let Some(src) = configured {
+            let t = compile(src)
+                .map_err(|e| EngineError::Template(format!("the chat_template of the provider's config: {e}")))?;
+            model.jinja = Some(t);
+            model.template_source = TemplateSource::Configured;
+            model.tool_support = model.probe_tools();
+            return Ok(model);
         }
-        match jinja {
-            Ok(t) => model.jinja = Some(t),
-            Err(e) => {
-                if let Err(b) = builtin_ok {
-                    return Err(EngineError::Template(format!(
-                        "the model's template can be run neither as Jinja ({e}) nor by llama.cpp ({b})"
-                    )));
+        let file = model.llama.chat_template(None);
+        // Why the file's own template cannot be run as Jinja, if it cannot.
+        let why = match &file {
+            Err(_) => Some("the file has none".to_owned()),
+            Ok(source) => match source.to_str().map_err(|e| format!("it is not UTF-8: {e}")).and_then(compile) {
+                Ok(t) => {
+                    model.jinja = Some(t);
+                    None
                 }
-                tracing::warn!(error = %e, "the chat template cannot be run as Jinja; using llama.cpp's built-in template support, without tools");
+                Err(e) => Some(format!("MiniJinja cannot run the file's: {e}")),
+            },
+        };
+        if let Ok(source) = file {
+            model.builtin = Some(source);
+            if model.render_builtin(&probe).is_err() {
+                model.builtin = None;
+            }
+        }
+        if let Some(why) = why {
+            let meta = |k: &str| model.llama.meta_val_str(k).ok();
+            let arch = meta("general.architecture").unwrap_or_default();
+            let known = crate::known::for_model(
+                &arch,
+                meta("tokenizer.ggml.model").as_deref(),
+                meta("general.name").as_deref(),
+            );
+            match (known, model.builtin.is_some()) {
+                (Some(k), _) => {
+                    let t = compile(k.source).map_err(|e| EngineError::Template(format!("the {} template: {e}", k.family)))?;
+                    tracing::warn!(architecture = %arch, template = k.family, reason = %why, "the model file has no chat template the engine can run; using its family's known template");
+                    model.jinja = Some(t);
+                    model.template_source = TemplateSource::Family { family: k.family.to_owned(), why };
+                }
+                (None, true) => {
+                    tracing::warn!(error = %why, "the chat template cannot be run as Jinja; using llama.cpp's built-in template support, without tools");
+                    model.template_source = TemplateSource::FileBuiltin;
+                }
+                (None, false) => {
+                    return Err(EngineError::Template(format!(
+                        "no usable chat template: {why}, and Triage knows no template for its architecture \"{arch}\" (it knows {}); \
+                         set chat_template in the provider's config (inline Jinja, or the path of a file holding it)",
+                        crate::known::FAMILIES
+                    )))
+                }
             }
         }
         model.tool_support = model.probe_tools();
@@ -632,7 +683,7 @@ impl Engine {
         let llama = LlamaModel::load_from_file(backend, &config.model_path, &LlamaModelParams::default())
             .map_err(|e| load_err(format!("llama.cpp cannot read the model: {e}")))?;
         // Fails here, not on the first request, when the template cannot be run.
-        let model = Arc::new(Model::new(llama)?);
+        let model = Arc::new(Model::new(llama, config.chat_template.as_deref())?);
 
         let capacity = config.parallel as usize + config.queue as usize;
         let shared = Arc::new(Shared {
@@ -660,6 +711,7 @@ impl Engine {
         }
         tracing::info!(
             model = %path,
+            template = %model.template_source,
             tools = model.tool_support.as_ref().map_or("no", |f| f.as_str()),
             parallel = config.parallel,
             queue = config.queue,
@@ -719,6 +771,12 @@ impl Engine {
     /// Errors: a sentence saying why (no Jinja, no tools shown, unknown call format).
     pub fn tool_format(&self) -> Result<ToolFormat, String> {
         self.model.tool_support.clone()
+    }
+
+    /// Where the prompt format comes from (the file's template, the config's, or the known
+    /// template of the model's family).
+    pub fn template_source(&self) -> &TemplateSource {
+        &self.model.template_source
     }
 
     /// True when [`Engine::generate`] would answer [`EngineError::Busy`] now.

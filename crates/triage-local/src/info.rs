@@ -57,6 +57,8 @@ pub struct ModelInfo {
     pub context_length: Option<u32>,
     /// `tokenizer.chat_template`: the Jinja chat template, when the file carries one.
     pub chat_template: Option<String>,
+    /// `tokenizer.ggml.model`: `gpt2` (BPE), `llama` (SentencePiece), ...
+    pub tokenizer_model: Option<String>,
 }
 
 impl ModelInfo {
@@ -71,6 +73,38 @@ impl ModelInfo {
         let source = self.chat_template.as_deref().ok_or("the file has no chat template")?;
         let template = crate::template::ChatTemplate::new(source, "", "")?;
         crate::engine::probe_tools(&template)
+    }
+
+    /// The chat template the engine will prompt this model with (as [`crate::Engine::load`]
+    /// chooses it without a configured `chat_template`): the file's own when MiniJinja runs it,
+    /// else the known template of the model's family, else the file's through llama.cpp's
+    /// built-in matcher (which the engine checks when it loads the model).
+    ///
+    /// Errors: the file has no template that can be run and Triage knows none for its
+    /// architecture: why, and the fix (`chat_template` in the provider's config).
+    pub fn template(&self) -> Result<crate::TemplateSource, String> {
+        let why = match self.chat_template.as_deref() {
+            None => "the file has none".to_owned(),
+            Some(source) => {
+                let probe = [crate::Message::new("user", "hi")];
+                match crate::template::ChatTemplate::new(source, "", "")
+                    .and_then(|t| t.render(&probe, None, true).map_err(|e| e.to_string()))
+                {
+                    Ok(_) => return Ok(crate::TemplateSource::File),
+                    Err(e) => format!("MiniJinja cannot run the file's: {e}"),
+                }
+            }
+        };
+        match crate::known::for_model(&self.architecture, self.tokenizer_model.as_deref(), self.name.as_deref()) {
+            Some(k) => Ok(crate::TemplateSource::Family { family: k.family.to_owned(), why }),
+            None if self.chat_template.is_some() => Ok(crate::TemplateSource::FileBuiltin),
+            None => Err(format!(
+                "no usable chat template: {why}, and Triage knows no template for its architecture \"{}\" (it knows {}); \
+                 set chat_template in the provider's config (inline Jinja, or the path of a file holding it)",
+                self.architecture,
+                crate::known::FAMILIES
+            )),
+        }
     }
 
     /// Reads `path`'s GGUF header.
@@ -119,6 +153,7 @@ impl ModelInfo {
             size,
             name: string("general.name").filter(|n| !n.trim().is_empty()),
             chat_template: string("tokenizer.chat_template"),
+            tokenizer_model: string("tokenizer.ggml.model"),
             architecture,
             context_length,
         })

@@ -13,8 +13,10 @@
 //! Prompts are built with the model's own chat template from its GGUF metadata
 //! (`tokenizer.chat_template`), run as Jinja by MiniJinja with the variables Hugging Face
 //! transformers gives it (`messages`, `tools`, `add_generation_prompt`, `bos_token`, ...); a
-//! template MiniJinja cannot run falls back to llama.cpp's built-in matcher
-//! (`llama_chat_apply_template`) for requests without tools.
+//! file without a template MiniJinja can run gets the known template of its family (Gemma,
+//! Llama 2/3, Mistral, Qwen's ChatML, Phi-3; [`TemplateSource`]), else llama.cpp's built-in
+//! matcher (`llama_chat_apply_template`) for requests without tools; a provider's
+//! `chat_template` overrides them all.
 //!
 //! Tool calls: when rendering a probe tool puts it in the prompt, the template supports tools,
 //! and the call format it teaches (Hermes `<tool_call>`, Llama 3 JSON, Mistral `[TOOL_CALLS]`)
@@ -30,6 +32,7 @@
 
 mod engine;
 mod info;
+mod known;
 mod process;
 mod template;
 mod text;
@@ -41,6 +44,7 @@ pub use engine::{
     Sampling, Tool, ToolCall, ToolChoice, Usage,
 };
 pub use info::{InfoError, ModelInfo};
+pub use known::TemplateSource;
 pub use process::{
     run_test_worker_if_asked, worker_main, EngineHealth, EngineProcess, EngineState, WorkerCommand, WorkerOptions,
     WORKER_SUBCOMMAND,

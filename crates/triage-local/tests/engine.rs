@@ -16,7 +16,8 @@ fn model_file() -> PathBuf {
 }
 
 fn engine(parallel: u32, queue: u32, context: u32) -> Engine {
-    Engine::load(EngineConfig { model_path: model_file(), parallel, queue, context, threads: 1 }).expect("load")
+    Engine::load(EngineConfig { model_path: model_file(), parallel, queue, context, threads: 1, chat_template: None })
+        .expect("load")
 }
 
 fn messages() -> Vec<Message> {
@@ -193,6 +194,7 @@ fn a_missing_file_is_a_load_error_naming_it() {
         queue: 0,
         context: 64,
         threads: 1,
+        chat_template: None,
     })
     .unwrap_err();
     assert_eq!(err.to_string(), "cannot load /nonexistent/model.gguf: no such file");
@@ -211,8 +213,15 @@ fn tools_model_file() -> PathBuf {
 }
 
 fn tools_engine() -> Engine {
-    Engine::load(EngineConfig { model_path: tools_model_file(), parallel: 1, queue: 0, context: 1024, threads: 1 })
-        .expect("load")
+    Engine::load(EngineConfig {
+        model_path: tools_model_file(),
+        parallel: 1,
+        queue: 0,
+        context: 1024,
+        threads: 1,
+        chat_template: None,
+    })
+    .expect("load")
 }
 
 fn weather_tools() -> Vec<Tool> {
@@ -383,7 +392,15 @@ const NO_SYSTEM_TEMPLATE: &str = "{% if messages[0]['role'] == 'system' %}{{ rai
 #[tokio::test]
 async fn a_conversation_the_jinja_template_refuses_falls_back_to_llama_cpp_without_tools() {
     let path = TinyLlama { chat_template: NO_SYSTEM_TEMPLATE, ..TinyLlama::default() }.write_temp().unwrap();
-    let e = Engine::load(EngineConfig { model_path: path, parallel: 1, queue: 0, context: 512, threads: 1 }).unwrap();
+    let e = Engine::load(EngineConfig {
+        model_path: path,
+        parallel: 1,
+        queue: 0,
+        context: 512,
+        threads: 1,
+        chat_template: None,
+    })
+    .unwrap();
     // Without a system turn, Jinja renders it; with one, llama.cpp's ChatML does, as before Jinja.
     assert_eq!(
         e.render(&messages()[1..]).unwrap(),
@@ -410,8 +427,15 @@ async fn llama3_and_mistral_formats_force_well_formed_calls_too() {
         [(LLAMA3_STYLE_TEMPLATE, ToolFormat::Llama3), (MISTRAL_STYLE_TEMPLATE, ToolFormat::Mistral)]
     {
         let path = TinyLlama { chat_template: template, ..TinyLlama::default() }.write_temp().unwrap();
-        let e =
-            Engine::load(EngineConfig { model_path: path, parallel: 1, queue: 0, context: 2048, threads: 1 }).unwrap();
+        let e = Engine::load(EngineConfig {
+            model_path: path,
+            parallel: 1,
+            queue: 0,
+            context: 2048,
+            threads: 1,
+            chat_template: None,
+        })
+        .unwrap();
         assert_eq!(e.tool_format(), Ok(format));
         for choice in [ToolChoice::Required, ToolChoice::Function("get_weather".into())] {
             let out = run(&e, GenerateRequest { max_tokens: Some(300), ..tool_request(choice.clone()) }).await;
@@ -495,4 +519,114 @@ async fn a_long_prompt_is_read_between_the_tokens_of_a_running_generation() {
     assert!(during >= chunks - 1, "{during} tokens generated while {chunks} chunks were read");
     drop(g);
     reader.abort();
+}
+
+// ---- Files without a chat template the engine can run. ----
+
+fn load_with(tiny: TinyLlama, chat_template: Option<&str>) -> Engine {
+    let path = tiny.write_temp().unwrap();
+    let config = EngineConfig {
+        model_path: path,
+        parallel: 1,
+        queue: 0,
+        context: 512,
+        threads: 1,
+        chat_template: chat_template.map(str::to_owned),
+    };
+    Engine::load(config).unwrap()
+}
+
+#[tokio::test]
+async fn a_file_without_a_template_gets_its_familys_and_says_so() {
+    // The tiny model is a `llama` with a SentencePiece vocabulary: Llama 2's format.
+    let tiny = TinyLlama { chat_template: "", ..TinyLlama::default() };
+    let info = triage_local::ModelInfo::read(&tiny.write_temp().unwrap()).unwrap();
+    assert_eq!(info.chat_template, None);
+    let expected = triage_local::TemplateSource::Family { family: "Llama 2".into(), why: "the file has none".into() };
+    assert_eq!(info.template(), Ok(expected.clone()));
+    let e = load_with(tiny, None);
+    assert_eq!(e.template_source(), &expected);
+    assert_eq!(e.template_source().to_string(), "the Llama 2 template (the file has none)");
+    // BOS is the tokenizer's to add: the prompt starts at `[INST]`.
+    assert_eq!(
+        e.render(&messages()).unwrap(),
+        "[INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\nHello there, what is the answer? [/INST]"
+    );
+    assert_eq!(run(&e, greedy(5)).await.usage.completion_tokens, 5);
+}
+
+#[tokio::test]
+async fn a_template_minijinja_cannot_run_is_replaced_by_the_familys() {
+    let tiny = TinyLlama { chat_template: "{{ messages[0].content.nosuchmethod() }}", ..TinyLlama::default() };
+    let info = triage_local::ModelInfo::read(&tiny.write_temp().unwrap()).unwrap();
+    let Ok(triage_local::TemplateSource::Family { family, why }) = info.template() else {
+        panic!("{:?}", info.template())
+    };
+    assert_eq!(family, "Llama 2");
+    assert!(why.starts_with("MiniJinja cannot run the file's: "), "{why}");
+    let e = load_with(tiny, None);
+    assert_eq!(info.template().unwrap(), *e.template_source());
+    assert!(e.render(&messages()).unwrap().starts_with("[INST] <<SYS>>\nYou are terse."));
+}
+
+/// Gemma's format, given in the provider's config: Gemma has no system role, so the system
+/// prompt is folded into the first user turn.
+const GEMMA_STYLE_TEMPLATE: &str = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set first_user_prefix = messages[0]['content'] + '\\n\\n' %}{% set loop_messages = messages[1:] %}{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}{% for message in loop_messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}";
+
+#[tokio::test]
+async fn a_configured_template_overrides_the_files_and_gemma_style_folds_the_system_prompt() {
+    // The file's own (ChatML) is not used.
+    let e = load_with(TinyLlama::default(), Some(GEMMA_STYLE_TEMPLATE));
+    assert_eq!(e.template_source(), &triage_local::TemplateSource::Configured);
+    let mut chat = messages();
+    chat.push(Message::new("assistant", "42."));
+    chat.push(Message::new("user", "Why?"));
+    assert_eq!(
+        e.render(&chat).unwrap(),
+        "<start_of_turn>user\nYou are terse.\n\nHello there, what is the answer?<end_of_turn>\n\
+         <start_of_turn>model\n42.<end_of_turn>\n<start_of_turn>user\nWhy?<end_of_turn>\n<start_of_turn>model\n"
+    );
+    assert_eq!(run(&e, greedy(4)).await.usage.completion_tokens, 4);
+    // A configured template that cannot be run is a load error naming the setting.
+    let path = TinyLlama::default().write_temp().unwrap();
+    let err = Engine::load(EngineConfig {
+        model_path: path,
+        parallel: 1,
+        queue: 0,
+        context: 512,
+        threads: 1,
+        chat_template: Some("{{ messages[0].content.nosuchmethod() }}".into()),
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, EngineError::Template(m) if m.starts_with("the chat_template of the provider's config: ")),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_architecture_without_a_template_is_refused_with_the_fix() {
+    let info = triage_local::ModelInfo {
+        path: "/models/x.gguf".into(),
+        size: 1,
+        architecture: "mamba".into(),
+        name: None,
+        context_length: None,
+        chat_template: None,
+        tokenizer_model: None,
+    };
+    let err = info.template().unwrap_err();
+    assert!(
+        err.starts_with(
+            "no usable chat template: the file has none, and Triage knows no template for its architecture \"mamba\""
+        ),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("set chat_template in the provider's config (inline Jinja, or the path of a file holding it)"),
+        "{err}"
+    );
+    // With a template that MiniJinja cannot run, llama.cpp's matcher may still know it.
+    let info = triage_local::ModelInfo { chat_template: Some("{% bad".into()), ..info };
+    assert_eq!(info.template(), Ok(triage_local::TemplateSource::FileBuiltin));
 }

@@ -32,7 +32,7 @@ fn model_file() -> PathBuf {
 }
 
 fn config(parallel: u32, queue: u32) -> EngineConfig {
-    EngineConfig { model_path: model_file(), parallel, queue, context: 512, threads: 1 }
+    EngineConfig { model_path: model_file(), parallel, queue, context: 512, threads: 1, chat_template: None }
 }
 
 async fn started(parallel: u32, queue: u32) -> EngineProcess {

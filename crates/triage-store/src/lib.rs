@@ -6,15 +6,18 @@
 //! `migrations/`, versioned and applied at start-up. Money is integer nano-dollars (see
 //! `triage_core::cost`); times are RFC 3339 UTC text, which sorts like time.
 //!
-//! Budget reservations are single conditional `UPDATE`s (`... WHERE spent + reserved + amount <=
-//! limit`), atomic in both databases, so concurrent requests, from one gateway or many, can
-//! never together pass a limit (shared case C29).
+//! A budget reservation is one transaction over every budget line of a request: a conditional
+//! `UPDATE` per line (`... WHERE spent + reserved + amount <= limit`, atomic in both databases,
+//! so concurrent requests, from one gateway or many, can never together pass a limit; shared
+//! case C29) and a row per line owned by the process's lease (`lease`), so that what a dead
+//! process held is given back.
 #![deny(missing_docs)]
 
 mod budget;
 mod evals;
 mod evals_report;
 mod keys;
+mod lease;
 mod ledger;
 mod report;
 mod time;
@@ -25,10 +28,11 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::AnyPool;
 
-pub use budget::{BudgetLine, Exceeded, Period, Reservation};
+pub use budget::{BudgetLine, Exceeded, Holder, Period, Reservation};
 pub use evals::{EvalRecord, EvalTexts, Feedback, FeedbackRow, RequestOwner};
 pub use evals_report::{EvalGroup, EvalGroupBy, EvalReport};
 pub use keys::{KeyRecord, NewKey};
+pub use lease::{BudgetStatus, Released, DEFAULT_LEASE, MAX_RESERVATION_AGE};
 pub use ledger::{AttemptRecord, GroupBy, Ledger, RequestRecord, SpendRow};
 pub use report::Report;
 pub use time::{iso_week, ms_of_rfc3339, now_ms, rfc3339, Utc};
@@ -42,6 +46,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A database task ended before its answer (the runtime shutting down).
+    #[error("database task interrupted: {0}")]
+    Interrupted(String),
     /// The URL names no supported database.
     #[error("unsupported database URL \"{0}\" (use sqlite://PATH or postgres://...)")]
     Url(String),
@@ -65,6 +72,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    leases: std::sync::Arc<lease::Leases>,
 }
 
 impl Store {
@@ -102,7 +110,7 @@ impl Store {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             MIGRATOR.run(&pool).await?;
         }
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, leases: std::sync::Arc::new(lease::Leases::new()) })
     }
 
     /// The database kind.
@@ -139,5 +147,7 @@ impl Store {
 
 #[cfg(test)]
 mod evals_tests;
+#[cfg(test)]
+mod lease_tests;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use triage_core::cost::{NanoUsd, TokenUsage};
 
+use crate::lease_tests::held;
 use crate::*;
 
 pub(crate) async fn stores() -> Vec<Store> {
@@ -88,11 +89,12 @@ async fn concurrent_reservations_never_pass_the_limit() {
         let (spent, reserved) = store.budget_used(&line, now).await.unwrap();
         assert_eq!((spent, reserved), (NanoUsd(0), NanoUsd(50 * 400_000)));
         // Half settle at a lower real cost, half are released (failed or cancelled).
-        for (i, r) in admitted.iter().enumerate() {
+        for (i, r) in admitted.into_iter().enumerate() {
             let actual = if i % 2 == 0 { NanoUsd(300_000) } else { NanoUsd(0) };
             store.settle(r, actual).await.unwrap();
         }
         assert_eq!(store.budget_used(&line, now).await.unwrap(), (NanoUsd(25 * 300_000), NanoUsd(0)));
+        assert_eq!(held(&store, &line).await, 0, "every reservation row is gone");
     }
 }
 
@@ -112,7 +114,14 @@ async fn reservation_over_two_lines_releases_the_first_when_the_second_is_full()
         let err = store.reserve(&[user.clone(), tier.clone()], NanoUsd(150), now).await.unwrap().unwrap_err();
         assert_eq!(err.line, tier);
         assert_eq!(store.budget_used(&user, now).await.unwrap(), (NanoUsd(0), NanoUsd(0)));
-        assert!(store.reserve(&[user.clone(), tier], NanoUsd(100), now).await.unwrap().is_ok());
+        assert_eq!(held(&store, &user).await, 0);
+        let r = store.reserve(&[user.clone(), tier.clone()], NanoUsd(100), now).await.unwrap().unwrap();
+        assert_eq!(store.budget_used(&user, now).await.unwrap(), (NanoUsd(0), NanoUsd(100)));
+        assert_eq!((held(&store, &user).await, held(&store, &tier).await), (1, 1));
+        store.settle(r, NanoUsd(60)).await.unwrap();
+        assert_eq!(store.budget_used(&user, now).await.unwrap(), (NanoUsd(60), NanoUsd(0)));
+        assert_eq!(store.budget_used(&tier, now).await.unwrap(), (NanoUsd(60), NanoUsd(0)));
+        assert_eq!((held(&store, &user).await, held(&store, &tier).await), (0, 0));
     }
 }
 

@@ -105,7 +105,7 @@ pub struct TinyLlama {
     /// Training context length written to the metadata, in tokens.
     pub context_length: u32,
     /// `tokenizer.chat_template`: [`CHATML_TEMPLATE`] by default, [`CHATML_TOOLS_TEMPLATE`] for
-    /// tool calling.
+    /// tool calling; empty: the file has no template (as a base model's).
     pub chat_template: &'static str,
     /// Vocabulary size: the tokens below, padded with unused tokens (`<pad_N>`, never produced by
     /// the tokenizer) up to this many; a smaller number leaves the vocabulary as it is.
@@ -383,7 +383,7 @@ impl TinyLlama {
         let kv_heads = if self.kv_heads == 0 { self.heads } else { self.kv_heads };
         let (embd, ff) = (u64::from(self.embd), u64::from(self.ff));
         let kv_embd = embd / u64::from(self.heads.max(1)) * u64::from(kv_heads);
-        let kv: Vec<(&str, Value)> = vec![
+        let mut kv: Vec<(&str, Value)> = vec![
             ("general.architecture", Value::Str("llama".into())),
             ("general.name", Value::Str(format!("triage-tiny-llama-seed{}", self.seed))),
             ("general.alignment", Value::U32(ALIGNMENT as u32)),
@@ -407,6 +407,8 @@ impl TinyLlama {
             ("tokenizer.ggml.add_eos_token", Value::Bool(false)),
             ("tokenizer.chat_template", Value::Str(self.chat_template.into())),
         ];
+        // An empty template: the file has none, as base models' files.
+        kv.retain(|(k, v)| !(*k == "tokenizer.chat_template" && matches!(v, Value::Str(s) if s.is_empty())));
 
         let half = self.weights == Weights::F16;
         let ones = |name: String| Tensor { name, dims: vec![embd], init: Init::Ones, half: false };

@@ -1,9 +1,9 @@
-//! `triage keys` and `triage spend`: administration on the ledger database.
+//! `triage keys`, `triage spend` and `triage budgets`: administration on the ledger database.
 
 use clap::{Args, Subcommand};
-use triage_core::catalog::Catalog;
+use triage_core::catalog::{BudgetPeriod, BudgetScope, Catalog};
 use triage_core::cost::NanoUsd;
-use triage_store::{GroupBy, NewKey, Report, Store};
+use triage_store::{BudgetStatus, GroupBy, NewKey, Report, Store};
 
 /// `triage keys ...`.
 #[derive(Subcommand)]
@@ -59,6 +59,137 @@ pub struct SpendArgs {
 async fn open(catalog: &Catalog) -> Result<Store, String> {
     let url = catalog.spend().database.as_deref().ok_or("no ledger database: set [spend] database in the config")?;
     Store::connect(url).await.map_err(|e| format!("{url}: {e}"))
+}
+
+/// `triage budgets ...`.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BudgetsArgs {
+    /// What to do (default: show every budget of the current day and month).
+    #[command(subcommand)]
+    action: Option<BudgetsAction>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `triage budgets release`.
+#[derive(Subcommand)]
+pub enum BudgetsAction {
+    /// Release a key's stale reservations: those held by gateways whose lease has expired (the
+    /// running gateways' sweep does this too, within a lease); with `--all`, also those of
+    /// requests still running (they settle their real cost when they end).
+    Release {
+        /// The key id (`key_...`), as `triage keys list` shows it.
+        key: String,
+        /// Also release reservations of live gateways.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+/// The limit of a budget counter, from the config (`[[budgets]]`, `[evals]`) or the key.
+fn limit_of(catalog: &Catalog, keys: &[triage_store::KeyRecord], s: &BudgetStatus) -> Option<NanoUsd> {
+    let day = s.period == "day";
+    match s.scope.as_str() {
+        "key" => keys.iter().find(|k| k.id == s.subject).and_then(|k| if day { k.budget_day } else { k.budget_month }),
+        "evals" => Some(catalog.evals().max_usd_per_day),
+        scope => catalog
+            .budgets()
+            .iter()
+            .filter(|b| matches!(b.period, BudgetPeriod::Day) == day)
+            .filter(|b| b.tier.map(|t| catalog.tiers()[t].as_str()) == s.tier.as_deref())
+            .find(|b| match &b.scope {
+                BudgetScope::Global => scope == "global",
+                BudgetScope::User(u) => scope == "user" && *u == s.subject,
+                BudgetScope::Team(t) => scope == "team" && *t == s.subject,
+            })
+            .map(|b| b.limit),
+    }
+}
+
+fn age(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        _ => format!("{}h", s / 3600),
+    }
+}
+
+/// Runs `triage budgets`.
+///
+/// Errors: a message for the user.
+pub async fn budgets(catalog: &Catalog, a: BudgetsArgs) -> Result<(), String> {
+    let store = open(catalog).await?;
+    let now = triage_store::now_ms();
+    match a.action {
+        Some(BudgetsAction::Release { key, all }) => {
+            let r = store.release_key(&key, all, now).await.map_err(|e| e.to_string())?;
+            let what = if all { "reservations" } else { "stale reservations (held by stopped gateways)" };
+            println!("released {} {what} of {key}: {} budget line(s), ${} in total", r.reservations, r.rows, r.amount);
+            if r.reservations == 0 && !all {
+                eprintln!("nothing stale; `--all` also releases reservations of requests still running");
+            }
+        }
+        None => {
+            let keys = store.list_keys().await.map_err(|e| e.to_string())?;
+            let rows = store.budget_status(now).await.map_err(|e| e.to_string())?;
+            if a.json {
+                let v: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "scope": s.scope,
+                            "subject": s.subject,
+                            "tier": s.tier,
+                            "period": s.period,
+                            "period_start": s.period_start,
+                            "limit_usd": limit_of(catalog, &keys, s).map(|l| l.to_string()),
+                            "spent_usd": s.spent.to_string(),
+                            "reserved_usd": s.reserved.to_string(),
+                            "reservations": s.reservations,
+                            "stale": s.stale,
+                            "oldest_age_secs": s.oldest_ms.map(|t| now.saturating_sub(t) / 1000),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+                return Ok(());
+            }
+            println!(
+                "{:<7} {:<24} {:<9} {:<6} {:<10} {:>12} {:>12} {:>12} {:>5} {:>6} {:>5}",
+                "SCOPE",
+                "SUBJECT",
+                "TIER",
+                "PERIOD",
+                "START",
+                "LIMIT $",
+                "SPENT $",
+                "RESERVED $",
+                "HELD",
+                "OLDEST",
+                "STALE"
+            );
+            for s in &rows {
+                println!(
+                    "{:<7} {:<24} {:<9} {:<6} {:<10} {:>12} {:>12} {:>12} {:>5} {:>6} {:>5}",
+                    s.scope,
+                    s.subject,
+                    s.tier.as_deref().unwrap_or("-"),
+                    s.period,
+                    s.period_start,
+                    limit_of(catalog, &keys, s).map_or("-".to_owned(), |l| l.to_string()),
+                    s.spent.to_string(),
+                    s.reserved.to_string(),
+                    s.reservations,
+                    s.oldest_ms.map_or("-".to_owned(), |t| age(now.saturating_sub(t))),
+                    s.stale
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_budget(s: &str) -> Result<(NanoUsd, &str), String> {

@@ -87,11 +87,20 @@ impl Registry {
     /// name without `.gguf`). Adding a file already registered refreshes its entry (and renames
     /// it when `name` is given).
     ///
-    /// Errors: the file is missing or not a GGUF model (its header is read and checked), or
-    /// `name` is taken by another file.
+    /// Errors: the file is missing or not a GGUF model (its header is read and checked), it has
+    /// no chat template the engine can run and Triage knows none for its architecture
+    /// ([`ModelInfo::template`]; the message says how to serve it anyway), or `name` is taken by
+    /// another file.
     pub fn add(&mut self, file: &Path, name: Option<&str>) -> Result<Registered, String> {
         let path = std::fs::canonicalize(file).map_err(|e| format!("cannot register {}: {e}", file.display()))?;
         let info = ModelInfo::read(&path).map_err(|e| e.to_string())?;
+        if let Err(why) = info.template() {
+            return Err(format!(
+                "{} is not registered, the engine cannot serve it as it is: {why} (a provider of kind = \"local\" \
+                 in triage.toml, with this file as model_path)",
+                path.display()
+            ));
+        }
         let name = match name.map(str::trim) {
             Some("") => return Err("the name must not be empty".into()),
             Some(n) => n.to_owned(),

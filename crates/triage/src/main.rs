@@ -89,6 +89,9 @@ enum Command {
     Keys(admin::KeysCommand),
     /// Spend report: requests, tokens, cost, the "always frontier" cost and the saving.
     Spend(admin::SpendArgs),
+    /// Budgets of the current day and month: limit, spent, reserved (and the age of the oldest
+    /// reservation); `triage budgets release KEY` gives back a key's stale reservations.
+    Budgets(admin::BudgetsArgs),
     /// Production evaluation (`[evals]`): the report of shadow-evaluated requests.
     #[command(subcommand)]
     Evals(evals_cmd::EvalsCommand),
@@ -137,10 +140,10 @@ enum Command {
         /// mmlu, gsm8k, mt-bench, arena-bench, or a .jsonl file in the simple format.
         #[arg(long)]
         benchmark: String,
-        /// lexical, embedding or random.
+        /// lexical, embedding, random, or quality (the per-model quality predictor; training splits only).
         #[arg(long, default_value = "lexical")]
         router: String,
-        /// shipped (the model as is), leave-benchmark-out, or grouped-5-fold.
+        /// shipped (the model as is), leave-benchmark-out (= leave-dataset-out), or grouped-5-fold.
         #[arg(long, default_value = "shipped")]
         split: String,
         /// Model file for --split shipped (default: the shipped model).
@@ -161,6 +164,21 @@ enum Command {
         tiers: Vec<String>,
         #[command(flatten)]
         hp: TrainFlags,
+        #[command(flatten)]
+        quality: QualityFlags,
+    },
+    /// Distil static token embeddings from all-MiniLM-L6-v2 (Model2Vec method: every vocabulary
+    /// token through the encoder once, PCA, i8) into a small table for the quality predictor.
+    DistillStatic {
+        /// The encoder's directory (default: as for `train`).
+        #[arg(long)]
+        encoder: Option<PathBuf>,
+        /// Dimensions kept after PCA.
+        #[arg(long, default_value_t = 64)]
+        dim: usize,
+        /// Output table.
+        #[arg(long, default_value = "models/static-minilm-64.bin")]
+        out: PathBuf,
     },
     /// The local engine's worker process, started by `triage serve` (not by hand): it connects
     /// to the socket its environment names and runs the model it is given.
@@ -204,6 +222,68 @@ enum Command {
         #[command(flatten)]
         evals: evals_cmd::CalibrateFromEvals,
     },
+}
+
+/// Hyper-parameters of the per-model quality predictor (`--router quality`, issue 14).
+#[derive(clap::Args)]
+struct QualityFlags {
+    /// Quality predictor: rank of the prompt projection (numbers per model vector).
+    #[arg(long, default_value_t = 8)]
+    rank: usize,
+    /// Quality predictor: epochs.
+    #[arg(long, default_value_t = 6)]
+    quality_epochs: usize,
+    /// Quality predictor: hashed buckets (0 = dense features only).
+    #[arg(long, default_value_t = 1 << 14)]
+    quality_buckets: u32,
+    /// Quality predictor: L2 on the hashed n-gram projection rows.
+    #[arg(long, default_value_t = 1e-3)]
+    quality_l2_hashed: f32,
+    /// Quality predictor: dataset balance exponent (cells weigh n_dataset^-x; 0.5 = sqrt).
+    #[arg(long, default_value_t = 0.5)]
+    quality_balance: f32,
+    /// Quality predictor: train on the evaluated pair (--weak, --strong) only.
+    #[arg(long)]
+    quality_pair_only: bool,
+    /// Quality predictor: fit raw qualities instead of the within-prompt differences between models.
+    #[arg(long)]
+    quality_raw: bool,
+    /// Quality predictor: a static token embedding table (`triage distill-static`) whose mean
+    /// over the request's tokens is appended to the dense features.
+    #[arg(long)]
+    static_embed: Option<PathBuf>,
+    /// The WordPiece tokenizer of --static-embed (default: the encoder directory's tokenizer.json).
+    #[arg(long)]
+    static_tokenizer: Option<PathBuf>,
+}
+
+impl QualityFlags {
+    fn config(&self, hp: &TrainFlags) -> Result<triage_eval::quality::QualityConfig, String> {
+        let extra: Option<(String, triage_eval::quality::ExtraFeatures)> = match &self.static_embed {
+            Some(bin) => {
+                let tok =
+                    self.static_tokenizer.clone().unwrap_or_else(|| triage_embed::default_dir().join("tokenizer.json"));
+                let se = triage_embed::StaticEmbedding::load(bin, &tok).map_err(|e| e.to_string())?;
+                let f: triage_eval::quality::ExtraFeatures =
+                    std::sync::Arc::new(move |rt: &triage_core::router::features::RequestText| se.embed(&rt.text));
+                Some((bin.display().to_string(), f))
+            }
+            None => None,
+        };
+        Ok(triage_eval::quality::QualityConfig {
+            rank: self.rank,
+            buckets: self.quality_buckets,
+            epochs: self.quality_epochs,
+            lr: hp.lr,
+            l2_hashed: self.quality_l2_hashed,
+            l2: hp.l2,
+            balance: self.quality_balance,
+            seed: hp.seed,
+            extra,
+            within_prompt: !self.quality_raw,
+            only_models: self.quality_pair_only.then(|| vec![hp.weak.clone(), hp.strong.clone()]),
+        })
+    }
 }
 
 /// Training hyper-parameters shared by `train` and `eval`.
@@ -437,6 +517,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(admin::spend(&catalog, args))
         }
+        Command::Budgets(args) => {
+            let catalog = load_catalog(cli.config.as_deref())?;
+            runtime()?.block_on(admin::budgets(&catalog, args))
+        }
         Command::Evals(cmd) => {
             let catalog = load_catalog(cli.config.as_deref())?;
             runtime()?.block_on(evals_cmd::evals(&catalog, cmd))
@@ -504,9 +588,33 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("{}", triage_eval::commands::train_cmd(&args).map_err(|e| e.to_string())?);
             Ok(())
         }
-        Command::Eval { data, benchmark, router, split, model, train_on, prices, out_dir, tiers, hp } => {
+        Command::Eval { data, benchmark, router, split, model, train_on, prices, out_dir, tiers, hp, quality } => {
             let split_kind: triage_eval::replay::Split =
                 split.parse().map_err(|e: triage_eval::EvalError| e.to_string())?;
+            let train_sets = if train_on.is_empty() {
+                triage_eval::data::BENCHMARKS.iter().map(|s| (*s).to_owned()).filter(|b| *b != benchmark).collect()
+            } else {
+                train_on.clone()
+            };
+            if router == "quality" {
+                let cfg = triage_eval::replay::EvalConfig {
+                    data,
+                    benchmark,
+                    router: triage_core::router::ScorerKind::Lexical,
+                    split: split_kind,
+                    model: None,
+                    embedding: None,
+                    train_sets,
+                    train: hp.config()?,
+                    price_weak: prices.first().copied().unwrap_or(0.24),
+                    price_strong: prices.get(1).copied().unwrap_or(24.7),
+                    progress: true,
+                };
+                let qc = quality.config(&hp)?;
+                let out = triage_eval::quality::eval_cmd(&cfg, &qc, &tiers, &split, &out_dir);
+                print!("{}", out.map_err(|e| e.to_string())?);
+                return Ok(());
+            }
             let router: triage_core::router::ScorerKind = router.parse().map_err(|e| format!("{e}"))?;
             let (model, embedding) = match (router, split_kind) {
                 (triage_core::router::ScorerKind::Lexical, triage_eval::replay::Split::Shipped) => {
@@ -542,6 +650,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 triage_eval::commands::multi_cmd(&cfg, &tiers, &split, &out_dir)
             };
             print!("{}", out.map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Command::DistillStatic { encoder, dim, out } => {
+            let dir = encoder.unwrap_or_else(triage_embed::default_dir);
+            let enc = triage_embed::Encoder::load(&dir, 3).map_err(|e| e.to_string())?;
+            let pb = indicatif::ProgressBar::new(enc.vocab_size() as u64);
+            let bytes = triage_embed::static_embed::distill(&enc, dim, &out, |done, _| pb.set_position(done as u64))
+                .map_err(|e| e.to_string())?;
+            pb.finish_and_clear();
+            println!("wrote {} ({bytes} bytes): {} tokens × {dim} (i8 + f32 scale)", out.display(), enc.vocab_size());
             Ok(())
         }
         Command::EngineWorker => Err("engine-worker is run by `triage serve`".into()),
@@ -714,6 +832,12 @@ fn print_on_disk(found: &[local_models::OnDisk]) {
     for m in found {
         let size = m.size.map_or_else(|| "file missing".to_owned(), ollama::human_size);
         println!("found on disk: {} ({}, {size}) {}", m.name, m.source.label(), m.path.display());
+        // Say when the engine will not prompt it with the file's own template, or cannot.
+        match triage_local::ModelInfo::read(&m.path).map(|i| i.template()) {
+            Ok(Ok(triage_local::TemplateSource::File)) | Err(_) => {}
+            Ok(Ok(t)) => println!("  chat template: {t}"),
+            Ok(Err(why)) => println!("  cannot be served as it is: {why}"),
+        }
     }
 }
 
@@ -732,6 +856,11 @@ fn models_action(action: ModelsAction) -> Result<(), String> {
                 ollama::human_size(m.size),
                 m.path.display()
             );
+            // `add` refused a file without a template the engine can run.
+            if let Ok(t) = triage_local::ModelInfo::read(&m.path).map_err(|e| e.to_string()).and_then(|i| i.template())
+            {
+                println!("chat template: {t}");
+            }
         }
         ModelsAction::Remove { name } => {
             let m = registry.remove(&name)?;

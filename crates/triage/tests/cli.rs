@@ -527,7 +527,7 @@ fn a_registered_gguf_is_served_by_the_built_in_catalog() {
     assert_eq!(
         out.trim_end(),
         format!(
-            "registered Tiny Chat (llama, {:.1} kB, trained context 2048 tokens) {}",
+            "registered Tiny Chat (llama, {:.1} kB, trained context 2048 tokens) {}\nchat template: the file's own chat template",
             size as f64 / 1e3,
             abs.display()
         )
@@ -549,8 +549,15 @@ fn a_registered_gguf_is_served_by_the_built_in_catalog() {
     // What the engine itself answers, greedily, in 6 tokens.
     let question = "Name three colours.";
     let expected = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let e = Engine::load(EngineConfig { model_path: abs.clone(), parallel: 1, queue: 0, context: 512, threads: 1 })
-            .unwrap();
+        let e = Engine::load(EngineConfig {
+            model_path: abs.clone(),
+            parallel: 1,
+            queue: 0,
+            context: 512,
+            threads: 1,
+            chat_template: None,
+        })
+        .unwrap();
         e.generate(GenerateRequest {
             messages: vec![Message::new("user", question)],
             max_tokens: Some(6),

@@ -406,14 +406,21 @@ impl Guard {
     }
 }
 
-/// Entity findings go around the rules' findings: where a rule found something inside an entity
-/// (a phone in an address block), the entity keeps the pieces beside it.
+/// Entity findings go around the rules' findings: where a rule found something inside an address
+/// (a phone in an address block), the address keeps the pieces beside it. A name, organisation or
+/// date never contains a key, an e-mail or a card number: an entity of those kinds that overlaps a
+/// rule's finding is the recogniser mistaking the structured value's context for an entity, and is
+/// dropped (its leftover pieces would be the words around the value: "key", "mail").
 fn add_entities(out: &mut Vec<Finding>, text: &str, found: Vec<(Kind, Range<usize>, f32)>) {
     if found.is_empty() {
         return;
     }
     let rules_found: Vec<Range<usize>> = out.iter().map(|f| f.span.clone()).collect();
     for (kind, span, confidence) in found {
+        let overlaps_rule = rules_found.iter().any(|r| span.start < r.end && r.start < span.end);
+        if overlaps_rule && kind != Kind::Address {
+            continue;
+        }
         let mut pieces = vec![span];
         for r in &rules_found {
             pieces = pieces

@@ -475,3 +475,13 @@ fn verdict_cache_serves_repeated_texts() {
     assert!(entries >= 1);
     assert_eq!(g.scan_uncached(text), first);
 }
+
+#[test]
+fn entity_overlapping_a_structured_value_is_not_a_name() {
+    // The recogniser read the words around a key and an e-mail as a person; the rules' findings
+    // stand alone, with no "person" fragments ("key", "mail") left beside them.
+    let g = Guard::new();
+    let found: Vec<Kind> =
+        g.scan_uncached("key AKIAQ3ZJ7V2KXWHD4TBM, mail dana.quill@corp-mail.net").iter().map(|f| f.kind).collect();
+    assert_eq!(found, [Kind::AwsAccessKey, Kind::Email]);
+}

@@ -14,6 +14,7 @@
 //!
 //! Pure logic: the only input besides requests is a model file parsed from a string.
 
+pub mod choice;
 pub mod features;
 pub mod lexical;
 pub mod random;

@@ -66,7 +66,15 @@ pub async fn run(state: &SharedState, job: Job) {
     let judge_est =
         c.models()[judge].price.cost(&TokenUsage { input: judge_in, output: s.judge_max_tokens, ..Default::default() });
     let amount = reference_est.saturating_add(NanoUsd(judge_est.0.saturating_mul(2)));
-    let reservation = match store.reserve(&[budget_line(&state.catalog)], amount, triage_store::now_ms()).await {
+    let reservation = match store
+        .reserve_for(
+            &[budget_line(&state.catalog)],
+            amount,
+            triage_store::now_ms(),
+            triage_store::Holder { request_id: &job.meta.request_id, key_id: None },
+        )
+        .await
+    {
         Ok(Ok(r)) => r,
         Ok(Err(over)) => {
             tracing::debug!(request_id = %job.meta.request_id, used = %over.used, "evaluation budget spent; not evaluated");
@@ -138,7 +146,7 @@ pub async fn run(state: &SharedState, job: Job) {
         }
     }
     let spent = record.reference_cost.saturating_add(record.judge_cost);
-    if let Err(e) = store.settle(&reservation, spent).await {
+    if let Err(e) = store.settle(reservation, spent).await {
         tracing::error!(error = %e, "evaluation budget settlement failed");
     }
     metrics::counter!("triage_evals_spend_nanodollars_total").increment(spent.0);

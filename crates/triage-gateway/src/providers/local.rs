@@ -33,6 +33,8 @@ use super::{CallError, ChunkStream, Completion, Reply, StreamItem, TimeoutKind, 
 pub struct LocalProvider {
     engine: Result<Arc<EngineProcess>, String>,
     timeouts: Timeouts,
+    /// `max_tokens` of a request that sets none (the provider's `max_tokens`).
+    default_max_tokens: u32,
 }
 
 fn client_error(message: impl Into<String>, code: &str) -> CallError {
@@ -82,8 +84,9 @@ fn tool_choice(v: Option<&Value>) -> Result<ToolChoice, CallError> {
 /// Flattens an OpenAI request into the engine's request, or says (as a 400) what the local
 /// engine cannot do: images, tools other than functions, `n > 1`, JSON-schema output. Tools,
 /// `tool_choice`, `parallel_tool_calls`, assistant `tool_calls` and `tool` messages are passed
-/// on; whether the model's template supports tools is the engine's answer (a 400 if not).
-fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, CallError> {
+/// on; whether the model's template supports tools is the engine's answer (a 400 if not). A
+/// request without `max_tokens` (or `max_completion_tokens`) gets `default_max_tokens`.
+fn to_generate(req: &ChatRequest, default_max_tokens: u32) -> Result<GenerateRequest, CallError> {
     if req.n.is_some_and(|n| n > 1) {
         return Err(client_error("the local engine generates one choice (n = 1)", "invalid_request"));
     }
@@ -163,7 +166,7 @@ fn to_generate(req: &ChatRequest) -> Result<GenerateRequest, CallError> {
     let seed = req.extra.get("seed").and_then(|v| v.as_u64().or_else(|| v.as_i64().map(|i| i as u64)));
     Ok(GenerateRequest {
         messages,
-        max_tokens: req.output_limit().map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+        max_tokens: Some(req.output_limit().map_or(default_max_tokens, |n| u32::try_from(n).unwrap_or(u32::MAX))),
         stop,
         sampling: Sampling {
             temperature: number("temperature").unwrap_or(1.0) as f32,
@@ -199,7 +202,11 @@ impl LocalProvider {
     /// [`triage_local::WORKER_SUBCOMMAND`] (the `triage` binary's hidden subcommand).
     pub fn new(p: &Provider) -> LocalProvider {
         let Some(e) = &p.engine else {
-            return LocalProvider { engine: Err("the provider has no model_path".to_owned()), timeouts: p.timeouts };
+            return LocalProvider {
+                engine: Err("the provider has no model_path".to_owned()),
+                timeouts: p.timeouts,
+                default_max_tokens: triage_core::config::DEFAULT_LOCAL_MAX_TOKENS,
+            };
         };
         let command = match &e.worker {
             Some(cmd) => match cmd.split_first() {
@@ -217,13 +224,14 @@ impl LocalProvider {
                 queue: e.queue,
                 context: e.context,
                 threads: e.threads,
+                chat_template: e.chat_template.clone(),
             };
             Arc::new(EngineProcess::start(config, command, &p.name))
         });
         if let Err(why) = &engine {
             tracing::error!(provider = %p.name, error = %why, "cannot start the local engine; the provider is unavailable");
         }
-        LocalProvider { engine, timeouts: p.timeouts }
+        LocalProvider { engine, timeouts: p.timeouts, default_max_tokens: e.max_tokens }
     }
 
     /// The engine (absent only when it could not be started at all).
@@ -264,7 +272,7 @@ impl LocalProvider {
         let req: ChatRequest = serde_json::from_slice(body).map_err(|e| {
             client_error(format!("the request is not a chat completion request: {e}"), "invalid_request")
         })?;
-        let mut generation = engine.generate(to_generate(&req)?).map_err(engine_failure)?;
+        let mut generation = engine.generate(to_generate(&req, self.default_max_tokens)?).map_err(engine_failure)?;
         let first_byte = self.timeouts.first_byte;
         let prompt_tokens = match tokio::time::timeout(first_byte, generation.next()).await {
             Err(_) => return Err(CallError::Failed(UpstreamError::Timeout(TimeoutKind::FirstByte(first_byte)))),

@@ -119,7 +119,7 @@ async fn serve(socket: std::path::PathBuf, token: String, options: WorkerOptions
             return Err(message);
         }
     };
-    send(&FromWorker::Ready { tools: engine.tool_format() });
+    send(&FromWorker::Ready { tools: engine.tool_format(), template: engine.template_source().clone() });
 
     let running: Running = Arc::default();
     let ticker = {

@@ -166,6 +166,8 @@ struct Shared {
     gens: Mutex<HashMap<u64, mpsc::UnboundedSender<Event>>>,
     /// The model's tool-call format (known once loaded).
     tools: Mutex<Result<ToolFormat, String>>,
+    /// Where the model's prompt format comes from (known once loaded).
+    template: Mutex<Option<crate::TemplateSource>>,
     /// Frames for the worker (the current one; stale frames are skipped or harmless).
     out: mpsc::UnboundedSender<ToWorker>,
     next_id: AtomicU64,
@@ -337,6 +339,7 @@ impl EngineProcess {
             state: watch::Sender::new(EngineState::Loading),
             gens: Mutex::default(),
             tools: Mutex::new(Err("the model is not loaded yet".into())),
+            template: Mutex::new(None),
             out,
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
@@ -473,6 +476,11 @@ impl EngineProcess {
     /// Errors: a sentence saying why.
     pub fn tool_format(&self) -> Result<ToolFormat, String> {
         self.shared.tools.lock().map_err(|_| "the engine is gone".to_owned())?.clone()
+    }
+
+    /// Where the model's prompt format comes from; `None` until a worker has loaded it.
+    pub fn template_source(&self) -> Option<crate::TemplateSource> {
+        self.shared.template.lock().ok().and_then(|t| t.clone())
     }
 
     /// The configuration it runs.
@@ -684,9 +692,12 @@ async fn run_worker(shared: &Arc<Shared>, out_rx: &mut mpsc::UnboundedReceiver<T
         status = child.wait() => return early(status),
     };
     match ready {
-        Ok(Some(FromWorker::Ready { tools })) => {
+        Ok(Some(FromWorker::Ready { tools, template })) => {
             if let Ok(mut t) = shared.tools.lock() {
                 *t = tools;
+            }
+            if let Ok(mut t) = shared.template.lock() {
+                *t = Some(template);
             }
             shared.set_state(EngineState::Ready);
             tracing::info!(provider = %shared.label, pid = child.id().unwrap_or(0), "local engine worker ready");

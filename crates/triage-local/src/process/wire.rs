@@ -84,6 +84,8 @@ pub(crate) enum FromWorker {
     Ready {
         /// The model's tool-call format, or why it cannot call tools.
         tools: Result<ToolFormat, String>,
+        /// Where the model's prompt format comes from.
+        template: crate::TemplateSource,
     },
     /// The model cannot be loaded; the worker exits after this.
     LoadFailed {
@@ -165,7 +167,7 @@ mod tests {
                     usage: Usage { prompt_tokens: 3, completion_tokens: 2, cached_tokens: 1 },
                 },
             },
-            FromWorker::Ready { tools: Err("no".into()) },
+            FromWorker::Ready { tools: Err("no".into()), template: crate::TemplateSource::File },
         ];
         let bytes: Vec<u8> = frames.iter().flat_map(encode).collect();
         let mut r = &bytes[..];

@@ -1,0 +1,726 @@
+//! Per-model quality prediction q(m, p) (issue 14): instead of one "strong model needed" score
+//! for one fixed pair, predict for a prompt p and a model m how well m answers p, trained jointly
+//! on every dataset and model given.
+//!
+//! The model is a low-rank factorisation (matrix factorisation / item-response style):
+//!
+//! ```text
+//! z(p)       = W · x(p)                        (k numbers: a learned projection of the prompt)
+//! q̂(m, p, d) = c[d, m] + u_m · z(p)            (u_m: k numbers per model; c: per-dataset offset)
+//! ```
+//!
+//! `x(p)` is the lexical scorer's representation (hashed word/bigram/byte-4-gram buckets and the
+//! 19 dense features, standardised), optionally followed by extra dense features (a static token
+//! embedding). `c[d, m]` absorbs each dataset's judge and scale per model, so only the
+//! prompt-dependent part `u_m · z(p)` is shared between datasets. Qualities are standardised per
+//! dataset (mean 0, variance 1 over every known (prompt, model) cell).
+//!
+//! A dataset whose quality is relative to a reference model (AlpacaEval: every answer judged
+//! against gpt4_1106_preview, whose own cells are a constant 0.5) is detected by that constant
+//! column: its cells are modelled as `c[d, m] + (u_m − u_ref) · z(p)` and the constant column is
+//! not a training target.
+//!
+//! Model names are matched across datasets by [`canonical`] (`mistralai/Mixtral-8x7B-Instruct-v0.1`
+//! and `Mixtral-8x7B-Instruct-v0.1` are one model; `gpt4_1106_preview` and `gpt-4-1106-preview`
+//! too). A model never seen in training gets the mean vector of all models (the default profile).
+//!
+//! The two-model RouteLLM comparison is the special case `score(p) = q̂(strong, p) − q̂(weak, p)
+//! = (u_strong − u_weak) · z(p)` (offsets cancel in the ranking within one dataset).
+//!
+//! Fit: squared error, AdaGrad, L2, seeded initialisation and shuffle (deterministic).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use triage_core::router::features::{self, RequestText};
+
+use crate::data::{self, Dataset};
+use crate::replay::{self, EvalConfig, EvalReport, Split};
+use crate::train::{adagrad, Rng, TrainReport};
+use crate::EvalError;
+
+/// Extra dense features of a request text (for example a static token embedding), appended to
+/// the 19 lexical dense features. Must return the same length for every text.
+pub type ExtraFeatures = Arc<dyn Fn(&RequestText) -> Vec<f32> + Send + Sync>;
+
+/// Hyper-parameters of the quality predictor.
+#[derive(Clone)]
+pub struct QualityConfig {
+    /// Rank k of the projection (numbers per model vector).
+    pub rank: usize,
+    /// Hashed buckets (power of two; 0 = no hashed n-grams, dense features only).
+    pub buckets: u32,
+    /// Epochs over the training prompts.
+    pub epochs: usize,
+    /// AdaGrad learning rate.
+    pub lr: f32,
+    /// L2 on the projection rows of the hashed n-grams.
+    pub l2_hashed: f32,
+    /// L2 on the projection rows of the dense features and on the model vectors.
+    pub l2: f32,
+    /// Dataset weighting: each dataset's cells weigh `n_d^-balance` (0 = every cell equal,
+    /// 0.5 = square-root balance, 1 = every dataset equal), normalised to mean 1.
+    pub balance: f32,
+    /// Seed of the initialisation and the shuffle.
+    pub seed: u64,
+    /// Extra dense features (see [`ExtraFeatures`]) and their name.
+    pub extra: Option<(String, ExtraFeatures)>,
+    /// Train on these models only (names matched by [`canonical`]); `None` = every model.
+    pub only_models: Option<Vec<String>>,
+    /// Fit the within-prompt differences between models (errors centred over a prompt's
+    /// cells) instead of the raw qualities.
+    pub within_prompt: bool,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        QualityConfig {
+            rank: 8,
+            buckets: 1 << 14,
+            epochs: 6,
+            lr: 0.05,
+            l2_hashed: 1e-3,
+            l2: 1e-4,
+            balance: 0.5,
+            seed: 1,
+            extra: None,
+            only_models: None,
+            within_prompt: true,
+        }
+    }
+}
+
+/// A model name reduced for matching across datasets: lowercased, organisation prefix
+/// (`org/`) removed, `_` → `-`, and `gpt4-…` → `gpt-4-…`.
+pub fn canonical(name: &str) -> String {
+    let base = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase().replace('_', "-");
+    match base.strip_prefix("gpt4") {
+        Some(rest) if rest.is_empty() || rest.starts_with('-') => format!("gpt-4{rest}"),
+        _ => base,
+    }
+}
+
+/// A prompt's features: merged hashed entries and the standardised dense vector.
+#[derive(Debug, Clone)]
+struct Row {
+    hashed: Vec<(u32, f32)>,
+    dense: Vec<f32>,
+}
+
+/// The trained predictor (see the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QualityModel {
+    /// Rank k.
+    pub rank: usize,
+    /// Hashed buckets (0 = none).
+    pub buckets: u32,
+    /// Means of the dense features (19 lexical, then the extra ones).
+    pub dense_mean: Vec<f32>,
+    /// Standard deviations of the dense features.
+    pub dense_sd: Vec<f32>,
+    /// Projection rows of the hashed buckets, `buckets × k`, row-major.
+    pub w_hashed: Vec<f32>,
+    /// Projection rows of the dense features, `dense × k`, row-major.
+    pub w_dense: Vec<f32>,
+    /// Canonical model names.
+    pub models: Vec<String>,
+    /// One vector of k numbers per model.
+    pub vectors: Vec<Vec<f32>>,
+    /// Mean per-dataset offset of each model (standardised units): its overall level.
+    pub offsets: Vec<f32>,
+}
+
+impl QualityModel {
+    fn row(&self, rt: &RequestText, extra: Option<&ExtraFeatures>) -> Row {
+        make_row(rt, self.buckets, extra, &self.dense_mean, &self.dense_sd)
+    }
+
+    fn project(&self, r: &Row) -> Vec<f32> {
+        let k = self.rank;
+        let mut z = vec![0f32; k];
+        for &(i, v) in &r.hashed {
+            let w = &self.w_hashed[i as usize * k..(i as usize + 1) * k];
+            for (zj, wj) in z.iter_mut().zip(w) {
+                *zj += v * wj;
+            }
+        }
+        for (j, &x) in r.dense.iter().enumerate() {
+            let w = &self.w_dense[j * k..(j + 1) * k];
+            for (zj, wj) in z.iter_mut().zip(w) {
+                *zj += x * wj;
+            }
+        }
+        z
+    }
+
+    /// The vector of `model` (matched by [`canonical`]); the mean of all vectors (the default
+    /// profile) for a model never seen, with its offset likewise.
+    pub fn vector(&self, model: &str) -> (Vec<f32>, f32) {
+        let c = canonical(model);
+        match self.models.iter().position(|m| *m == c) {
+            Some(i) => (self.vectors[i].clone(), self.offsets[i]),
+            None => {
+                let n = self.vectors.len().max(1) as f32;
+                let mut v = vec![0f32; self.rank];
+                for u in &self.vectors {
+                    for (a, b) in v.iter_mut().zip(u) {
+                        *a += b / n;
+                    }
+                }
+                (v, self.offsets.iter().sum::<f32>() / n)
+            }
+        }
+    }
+
+    /// Predicted quality (standardised units) of each of `models` on the request text `rt`.
+    pub fn predict(&self, rt: &RequestText, models: &[&str], extra: Option<&ExtraFeatures>) -> Vec<f32> {
+        let z = self.project(&self.row(rt, extra));
+        models
+            .iter()
+            .map(|m| {
+                let (u, b) = self.vector(m);
+                b + dot(&u, &z)
+            })
+            .collect()
+    }
+
+    /// The two-model score: `q̂(strong) − q̂(weak)` on `rt` (higher = the strong model gains more).
+    pub fn pair_score(&self, rt: &RequestText, weak: &str, strong: &str, extra: Option<&ExtraFeatures>) -> f32 {
+        let p = self.predict(rt, &[weak, strong], extra);
+        p[1] - p[0]
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+fn raw_dense(rt: &RequestText, extra: Option<&ExtraFeatures>) -> Vec<f32> {
+    let mut d = features::dense(rt).to_vec();
+    if let Some(f) = extra {
+        d.extend(f(rt));
+    }
+    d
+}
+
+fn make_row(rt: &RequestText, buckets: u32, extra: Option<&ExtraFeatures>, mu: &[f32], sd: &[f32]) -> Row {
+    let hashed = if buckets == 0 { Vec::new() } else { merged_hashed(rt, buckets) };
+    let dense = raw_dense(rt, extra).iter().zip(mu.iter().zip(sd)).map(|(x, (m, s))| (x - m) / s).collect();
+    Row { hashed, dense }
+}
+
+fn merged_hashed(rt: &RequestText, buckets: u32) -> Vec<(u32, f32)> {
+    let f = features::extract_text(rt, buckets);
+    let mut h: Vec<(u32, f32)> = f.hashed.iter().map(|x| (x.index, x.value)).collect();
+    h.sort_unstable_by_key(|x| x.0);
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(h.len());
+    for (i, v) in h {
+        match out.last_mut() {
+            Some(l) if l.0 == i => l.1 += v,
+            _ => out.push((i, v)),
+        }
+    }
+    out
+}
+
+/// One training dataset: the dataset and the items to train on.
+pub struct QualitySet<'a> {
+    /// The dataset.
+    pub data: &'a Dataset,
+    /// Item indices into `data.items`.
+    pub items: Vec<usize>,
+}
+
+/// The reference model of a dataset whose qualities are relative to it: a model known on
+/// every item with one constant quality. `None` otherwise.
+fn reference_model(d: &Dataset) -> Option<usize> {
+    (0..d.models.len()).find(|&m| {
+        let mut vals = d.items.iter().map(|it| it.quality[m]);
+        match vals.next() {
+            Some(first) if first.is_finite() => vals.all(|v| v == first) && d.items.len() > 1,
+            _ => false,
+        }
+    })
+}
+
+struct Cell {
+    model: usize,
+    y: f32,
+}
+
+struct Example {
+    row: Row,
+    set: usize,
+    reference: Option<usize>,
+    cells: Vec<Cell>,
+    w: f32,
+}
+
+/// Trains the predictor on `sets` with `cfg`. Deterministic for a given seed.
+///
+/// Errors: [`EvalError::Data`] if there is nothing to train on.
+pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityModel, TrainReport), EvalError> {
+    if cfg.buckets != 0 && !cfg.buckets.is_power_of_two() {
+        return Err(EvalError::Usage(format!("buckets = {} is not a power of two", cfg.buckets)));
+    }
+    let extra = cfg.extra.as_ref().map(|e| &e.1);
+    // Global model list (canonical names, sorted for determinism).
+    let mut names: Vec<String> = sets
+        .iter()
+        .flat_map(|s| s.data.models.iter().map(|m| canonical(m)))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    names.sort();
+    let index: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+    // Raw rows and standardised targets.
+    let mut examples = Vec::new();
+    let mut counts = BTreeMap::new();
+    let mut raw: Vec<Vec<f32>> = Vec::new();
+    for (si, s) in sets.iter().enumerate() {
+        let d = s.data;
+        let reference = reference_model(d);
+        let cols: Vec<usize> = d.models.iter().map(|m| index[canonical(m).as_str()]).collect();
+        let keep: Vec<bool> = d
+            .models
+            .iter()
+            .map(|m| cfg.only_models.as_ref().is_none_or(|o| o.iter().any(|x| canonical(x) == canonical(m))))
+            .collect();
+        let vals: Vec<f64> = s
+            .items
+            .iter()
+            .flat_map(|&i| {
+                d.items[i]
+                    .quality
+                    .iter()
+                    .enumerate()
+                    .filter(|(m, q)| Some(*m) != reference && keep[*m] && q.is_finite())
+                    .map(|x| *x.1)
+            })
+            .collect();
+        if vals.is_empty() {
+            continue;
+        }
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        let sd = (vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / vals.len() as f64).sqrt().max(1e-9);
+        counts.insert(d.name.clone(), vals.len());
+        let w = (vals.len() as f32).powf(-cfg.balance);
+        for &i in &s.items {
+            let it = &d.items[i];
+            let cells: Vec<Cell> = it
+                .quality
+                .iter()
+                .enumerate()
+                .filter(|(m, q)| Some(*m) != reference && keep[*m] && q.is_finite())
+                .map(|(m, q)| Cell { model: cols[m], y: ((q - mean) / sd) as f32 })
+                .collect();
+            if cells.is_empty() {
+                continue;
+            }
+            let rt = RequestText::of(&it.request);
+            raw.push(raw_dense(&rt, extra));
+            examples.push(Example {
+                row: Row {
+                    hashed: if cfg.buckets == 0 { Vec::new() } else { merged_hashed(&rt, cfg.buckets) },
+                    dense: Vec::new(),
+                },
+                set: si,
+                reference: reference.map(|r| cols[r]),
+                cells,
+                w,
+            });
+        }
+    }
+    if examples.is_empty() {
+        return Err(EvalError::Data("no training cells".into()));
+    }
+    // Normalise weights so that the mean weight per cell is 1.
+    let ncells: f32 = examples.iter().map(|e| e.cells.len() as f32).sum();
+    let wsum: f32 = examples.iter().map(|e| e.w * e.cells.len() as f32).sum();
+    for e in &mut examples {
+        e.w *= ncells / wsum;
+    }
+    // Standardise the dense features.
+    let nd = raw[0].len();
+    let n = raw.len() as f32;
+    let mut mu = vec![0f32; nd];
+    let mut sd = vec![0f32; nd];
+    for r in &raw {
+        for (m, v) in mu.iter_mut().zip(r) {
+            *m += v / n;
+        }
+    }
+    for r in &raw {
+        for ((s, v), m) in sd.iter_mut().zip(r).zip(&mu) {
+            *s += (v - m).powi(2) / n;
+        }
+    }
+    for s in &mut sd {
+        *s = s.sqrt().max(0.05);
+    }
+    for (e, r) in examples.iter_mut().zip(&raw) {
+        e.row.dense = r.iter().zip(mu.iter().zip(&sd)).map(|(x, (m, s))| (x - m) / s).collect();
+    }
+    let k = cfg.rank.max(1);
+    let nb = cfg.buckets as usize;
+    let nm = names.len();
+    let mut rng = Rng::new(cfg.seed);
+    let mut gauss = |scale: f32| {
+        // Sum of 4 uniforms, centred: close enough to a normal for an initialisation.
+        let s: f32 = (0..4).map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32).sum::<f32>() - 2.0;
+        s * scale * 1.7
+    };
+    let mut wh = vec![0f32; nb * k];
+    let mut wd: Vec<f32> = (0..nd * k).map(|_| gauss(0.1)).collect();
+    let mut u: Vec<f32> = (0..nm * k).map(|_| gauss(0.1)).collect();
+    let mut c = vec![0f32; sets.len() * nm];
+    let (mut gwh, mut gwd, mut gu, mut gc) =
+        (vec![0f32; nb * k], vec![0f32; nd * k], vec![0f32; nm * k], vec![0f32; sets.len() * nm]);
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    let mut rng = Rng::new(cfg.seed.wrapping_add(17));
+    let mut last_loss = 0f64;
+    for _ in 0..cfg.epochs {
+        rng.shuffle(&mut order);
+        let (mut loss, mut lw) = (0f64, 0f64);
+        for &ei in &order {
+            let e = &examples[ei];
+            let mut z = vec![0f32; k];
+            for &(i, v) in &e.row.hashed {
+                for j in 0..k {
+                    z[j] += v * wh[i as usize * k + j];
+                }
+            }
+            for (di, &x) in e.row.dense.iter().enumerate() {
+                for j in 0..k {
+                    z[j] += x * wd[di * k + j];
+                }
+            }
+            let mut gz = vec![0f32; k];
+            let ueffs: Vec<Vec<f32>> = e
+                .cells
+                .iter()
+                .map(|cell| {
+                    let mut ueff: Vec<f32> = u[cell.model * k..(cell.model + 1) * k].to_vec();
+                    if let Some(r) = e.reference {
+                        for j in 0..k {
+                            ueff[j] -= u[r * k + j];
+                        }
+                    }
+                    ueff
+                })
+                .collect();
+            let errs: Vec<f32> = e
+                .cells
+                .iter()
+                .zip(&ueffs)
+                .map(|(cell, ue)| c[e.set * nm + cell.model] + dot(ue, &z) - cell.y)
+                .collect();
+            // Within-prompt loss: the errors centred over the prompt's cells (a free intercept per
+            // prompt), so the fit learns which model gains where, not how hard a prompt is for all.
+            let shift =
+                if cfg.within_prompt && errs.len() > 1 { errs.iter().sum::<f32>() / errs.len() as f32 } else { 0.0 };
+            for ((cell, ueff), raw_err) in e.cells.iter().zip(ueffs).zip(&errs) {
+                let ci = e.set * nm + cell.model;
+                let d = raw_err - shift;
+                let err = d * e.w;
+                loss += f64::from(d * d * e.w);
+                lw += f64::from(e.w);
+                for j in 0..k {
+                    gz[j] += err * ueff[j];
+                    let g = err * z[j] + cfg.l2 * u[cell.model * k + j];
+                    adagrad(&mut u[cell.model * k + j], &mut gu[cell.model * k + j], g, cfg.lr);
+                    if let Some(r) = e.reference {
+                        let g = -err * z[j] + cfg.l2 * u[r * k + j];
+                        adagrad(&mut u[r * k + j], &mut gu[r * k + j], g, cfg.lr);
+                    }
+                }
+                adagrad(&mut c[ci], &mut gc[ci], err, cfg.lr);
+            }
+            for &(i, v) in &e.row.hashed {
+                for j in 0..k {
+                    let p = i as usize * k + j;
+                    let g = gz[j] * v + cfg.l2_hashed * wh[p];
+                    adagrad(&mut wh[p], &mut gwh[p], g, cfg.lr);
+                }
+            }
+            for (di, &x) in e.row.dense.iter().enumerate() {
+                for j in 0..k {
+                    let p = di * k + j;
+                    let g = gz[j] * x + cfg.l2 * wd[p];
+                    adagrad(&mut wd[p], &mut gwd[p], g, cfg.lr);
+                }
+            }
+        }
+        last_loss = loss / lw.max(1e-12);
+    }
+    // Overall level of each model: mean of its per-dataset offsets where it has cells.
+    let mut offsets = vec![0f32; nm];
+    let mut seen = vec![0f32; nm];
+    for (si, s) in sets.iter().enumerate() {
+        for m in &s.data.models {
+            let mi = index[canonical(m).as_str()];
+            offsets[mi] += c[si * nm + mi];
+            seen[mi] += 1.0;
+        }
+    }
+    for (o, s) in offsets.iter_mut().zip(&seen) {
+        if *s > 0.0 {
+            *o /= s;
+        }
+    }
+    let model = QualityModel {
+        rank: k,
+        buckets: cfg.buckets,
+        dense_mean: mu,
+        dense_sd: sd,
+        w_hashed: wh,
+        w_dense: wd,
+        models: names,
+        vectors: u.chunks(k).map(<[f32]>::to_vec).collect(),
+        offsets,
+    };
+    let report = TrainReport { sets: counts, positive_share: f64::NAN, train_log_loss: last_loss };
+    Ok((model, report))
+}
+
+/// The prompts of `ds` (indices `idx`) scored with a predictor trained out of fold under
+/// `cfg.split` (leave-dataset-out or grouped-5-fold; `shipped` is refused), on `cfg.train_sets`
+/// plus, for grouped folds, the other folds. Training items whose prompt text also occurs in
+/// the scored fold are dropped from every training set (AlpacaEval's three files share their
+/// instructions), so no scored prompt is ever trained on. Returns scores
+/// `q̂(strong) − q̂(weak)`, the split label and the training reports.
+///
+/// Errors: [`EvalError`] for missing data or a shipped split.
+pub fn scores_for(
+    cfg: &EvalConfig,
+    qc: &QualityConfig,
+    ds: &Dataset,
+    idx: &[usize],
+) -> Result<(Vec<f32>, String, Vec<TrainReport>), EvalError> {
+    if cfg.split == Split::Shipped {
+        return Err(EvalError::Usage(
+            "the quality router is evaluated with --split leave-dataset-out or grouped-5-fold".into(),
+        ));
+    }
+    let others: Vec<Dataset> = cfg
+        .train_sets
+        .iter()
+        .filter(|b| **b != ds.name && **b != cfg.benchmark)
+        .map(|b| data::load(&cfg.data, b, false))
+        .collect::<Result<_, _>>()?;
+    let k = if cfg.split == Split::Grouped5Fold { 5 } else { 1 };
+    let folds = if k == 1 {
+        vec![0; idx.len()]
+    } else {
+        let groups: Vec<&str> = idx.iter().map(|&i| ds.items[i].group.as_str()).collect();
+        replay::grouped_folds(&groups, k)
+    };
+    let text = |d: &Dataset, i: usize| data::first_user_text(&d.items[i].request);
+    let extra = qc.extra.as_ref().map(|e| &e.1);
+    let mut scores = vec![0f32; idx.len()];
+    let mut reports = Vec::new();
+    let pb = if cfg.progress { indicatif::ProgressBar::new(k as u64) } else { indicatif::ProgressBar::hidden() };
+    if let Ok(s) =
+        indicatif::ProgressStyle::with_template("training quality predictor [{bar:30}] {pos}/{len} folds ({elapsed})")
+    {
+        pb.set_style(s.progress_chars("=> "));
+    }
+    for f in 0..k {
+        let scored: HashSet<String> =
+            idx.iter().zip(&folds).filter(|(_, &g)| g == f).map(|(&i, _)| text(ds, i)).collect();
+        let mut sets: Vec<QualitySet<'_>> = others
+            .iter()
+            .map(|d| QualitySet {
+                data: d,
+                items: (0..d.items.len()).filter(|&i| !scored.contains(&text(d, i))).collect(),
+            })
+            .collect();
+        if k > 1 {
+            let own: Vec<usize> = idx
+                .iter()
+                .zip(&folds)
+                .filter(|(&i, &g)| g != f && !scored.contains(&text(ds, i)))
+                .map(|(&i, _)| i)
+                .collect();
+            sets.push(QualitySet { data: ds, items: own });
+        }
+        let (m, rep) = train(&sets, qc)?;
+        reports.push(rep);
+        for j in (0..idx.len()).filter(|&j| folds[j] == f) {
+            let rt = RequestText::of(&ds.items[idx[j]].request);
+            scores[j] = m.pair_score(&rt, &cfg.train.weak, &cfg.train.strong, extra);
+        }
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let names: Vec<&str> = others.iter().map(|d| d.name.as_str()).collect();
+    let label = if k == 1 {
+        format!(
+            "leave-dataset-out (quality predictor trained on {}; prompts shared with the evaluated set dropped)",
+            names.join(", ")
+        )
+    } else {
+        format!(
+            "grouped-5-fold on {} (each fold: quality predictor trained on the other folds + {}; prompts shared with the fold dropped)",
+            ds.name,
+            names.join(", ")
+        )
+    };
+    Ok((scores, label, reports))
+}
+
+/// `triage eval --router quality`: the evaluation of the pair `cfg.train.weak` →
+/// `cfg.train.strong` on `cfg.benchmark` with the quality predictor's two-model score.
+///
+/// Errors: as [`scores_for`].
+pub fn evaluate(cfg: &EvalConfig, qc: &QualityConfig) -> Result<EvalReport, EvalError> {
+    let ds = data::load(&cfg.data, &cfg.benchmark, true)?;
+    let idx = replay::pair_items(&ds, &cfg.train.weak, &cfg.train.strong)?;
+    let (scores, label, reports) = scores_for(cfg, qc, &ds, &idx)?;
+    replay::report_from_scores(cfg, &ds, &idx, &scores, label, "quality".to_owned(), reports)
+}
+
+/// Scores of every item of `ds` for multi-tier routing: `q̂(top tier) − q̂(cheapest tier)`,
+/// out of fold as in [`scores_for`] (NaN for items without both models).
+///
+/// Errors: as [`scores_for`].
+pub fn tier_scores(
+    cfg: &EvalConfig,
+    qc: &QualityConfig,
+    ds: &Dataset,
+    cheapest: &str,
+    top: &str,
+) -> Result<Vec<f32>, EvalError> {
+    let idx: Vec<usize> = (0..ds.items.len()).collect();
+    let mut train = cfg.train.clone();
+    train.weak = cheapest.to_owned();
+    train.strong = top.to_owned();
+    let c = EvalConfig {
+        data: cfg.data.clone(),
+        benchmark: cfg.benchmark.clone(),
+        router: cfg.router,
+        split: cfg.split,
+        model: None,
+        embedding: None,
+        train_sets: cfg.train_sets.clone(),
+        train,
+        price_weak: cfg.price_weak,
+        price_strong: cfg.price_strong,
+        progress: cfg.progress,
+    };
+    Ok(scores_for(&c, qc, ds, &idx)?.0)
+}
+
+/// `triage eval --router quality`: the two-model report (or, with `tiers`, the multi-tier
+/// report on arena-bench-style data with the score `q̂(top tier) − q̂(cheapest tier)` and the
+/// random scorer's AIQ spread); writes `<out_dir>/eval-<benchmark>-quality-<split>.json` (and
+/// `.svg` for two models) and returns the text.
+///
+/// Errors: [`EvalError`] for missing data, unknown models or unwritable outputs.
+pub fn eval_cmd(
+    cfg: &EvalConfig,
+    qc: &QualityConfig,
+    tiers: &[String],
+    split_name: &str,
+    out_dir: &std::path::Path,
+) -> Result<String, EvalError> {
+    std::fs::create_dir_all(out_dir)
+        .map_err(|e| EvalError::Usage(format!("cannot create {}: {e}", out_dir.display())))?;
+    let write = |path: std::path::PathBuf, body: String| {
+        std::fs::write(&path, body).map_err(|e| EvalError::Usage(format!("cannot write {}: {e}", path.display())))
+    };
+    if tiers.is_empty() {
+        let r = evaluate(cfg, qc)?;
+        let mut s = replay::table(&r);
+        let stem = format!("eval-{}-quality-{split_name}", r.benchmark.replace(['/', '\\'], "_"));
+        let jp = out_dir.join(format!("{stem}.json"));
+        write(jp.clone(), serde_json::to_string_pretty(&r).map_err(|e| EvalError::Data(e.to_string()))?)?;
+        let sp = out_dir.join(format!("{stem}.svg"));
+        write(sp.clone(), crate::plot::svg(&r))?;
+        s.push_str(&format!("wrote {} and {}\n", jp.display(), sp.display()));
+        return Ok(s);
+    }
+    let ds = data::load(&cfg.data, &cfg.benchmark, true)?;
+    let (cheap, top) = (tiers.first().cloned().unwrap_or_default(), tiers.last().cloned().unwrap_or_default());
+    let scores = tier_scores(cfg, qc, &ds, &cheap, &top)?;
+    let split = match cfg.split {
+        Split::Grouped5Fold => "grouped-5-fold",
+        _ => "leave-dataset-out",
+    };
+    let r = crate::multi::evaluate(&ds, tiers, &scores, &format!("quality predictor, {split}"))?;
+    let mut s = crate::multi::table_text(&r);
+    s.push_str(&crate::multi::random_aiq_text(&ds, tiers, replay::RANDOM_SEEDS, r.aiq.router)?);
+    let jp = out_dir.join(format!("eval-{}-tiers-quality-{split_name}.json", ds.name));
+    write(jp.clone(), serde_json::to_string_pretty(&r).map_err(|e| EvalError::Data(e.to_string()))?)?;
+    s.push_str(&format!("wrote {}\n", jp.display()));
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::{user_request, Item};
+
+    #[test]
+    fn canonical_names_match_across_datasets() {
+        assert_eq!(canonical("mistralai/Mixtral-8x7B-Instruct-v0.1"), canonical("Mixtral-8x7B-Instruct-v0.1"));
+        assert_eq!(canonical("gpt4_1106_preview"), "gpt-4-1106-preview");
+        assert_eq!(canonical("gpt-4-1106-preview"), "gpt-4-1106-preview");
+        assert_eq!(canonical("gpt4"), "gpt-4");
+        assert_eq!(canonical("gpt35_turbo_instruct"), "gpt35-turbo-instruct");
+    }
+
+    /// Prompts mentioning "proof" are won by `big` only; elsewhere both models score the same.
+    fn toy(n: usize, relative: bool) -> Dataset {
+        let items = (0..n)
+            .map(|i| {
+                let hard = i % 2 == 0;
+                let prompt =
+                    if hard { format!("write a proof of lemma {i}") } else { format!("say hello to friend {i}") };
+                let (small, big) = if hard { (0.0, 1.0) } else { (1.0, 1.0) };
+                let quality = if relative { vec![0.5, if hard { 0.0 } else { 0.5 }] } else { vec![big, small] };
+                Item {
+                    id: i.to_string(),
+                    request: user_request(&prompt),
+                    group: i.to_string(),
+                    quality,
+                    answer_chars: vec![],
+                }
+            })
+            .collect();
+        Dataset {
+            name: "toy".into(),
+            models: vec!["big".into(), "small".into()],
+            items,
+            dropped_contaminated: 0,
+            scale: 1.0,
+        }
+    }
+
+    #[test]
+    fn learns_which_prompts_need_the_big_model_and_is_deterministic() {
+        let d = toy(200, false);
+        let sets = [QualitySet { data: &d, items: (0..200).collect() }];
+        let cfg = QualityConfig { buckets: 1 << 10, ..Default::default() };
+        let (m, _) = train(&sets, &cfg).unwrap();
+        let hard = RequestText::of(&user_request("write a proof of lemma 999"));
+        let easy = RequestText::of(&user_request("say hello to friend 999"));
+        assert!(m.pair_score(&hard, "small", "big", None) > m.pair_score(&easy, "small", "big", None) + 0.5);
+        let (m2, _) = train(&sets, &cfg).unwrap();
+        assert_eq!(m.vectors, m2.vectors);
+        assert_eq!(m.w_dense, m2.w_dense);
+    }
+
+    #[test]
+    fn a_constant_reference_column_is_modelled_relative_to_it() {
+        // AlpacaEval-like: "big" is the reference (0.5 everywhere), "small" loses on hard prompts.
+        let d = toy(200, true);
+        assert_eq!(reference_model(&d), Some(0));
+        let sets = [QualitySet { data: &d, items: (0..200).collect() }];
+        let (m, _) = train(&sets, &QualityConfig { buckets: 1 << 10, ..Default::default() }).unwrap();
+        let hard = RequestText::of(&user_request("write a proof of lemma 999"));
+        let easy = RequestText::of(&user_request("say hello to friend 999"));
+        assert!(m.pair_score(&hard, "small", "big", None) > m.pair_score(&easy, "small", "big", None) + 0.5);
+    }
+}
