@@ -22,6 +22,9 @@ cargo build --release --locked --workspace --bins
 echo "== cargo test (release profile, reuses the build)"
 cargo test --release --locked --workspace
 
+echo "== llama.cpp built without its AMX kernels (issue 17; docs/RELIABILITY.md)"
+bash scripts/check-no-amx.sh target/release
+
 echo "== Python SDK client tests"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

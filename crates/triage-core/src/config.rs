@@ -740,7 +740,9 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
                     ctx.err(
                         &k.span(),
                         "router.scorer",
-                        format!("\"{other}\" is not \"lexical\", \"embedding\", \"random\" or \"cheapest\""),
+                        format!(
+                            "\"{other}\" is not \"lexical\", \"embedding\", \"quality\", \"random\" or \"cheapest\""
+                        ),
                     )
                 })?),
             },

@@ -28,6 +28,9 @@ pub struct TrainArgs {
     pub data: Vec<PathBuf>,
     /// Benchmarks to leave out.
     pub exclude: Vec<String>,
+    /// Training sets: benchmark names and simple-JSONL files (any number of models per row;
+    /// sets without the weak/strong pair are left out); empty = every known benchmark.
+    pub sets: Vec<String>,
     /// Benchmark used as the calibration sample for default thresholds (if found), else all training prompts.
     pub calibrate_on: String,
     /// Hyper-parameters.
@@ -104,7 +107,9 @@ impl Trained {
 /// Errors: [`EvalError`] for missing data or encoder, or an unwritable output.
 pub fn train_cmd(a: &TrainArgs) -> Result<String, EvalError> {
     let mut sets = Vec::new();
-    for b in BENCHMARKS {
+    let names: Vec<&str> =
+        if a.sets.is_empty() { BENCHMARKS.to_vec() } else { a.sets.iter().map(String::as_str).collect() };
+    for b in names {
         if a.exclude.iter().any(|e| e == b) {
             continue;
         }
@@ -134,6 +139,9 @@ pub fn train_cmd(a: &TrainArgs) -> Result<String, EvalError> {
             (Trained::Embedding(h, emb), rep, embedding::feature_meta(max_tokens), "embedding")
         }
         ScorerKind::Random => return Err(EvalError::Usage("the random scorer has nothing to train".into())),
+        ScorerKind::Quality => {
+            return Err(EvalError::Usage("the quality scorer is trained by quality::train_cmd".into()))
+        }
     };
     let sample: Vec<f32> = match sets.iter().find(|d| d.name == a.calibrate_on) {
         Some(d) => (0..d.items.len()).map(|i| model.score(d, i)).collect(),

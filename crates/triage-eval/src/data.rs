@@ -60,11 +60,20 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Index of `model`.
+    /// Index of `model`: its exact name, else the one model whose canonical name
+    /// (`triage_core::router::quality::canonical`: `org/` prefix dropped, lowercased, `_` → `-`,
+    /// `gpt4-` → `gpt-4-`) is the same, so `gpt4_1106_preview` in one file and
+    /// `gpt-4-1106-preview` in another are one model.
     ///
     /// Errors: [`EvalError::Data`] naming the models present.
     pub fn model_index(&self, model: &str) -> Result<usize, EvalError> {
-        self.models.iter().position(|m| m == model).ok_or_else(|| {
+        let c = triage_core::router::quality::canonical(model);
+        let same = |m: &&String| triage_core::router::quality::canonical(m) == c;
+        let by_canonical = match self.models.iter().filter(same).count() {
+            1 => self.models.iter().position(|m| same(&m)),
+            _ => None,
+        };
+        self.models.iter().position(|m| m == model).or(by_canonical).ok_or_else(|| {
             EvalError::Data(format!("{}: no model {model:?}; models: {}", self.name, self.models.join(", ")))
         })
     }
@@ -416,6 +425,64 @@ mod tests {
         assert_eq!((d.items[0].id.as_str(), d.items[1].group.as_str()), ("1", "g"));
         assert_eq!(first_user_text(&d.items[1].request), "prove it");
         assert_eq!(d.pair("weak", "strong").unwrap(), vec![(0, 1.0, 1.0), (1, 0.0, 1.0)]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn model_names_match_across_files_by_canonical_name() {
+        let d = Dataset {
+            name: "x".into(),
+            models: vec!["gpt4_1106_preview".into(), "mistralai/Mixtral-8x7B-Instruct-v0.1".into()],
+            items: vec![],
+            dropped_contaminated: 0,
+            scale: 1.0,
+        };
+        assert_eq!(d.model_index("gpt-4-1106-preview").unwrap(), 0);
+        assert_eq!(d.model_index("Mixtral-8x7B-Instruct-v0.1").unwrap(), 1);
+        assert_eq!(d.model_index("gpt4_1106_preview").unwrap(), 0);
+        assert!(d.model_index("gpt-4").is_err());
+    }
+
+    /// `triage train` / `eval` read any number of simple-JSONL files with any number of models
+    /// per row: three files, one without the pair (left out), models named differently.
+    #[test]
+    fn lexical_training_reads_several_multi_model_files() {
+        use crate::train::{train, TrainConfig, TrainSet};
+        use triage_core::router::features::RequestText;
+        let dir = std::env::temp_dir().join(format!("triage-eval-multi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut rows = |name: &str, strong: &str, weak: &str, extra: &[&str]| {
+            let body: String = (0..40)
+                .map(|i| {
+                    let hard = i % 2 == 0;
+                    let mut q = serde_json::Map::new();
+                    q.insert(strong.into(), 1.0.into());
+                    q.insert(weak.into(), (if hard { 0.0 } else { 1.0 }).into());
+                    for (j, m) in extra.iter().enumerate() {
+                        q.insert((*m).into(), ((i + j) % 3).into());
+                    }
+                    let prompt = if hard { format!("prove theorem {i} rigorously") } else { format!("say hi {i}") };
+                    format!("{}\n", serde_json::json!({"prompt": prompt, "quality": q}))
+                })
+                .collect();
+            let p = dir.join(name);
+            std::fs::write(&p, body).unwrap();
+            p.display().to_string()
+        };
+        let a = rows("a.jsonl", "gpt4_1106_preview", "Mixtral-8x7B-Instruct-v0.1", &["m1", "m2", "m3"]);
+        let b = rows("b.jsonl", "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1", &["m4"]);
+        let c = rows("c.jsonl", "other-strong", "other-weak", &[]);
+        let sets: Vec<Dataset> = [a, b, c].iter().map(|p| load(&[], p, false).unwrap()).collect();
+        assert_eq!(sets[0].models.len(), 5);
+        let ts: Vec<TrainSet<'_>> =
+            sets.iter().map(|d| TrainSet { data: d, items: (0..d.items.len()).collect() }).collect();
+        let cfg = TrainConfig { buckets: 1 << 10, ..Default::default() };
+        let (m, rep) = train(&ts, &cfg).unwrap();
+        assert_eq!(rep.sets.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(rep.sets["a"], 40);
+        let hard = m.score_text(&RequestText::of(&user_request("prove theorem 99 rigorously")));
+        let easy = m.score_text(&RequestText::of(&user_request("say hi 99")));
+        assert!(hard > easy + 0.2, "{hard} vs {easy}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -30,19 +30,17 @@
 //! Fit: squared error, AdaGrad, L2, seeded initialisation and shuffle (deterministic).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-use triage_core::router::features::{self, RequestText};
+use triage_core::router::features::RequestText;
+pub use triage_core::router::quality::{
+    canonical, merged_hashed, raw_dense, ExtraFeatures, QualityFile, QualityModel, RuleSpec,
+};
 
 use crate::data::{self, Dataset};
 use crate::replay::{self, EvalConfig, EvalReport, Split};
 use crate::train::{adagrad, Rng, TrainReport};
 use crate::EvalError;
-
-/// Extra dense features of a request text (for example a static token embedding), appended to
-/// the 19 lexical dense features. Must return the same length for every text.
-pub type ExtraFeatures = Arc<dyn Fn(&RequestText) -> Vec<f32> + Send + Sync>;
 
 /// Hyper-parameters of the quality predictor.
 #[derive(Clone)]
@@ -91,16 +89,6 @@ impl Default for QualityConfig {
     }
 }
 
-/// A model name reduced for matching across datasets: lowercased, organisation prefix
-/// (`org/`) removed, `_` → `-`, and `gpt4-…` → `gpt-4-…`.
-pub fn canonical(name: &str) -> String {
-    let base = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase().replace('_', "-");
-    match base.strip_prefix("gpt4") {
-        Some(rest) if rest.is_empty() || rest.starts_with('-') => format!("gpt-4{rest}"),
-        _ => base,
-    }
-}
-
 /// A prompt's features: merged hashed entries and the standardised dense vector.
 #[derive(Debug, Clone)]
 struct Row {
@@ -108,120 +96,8 @@ struct Row {
     dense: Vec<f32>,
 }
 
-/// The trained predictor (see the module docs).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct QualityModel {
-    /// Rank k.
-    pub rank: usize,
-    /// Hashed buckets (0 = none).
-    pub buckets: u32,
-    /// Means of the dense features (19 lexical, then the extra ones).
-    pub dense_mean: Vec<f32>,
-    /// Standard deviations of the dense features.
-    pub dense_sd: Vec<f32>,
-    /// Projection rows of the hashed buckets, `buckets × k`, row-major.
-    pub w_hashed: Vec<f32>,
-    /// Projection rows of the dense features, `dense × k`, row-major.
-    pub w_dense: Vec<f32>,
-    /// Canonical model names.
-    pub models: Vec<String>,
-    /// One vector of k numbers per model.
-    pub vectors: Vec<Vec<f32>>,
-    /// Mean per-dataset offset of each model (standardised units): its overall level.
-    pub offsets: Vec<f32>,
-}
-
-impl QualityModel {
-    fn row(&self, rt: &RequestText, extra: Option<&ExtraFeatures>) -> Row {
-        make_row(rt, self.buckets, extra, &self.dense_mean, &self.dense_sd)
-    }
-
-    fn project(&self, r: &Row) -> Vec<f32> {
-        let k = self.rank;
-        let mut z = vec![0f32; k];
-        for &(i, v) in &r.hashed {
-            let w = &self.w_hashed[i as usize * k..(i as usize + 1) * k];
-            for (zj, wj) in z.iter_mut().zip(w) {
-                *zj += v * wj;
-            }
-        }
-        for (j, &x) in r.dense.iter().enumerate() {
-            let w = &self.w_dense[j * k..(j + 1) * k];
-            for (zj, wj) in z.iter_mut().zip(w) {
-                *zj += x * wj;
-            }
-        }
-        z
-    }
-
-    /// The vector of `model` (matched by [`canonical`]); the mean of all vectors (the default
-    /// profile) for a model never seen, with its offset likewise.
-    pub fn vector(&self, model: &str) -> (Vec<f32>, f32) {
-        let c = canonical(model);
-        match self.models.iter().position(|m| *m == c) {
-            Some(i) => (self.vectors[i].clone(), self.offsets[i]),
-            None => {
-                let n = self.vectors.len().max(1) as f32;
-                let mut v = vec![0f32; self.rank];
-                for u in &self.vectors {
-                    for (a, b) in v.iter_mut().zip(u) {
-                        *a += b / n;
-                    }
-                }
-                (v, self.offsets.iter().sum::<f32>() / n)
-            }
-        }
-    }
-
-    /// Predicted quality (standardised units) of each of `models` on the request text `rt`.
-    pub fn predict(&self, rt: &RequestText, models: &[&str], extra: Option<&ExtraFeatures>) -> Vec<f32> {
-        let z = self.project(&self.row(rt, extra));
-        models
-            .iter()
-            .map(|m| {
-                let (u, b) = self.vector(m);
-                b + dot(&u, &z)
-            })
-            .collect()
-    }
-
-    /// The two-model score: `q̂(strong) − q̂(weak)` on `rt` (higher = the strong model gains more).
-    pub fn pair_score(&self, rt: &RequestText, weak: &str, strong: &str, extra: Option<&ExtraFeatures>) -> f32 {
-        let p = self.predict(rt, &[weak, strong], extra);
-        p[1] - p[0]
-    }
-}
-
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-fn raw_dense(rt: &RequestText, extra: Option<&ExtraFeatures>) -> Vec<f32> {
-    let mut d = features::dense(rt).to_vec();
-    if let Some(f) = extra {
-        d.extend(f(rt));
-    }
-    d
-}
-
-fn make_row(rt: &RequestText, buckets: u32, extra: Option<&ExtraFeatures>, mu: &[f32], sd: &[f32]) -> Row {
-    let hashed = if buckets == 0 { Vec::new() } else { merged_hashed(rt, buckets) };
-    let dense = raw_dense(rt, extra).iter().zip(mu.iter().zip(sd)).map(|(x, (m, s))| (x - m) / s).collect();
-    Row { hashed, dense }
-}
-
-fn merged_hashed(rt: &RequestText, buckets: u32) -> Vec<(u32, f32)> {
-    let f = features::extract_text(rt, buckets);
-    let mut h: Vec<(u32, f32)> = f.hashed.iter().map(|x| (x.index, x.value)).collect();
-    h.sort_unstable_by_key(|x| x.0);
-    let mut out: Vec<(u32, f32)> = Vec::with_capacity(h.len());
-    for (i, v) in h {
-        match out.last_mut() {
-            Some(l) if l.0 == i => l.1 += v,
-            _ => out.push((i, v)),
-        }
-    }
-    out
 }
 
 /// One training dataset: the dataset and the items to train on.
@@ -657,6 +533,297 @@ pub fn eval_cmd(
     Ok(s)
 }
 
+/// Arguments of `triage train --scorer quality`.
+pub struct QualityTrainArgs {
+    /// Data folders (benchmarks are looked up there).
+    pub data: Vec<PathBuf>,
+    /// Training sets: benchmark names and simple-JSONL files, any number of each, any number
+    /// of models per row.
+    pub sets: Vec<String>,
+    /// Hyper-parameters (with the extra features' function, if any).
+    pub qc: QualityConfig,
+    /// The static embedding table's file name as written into the model file (relative to the
+    /// model file's folder); `None` without extra features.
+    pub static_embed: Option<String>,
+    /// The tier profiles, cheapest first (stored for this tier count; a 3-list also gives the
+    /// 2-tier list from its ends).
+    pub profiles: Vec<String>,
+    /// Each tier's price, USD per million tokens, cheapest first (empty: none stored).
+    pub tier_prices: Vec<f64>,
+    /// The choice rule.
+    pub rule: RuleSpec,
+    /// Output file.
+    pub out: PathBuf,
+}
+
+/// Writes `body` to `path` atomically (a temporary file renamed over it), so a gateway that
+/// reloads the file never reads half of it.
+///
+/// Errors: [`EvalError::Usage`] naming the file.
+pub fn write_atomically(path: &Path, body: &str) -> Result<(), EvalError> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, body)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| EvalError::Usage(format!("cannot write {}: {e}", path.display())))
+}
+
+/// `triage train --scorer quality`: trains the predictor on every item of `a.sets` (each
+/// dataset keeps its own offsets; no split: evaluate with `triage eval --router quality`),
+/// writes the model file (profiles, tier costs, rule, metadata) and returns a summary.
+///
+/// Errors: [`EvalError`] for missing data, fewer than one profile, or an unwritable output.
+pub fn train_cmd(a: &QualityTrainArgs) -> Result<String, EvalError> {
+    if a.profiles.is_empty() {
+        return Err(EvalError::Usage("name the tier profiles (--profiles cheap,...,strong)".into()));
+    }
+    if !a.tier_prices.is_empty() && a.tier_prices.len() != a.profiles.len() {
+        return Err(EvalError::Usage(format!("{} tier prices for {} profiles", a.tier_prices.len(), a.profiles.len())));
+    }
+    let sets: Vec<Dataset> = a.sets.iter().map(|b| data::load(&a.data, b, false)).collect::<Result<_, _>>()?;
+    let qs: Vec<QualitySet<'_>> =
+        sets.iter().map(|d| QualitySet { data: d, items: (0..d.items.len()).collect() }).collect();
+    let (model, rep) = train(&qs, &a.qc)?;
+    let n = a.profiles.len();
+    let mut profiles = BTreeMap::from([(n.to_string(), a.profiles.clone())]);
+    let mut tier_costs = BTreeMap::new();
+    if !a.tier_prices.is_empty() {
+        tier_costs.insert(n.to_string(), a.tier_prices.clone());
+    }
+    if n == 3 {
+        profiles.insert("2".into(), vec![a.profiles[0].clone(), a.profiles[2].clone()]);
+        if !a.tier_prices.is_empty() {
+            tier_costs.insert("2".into(), vec![a.tier_prices[0], a.tier_prices[2]]);
+        }
+    }
+    let unknown: Vec<&String> = a.profiles.iter().filter(|p| !model.models.contains(&canonical(p))).collect();
+    let meta = serde_json::json!({
+        "trained_on": rep.sets,
+        "train_loss": rep.train_log_loss,
+        "hyper_parameters": {
+            "rank": a.qc.rank, "buckets": a.qc.buckets, "epochs": a.qc.epochs, "lr": a.qc.lr,
+            "l2": a.qc.l2, "l2_hashed": a.qc.l2_hashed, "balance": a.qc.balance, "seed": a.qc.seed,
+            "within_prompt": a.qc.within_prompt,
+            "extra": a.qc.extra.as_ref().map(|e| e.0.clone()),
+        },
+        "split": "none: every item of every set (evaluate with triage eval --router quality --split leave-dataset-out|grouped-5-fold)",
+    });
+    let file = QualityFile {
+        kind: "quality".into(),
+        model,
+        static_embed: a.static_embed.clone(),
+        profiles,
+        tier_costs,
+        rule: a.rule,
+        meta,
+    };
+    let json = serde_json::to_string(&file).map_err(|e| EvalError::Data(e.to_string()))?;
+    write_atomically(&a.out, &json)?;
+    let mut s = String::new();
+    for (name, cells) in &rep.sets {
+        s.push_str(&format!("trained on {name}: {cells} (prompt, model) cells\n"));
+    }
+    s.push_str(&format!(
+        "{} models; tier profiles {}; rule {}; training loss {:.4}\n",
+        file.model.models.len(),
+        a.profiles.join(" < "),
+        a.rule.label(),
+        rep.train_log_loss
+    ));
+    if !unknown.is_empty() {
+        s.push_str(&format!(
+            "note: profiles never seen in training get the default profile (mean vector): {}\n",
+            unknown.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    s.push_str(&format!("wrote {} ({} bytes)\n", a.out.display(), json.len()));
+    Ok(s)
+}
+
+/// What `triage calibrate --scorer quality` aims at.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum QualityTarget {
+    /// USD per 1,000 requests at most (the best quality within it).
+    CostPer1000(f64),
+    /// Mean realised quality at least this share of always-the-top-tier's (the cheapest such
+    /// point); needs the sample's qualities of the profile models.
+    QualityShare(f64),
+}
+
+/// The outcome of one rule parameter on a calibration sample.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RulePoint {
+    /// The rule.
+    pub rule: RuleSpec,
+    /// Share of the sample per tier, cheapest first.
+    pub shares: Vec<f64>,
+    /// USD per 1,000 requests.
+    pub cost_per_1000: f64,
+    /// Mean realised quality / always-top mean quality (NaN without qualities).
+    pub quality_share: f64,
+}
+
+/// Chooses the margin (or λ, after `lambda`) for `target` on a sample: `pred[i][t]` the
+/// predicted quality of tier t's profile on prompt i, `real[i][t]` the realised quality (NaN
+/// where unknown), `usd[t]` a request's cost on tier t (USD), `prices[t]` the tier's price per
+/// million tokens (λ's unit, as stored in the model file). Cost and quality move monotonically
+/// with the parameter only on average, so the parameter is scanned on a fine grid (margin:
+/// 0 to the largest spread of a prompt's predictions in 4,000 steps; λ: 0 and 10⁻⁶…10³ in 4,000
+/// log steps). For a cost target: the smallest parameter meeting it (the most quality within
+/// budget); for a quality share: the largest meeting it (the cheapest). When no parameter
+/// meets the target, the closest point is returned and `met` is false.
+///
+/// Errors: [`EvalError::Usage`] for an empty sample or mismatched lengths.
+pub fn choose_rule(
+    pred: &[Vec<f32>],
+    real: &[Vec<f64>],
+    usd: &[f64],
+    prices: &[f64],
+    lambda: bool,
+    target: QualityTarget,
+) -> Result<(RulePoint, bool), EvalError> {
+    let n = usd.len();
+    if pred.is_empty() || pred.iter().any(|p| p.len() != n) || prices.len() != n || real.len() != pred.len() {
+        return Err(EvalError::Usage("calibration: empty sample or tier lists of different lengths".into()));
+    }
+    let eval = |rule: RuleSpec| -> RulePoint {
+        let mut counts = vec![0usize; n];
+        let (mut cost, mut q, mut qn) = (0f64, 0f64, 0usize);
+        let mut top_sum = 0f64;
+        for (p, r) in pred.iter().zip(real) {
+            let cands: Vec<triage_core::router::choice::Candidate> = p
+                .iter()
+                .zip(prices)
+                .map(|(&quality, &cost)| triage_core::router::choice::Candidate { quality, cost })
+                .collect();
+            let t = triage_core::router::choice::choose(&cands, rule.rule()).unwrap_or(0);
+            counts[t] += 1;
+            cost += usd[t];
+            if r[t].is_finite() && r[n - 1].is_finite() {
+                q += r[t];
+                top_sum += r[n - 1];
+                qn += 1;
+            }
+        }
+        let m = pred.len() as f64;
+        RulePoint {
+            rule,
+            shares: counts.iter().map(|&c| c as f64 / m).collect(),
+            cost_per_1000: 1000.0 * cost / m,
+            quality_share: if qn == 0 || top_sum == 0.0 { f64::NAN } else { q / top_sum },
+        }
+    };
+    let grid: Vec<RuleSpec> = if lambda {
+        std::iter::once(0.0)
+            .chain((0..4000).map(|i| 10f32.powf(-6.0 + 9.0 * i as f32 / 3999.0)))
+            .map(RuleSpec::Lambda)
+            .collect()
+    } else {
+        let spread = pred
+            .iter()
+            .map(|p| {
+                let (lo, hi) = p.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+                hi - lo
+            })
+            .fold(0f32, f32::max);
+        (0..=4000).map(|i| RuleSpec::Margin(spread * 1.001 * i as f32 / 4000.0)).collect()
+    };
+    let points: Vec<RulePoint> = grid.into_iter().map(eval).collect();
+    let pick = match target {
+        QualityTarget::CostPer1000(c) => match points.iter().find(|p| p.cost_per_1000 <= c + 1e-12) {
+            Some(p) => (p.clone(), true),
+            None => {
+                let p = points
+                    .iter()
+                    .min_by(|a, b| a.cost_per_1000.total_cmp(&b.cost_per_1000))
+                    .cloned()
+                    .ok_or_else(|| EvalError::Usage("no calibration point".into()))?;
+                (p, false)
+            }
+        },
+        QualityTarget::QualityShare(share) => {
+            if points.iter().all(|p| p.quality_share.is_nan()) {
+                return Err(EvalError::Usage(
+                    "a quality-share target needs the sample's qualities of every tier profile".into(),
+                ));
+            }
+            match points.iter().rev().find(|p| p.quality_share >= share) {
+                Some(p) => (p.clone(), true),
+                None => (points[0].clone(), false),
+            }
+        }
+    };
+    Ok(pick)
+}
+
+/// `triage calibrate --scorer quality`: predicts every tier profile's quality on the sample
+/// `ds`, chooses the margin (or λ) for `target` ([`choose_rule`]), stores it and the tier
+/// prices in `file` and returns a summary. `tier_prices` (USD per million tokens, cheapest
+/// first) give the tier count; `tokens_per_request` converts them to a request's cost.
+///
+/// Errors: as [`choose_rule`], or a tier count the file has no profiles for.
+pub fn calibrate_cmd(
+    file: &mut QualityFile,
+    extra: Option<&ExtraFeatures>,
+    ds: &Dataset,
+    tier_prices: &[f64],
+    tokens_per_request: f64,
+    lambda: bool,
+    target: QualityTarget,
+) -> Result<String, EvalError> {
+    let n = tier_prices.len();
+    if n < 2 {
+        return Err(EvalError::Usage("--tier-prices: at least two tiers".into()));
+    }
+    let profiles = file.profiles_for(n);
+    let names: Vec<&str> = profiles.iter().map(String::as_str).collect();
+    let cols: Vec<Option<usize>> =
+        profiles.iter().map(|p| ds.models.iter().position(|m| canonical(m) == canonical(p))).collect();
+    let pb = indicatif::ProgressBar::new(ds.items.len() as u64);
+    let mut pred = Vec::with_capacity(ds.items.len());
+    let mut real = Vec::with_capacity(ds.items.len());
+    for it in &ds.items {
+        let rt = RequestText::of(&it.request);
+        pred.push(file.model.predict(&rt, &names, extra));
+        real.push(cols.iter().map(|c| c.map_or(f64::NAN, |c| it.quality[c])).collect::<Vec<f64>>());
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let usd: Vec<f64> = tier_prices.iter().map(|p| p * tokens_per_request / 1e6).collect();
+    let (point, met) = choose_rule(&pred, &real, &usd, tier_prices, lambda, target)?;
+    file.rule = point.rule;
+    file.tier_costs.insert(n.to_string(), tier_prices.to_vec());
+    if !file.profiles.contains_key(&n.to_string()) {
+        file.profiles.insert(n.to_string(), profiles.clone());
+    }
+    if let serde_json::Value::Object(m) = &mut file.meta {
+        m.insert(
+            "calibration".into(),
+            serde_json::json!({"sample": ds.name, "prompts": ds.items.len(), "target": format!("{target:?}"),
+                "rule": point.rule.label(), "shares": point.shares, "cost_per_1000": point.cost_per_1000,
+                "quality_share": if point.quality_share.is_finite() { Some(point.quality_share) } else { None }}),
+        );
+    }
+    let mut s = format!(
+        "quality scorer, {n} tiers ({}): {}{}\n",
+        profiles.join(" < "),
+        point.rule.label(),
+        if met { "" } else { " (target not reachable on this sample: closest point)" }
+    );
+    s.push_str(&format!(
+        "on the sample ({}, {} prompts): {} per tier; ${:.4} per 1,000 requests at {} tokens per request",
+        ds.name,
+        ds.items.len(),
+        point.shares.iter().map(|x| format!("{:.1} %", 100.0 * x)).collect::<Vec<_>>().join(" / "),
+        point.cost_per_1000,
+        tokens_per_request
+    ));
+    if point.quality_share.is_finite() {
+        s.push_str(&format!("; quality {:.3} of always-{}", point.quality_share, profiles[n - 1]));
+    }
+    s.push('\n');
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -722,5 +889,57 @@ mod tests {
         let hard = RequestText::of(&user_request("write a proof of lemma 999"));
         let easy = RequestText::of(&user_request("say hello to friend 999"));
         assert!(m.pair_score(&hard, "small", "big", None) > m.pair_score(&easy, "small", "big", None) + 0.5);
+    }
+
+    /// Two tiers; on prompts 0..4 the cheap model is predicted close (gap 0.1, 0.2, 0.3, 0.4);
+    /// cheap costs $0.001 a request, strong $0.02.
+    fn sample() -> (Vec<Vec<f32>>, Vec<Vec<f64>>, Vec<f64>, Vec<f64>) {
+        let pred = (1..=4).map(|i| vec![0.0, 0.1 * i as f32]).collect();
+        // Realised: the cheap model is as good on the two smallest gaps, worse on the others.
+        let real = vec![vec![1.0, 1.0], vec![1.0, 1.0], vec![0.0, 1.0], vec![0.0, 1.0]];
+        (pred, real, vec![0.001, 0.02], vec![1.0, 20.0])
+    }
+
+    #[test]
+    fn the_margin_is_set_for_a_cost_target() {
+        let (pred, real, usd, prices) = sample();
+        // $10 per 1,000 = half the prompts on the strong tier: the smallest margin that keeps
+        // the two smallest gaps cheap is just above 0.2.
+        let (p, met) = choose_rule(&pred, &real, &usd, &prices, false, QualityTarget::CostPer1000(10.5)).unwrap();
+        assert!(met);
+        let RuleSpec::Margin(d) = p.rule else { panic!("{p:?}") };
+        assert!(d >= 0.2 && d < 0.3, "{d}");
+        assert_eq!(p.shares, vec![0.5, 0.5]);
+        assert!((p.cost_per_1000 - 10.5).abs() < 1e-9);
+        assert!((p.quality_share - 1.0).abs() < 1e-12);
+        // Everything strong costs $20 per 1,000: a target of $25 needs no margin.
+        let (p, _) = choose_rule(&pred, &real, &usd, &prices, false, QualityTarget::CostPer1000(25.0)).unwrap();
+        assert_eq!(p.rule, RuleSpec::Margin(0.0));
+        // Below always-cheap ($1) the target cannot be met: the cheapest point, flagged.
+        let (p, met) = choose_rule(&pred, &real, &usd, &prices, false, QualityTarget::CostPer1000(0.5)).unwrap();
+        assert!(!met);
+        assert_eq!(p.shares, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn the_margin_and_lambda_are_set_for_a_quality_share() {
+        let (pred, real, usd, prices) = sample();
+        // Quality share 1.0: the cheapest point keeping every prompt's realised quality is the
+        // one sending gaps 0.3 and 0.4 to the strong model (margin in [0.2, 0.3)).
+        let (p, met) = choose_rule(&pred, &real, &usd, &prices, false, QualityTarget::QualityShare(1.0)).unwrap();
+        assert!(met);
+        assert_eq!(p.shares, vec![0.5, 0.5]);
+        // 0.75: one of the losing prompts may stay cheap.
+        let (p, _) = choose_rule(&pred, &real, &usd, &prices, false, QualityTarget::QualityShare(0.75)).unwrap();
+        assert_eq!(p.shares, vec![0.75, 0.25]);
+        // λ: the value is q − λ·price; strong wins prompt i while 0.1·i > 19λ.
+        let (p, met) = choose_rule(&pred, &real, &usd, &prices, true, QualityTarget::QualityShare(1.0)).unwrap();
+        assert!(met);
+        assert_eq!(p.shares, vec![0.5, 0.5]);
+        let RuleSpec::Lambda(l) = p.rule else { panic!("{p:?}") };
+        assert!(l * 19.0 >= 0.2 - 1e-4 && l * 19.0 < 0.3, "{l}");
+        // Without realised qualities a quality target is refused.
+        let none = vec![vec![f64::NAN, f64::NAN]; 4];
+        assert!(choose_rule(&pred, &none, &usd, &prices, false, QualityTarget::QualityShare(0.9)).is_err());
     }
 }

@@ -229,6 +229,9 @@ pub fn scores_for(
             };
             Ok((scores, label, "lexical".to_owned(), reports))
         }
+        ScorerKind::Quality => {
+            Err(EvalError::Usage("the quality router is evaluated by quality::evaluate (--router quality)".into()))
+        }
         ScorerKind::Embedding => {
             let setup = cfg.embedding.as_ref().ok_or_else(|| {
                 EvalError::Usage("the embedding router needs its encoder (scripts/fetch-embedding-model.sh)".into())

@@ -188,7 +188,9 @@ pub(crate) struct Labelled<'a> {
 /// The usable prompts of `sets` (both models' quality known), labelled and weighted, with the
 /// count per set name.
 ///
-/// Errors: [`EvalError::Data`] if a set lacks the weak or strong model, or nothing is usable.
+/// Sets without the weak or the strong model are left out.
+///
+/// Errors: [`EvalError::Data`] if nothing is usable.
 pub(crate) fn labelled<'a>(
     sets: &[TrainSet<'a>],
     cfg: &TrainConfig,
@@ -196,7 +198,11 @@ pub(crate) fn labelled<'a>(
     let mut out = Vec::new();
     let mut counts = BTreeMap::new();
     for set in sets {
-        let (wi, si) = (set.data.model_index(&cfg.weak)?, set.data.model_index(&cfg.strong)?);
+        // A set without the pair (a multi-model file of other models) has nothing to teach this
+        // pair: it is left out (the report's `sets` lists the sets used).
+        let (Ok(wi), Ok(si)) = (set.data.model_index(&cfg.weak), set.data.model_index(&cfg.strong)) else {
+            continue;
+        };
         let usable: Vec<usize> = set
             .items
             .iter()

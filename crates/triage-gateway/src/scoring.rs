@@ -41,8 +41,35 @@ pub fn build_router(auto: &AutoRouting) -> Result<Option<Arc<Router>>, String> {
             let scorer = triage_embed::EmbeddingScorer::new(Arc::new(encoder), head).map_err(|e| e.to_string())?;
             Router::new(Box::new(scorer), Thresholds::default())
         }
+        ScorerKind::Quality => {
+            let p = model_file.as_deref().ok_or_else(|| {
+                "[router] scorer = \"quality\" needs [router] model_file (a quality model: `triage train --scorer quality`)"
+                    .to_owned()
+            })?;
+            Router::new(Box::new(quality_scorer(p, &file(p)?, encoder_dir.as_deref())?), Thresholds::default())
+        }
     };
     Ok(Some(Arc::new(router)))
+}
+
+/// The quality scorer of the model file at `path` (contents `json`). When the model reads a
+/// static token embedding, its table is the file the model names, relative to the model file's
+/// folder, and its tokenizer the encoder directory's `tokenizer.json` (`encoder_dir`, else the
+/// default: scripts/fetch-embedding-model.sh).
+///
+/// Errors: a message naming the file that does not parse or load.
+pub fn quality_scorer(
+    path: &str,
+    json: &str,
+    encoder_dir: Option<&str>,
+) -> Result<triage_core::router::quality::QualityScorer, String> {
+    use triage_core::router::quality::{QualityFile, QualityScorer};
+    let qf = QualityFile::from_json(json).map_err(|e| format!("router model {path}: {e}"))?;
+    let extra = match &qf.static_embed {
+        None => None,
+        Some(table) => Some(static_extra(path, table, encoder_dir)?),
+    };
+    QualityScorer::new(qf, extra).map_err(|e| format!("router model {path}: {e}"))
 }
 
 /// Permits for concurrent blocking scorers: one per core.
@@ -167,4 +194,22 @@ pub fn spawn_reloader(state: crate::SharedState) -> tokio::task::JoinHandle<()> 
             }
         }
     })
+}
+
+/// The extra features of a quality model that reads a static token embedding: the table
+/// `table` (relative to the model file `model_path`'s folder, or absolute) with the tokenizer
+/// of the encoder directory (`encoder_dir`, else the default).
+///
+/// Errors: a message naming the model file and the file that did not load.
+pub fn static_extra(
+    model_path: &str,
+    table: &str,
+    encoder_dir: Option<&str>,
+) -> Result<triage_core::router::quality::ExtraFeatures, String> {
+    let bin = std::path::Path::new(model_path).parent().unwrap_or(std::path::Path::new(".")).join(table);
+    let dir = encoder_dir.map_or_else(triage_embed::default_dir, std::path::PathBuf::from);
+    let se = triage_embed::StaticEmbedding::load(&bin, &dir.join("tokenizer.json"))
+        .map_err(|e| format!("router model {model_path}: static embedding: {e}"))?;
+    let se = Arc::new(se);
+    Ok(Arc::new(move |rt: &triage_core::router::features::RequestText| se.embed(&rt.text)))
 }

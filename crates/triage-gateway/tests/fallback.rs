@@ -390,7 +390,8 @@ async fn breaker_opens_probes_and_closes() {
     assert_eq!(primary["failures"], 3);
     assert_eq!(health["deployments"][1]["breaker"], "closed");
 
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The cooldown is jittered to 0.8–1.2 × cooldown_ms (1 s here): wait past its upper end.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     healthy.store(true, Ordering::SeqCst);
     let resp = post(&gw, REQ).await;
     assert_eq!(resp.headers()["x-triage-model"], "openai-model", "the half-open probe succeeds");

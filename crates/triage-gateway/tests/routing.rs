@@ -355,3 +355,122 @@ async fn auto_uses_the_embedding_scorer() {
         assert_eq!(score(&r), score(&easy));
     }
 }
+
+/// A hand-made quality model (the `[router] scorer = "quality"` file format): rank 1 on the
+/// mean word length alone (dense feature 15, word length / 5, taken as mean 1.5 and sd 0.5);
+/// `small` loses quality as words get longer, `big` gains, `mid` in between, levels 0 / 0.1 / 0.2;
+/// tiers local / mid / frontier → small / mid / big at $0.1 / $1 / $20; margin 0.3.
+fn quality_model_file(dir: &std::path::Path) -> String {
+    let mut w_dense = vec![0.0f32; 19];
+    w_dense[15] = 1.0;
+    let mut mean = vec![0.0f32; 19];
+    mean[15] = 1.5;
+    let mut sd = vec![1.0f32; 19];
+    sd[15] = 0.5;
+    let file = json!({
+        "kind": "quality",
+        "model": {
+            "rank": 1, "buckets": 0, "dense_mean": mean, "dense_sd": sd, "w_hashed": [], "w_dense": w_dense,
+            "models": ["small", "mid", "big"], "vectors": [[-0.5], [0.0], [0.5]], "offsets": [0.0, 0.1, 0.2]
+        },
+        "profiles": {"3": ["small", "mid", "big"]},
+        "tier_costs": {"3": [0.1, 1.0, 20.0]},
+        "rule": {"margin": 0.3}
+    });
+    let path = dir.join(format!("quality-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, file.to_string()).unwrap();
+    path.display().to_string()
+}
+
+fn quality_tiers(up: &FakeUpstream, model_file: &str, sticky_secs: u64) -> String {
+    scored_tiers(up, "quality").replace(
+        "scorer = \"quality\"\n",
+        &format!("scorer = \"quality\"\nmodel_file = \"{model_file}\"\nsticky_secs = {sticky_secs}\n"),
+    )
+}
+
+/// Long words, short words, and a short follow-up after the long-worded first turn.
+const HARD: &str = "Characterise asymptotically polymorphic serialisation implementations thoroughly";
+
+fn follow_up() -> serde_json::Value {
+    json!([
+        {"role": "user", "content": HARD},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "now do it"}
+    ])
+}
+
+/// `auto` with the quality scorer: the predicted quality of each tier's profile decides, by the
+/// margin; an easy and a hard request land on different tiers; the reason shows every tier's
+/// predicted quality and the rule.
+#[tokio::test]
+async fn auto_uses_the_quality_scorer() {
+    let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let file = quality_model_file(&std::env::temp_dir());
+    let gw = start(&quality_tiers(&up, &file, 0)).await;
+    // "hi there": mean word length 3.5 → x = −1.6: small 0.80, mid 0.10, big −0.60 → local.
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs("hi there")})).await;
+    assert_eq!(s, 200);
+    assert_eq!(model, "tiny", "{reason}");
+    assert!(
+        reason.contains(" -> tier local")
+            && reason.contains("; quality: q:small +0.80, q:mid +0.10, q:big -0.60, margin +0.30"),
+        "{reason}"
+    );
+    // HARD: mean word length 12.5 → x = 2: small −1.0, mid 0.1, big 1.2 → frontier.
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs(HARD)})).await;
+    assert_eq!(s, 200);
+    assert_eq!(model, "big", "{reason}");
+    assert!(reason.contains(" -> tier frontier") && reason.contains("q:big +1.20"), "{reason}");
+    // Without sticky routing (sticky_secs = 0) the short follow-up is scored on its own:
+    // mean word length 8.4 → x = 0.36: small −0.18, mid 0.10, big 0.38 → mid (0.10 ≥ 0.38 − 0.3).
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": follow_up()})).await;
+    assert_eq!(s, 200);
+    assert_eq!(model, "middle", "{reason}");
+    assert!(!reason.contains("sticky"), "{reason}");
+}
+
+/// Sticky routing end to end at the gateway: after a first turn routed to the frontier, the
+/// short follow-up of the same conversation (which alone scores mid) stays on the frontier and
+/// the reason says so; the same follow-up text in another conversation goes where it scores.
+#[tokio::test]
+async fn a_conversation_stays_on_its_tier_at_the_gateway() {
+    let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let file = quality_model_file(&std::env::temp_dir());
+    let gw = start(&quality_tiers(&up, &file, 600)).await;
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs(HARD)})).await;
+    assert_eq!((s, model.as_str()), (200, "big"), "{reason}");
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": follow_up()})).await;
+    assert_eq!((s, model.as_str()), (200, "big"), "{reason}");
+    assert!(
+        reason.starts_with(
+            "sticky: this conversation was routed to tier frontier before, so it stays there (this turn alone scored tier mid); auto: "
+        ),
+        "{reason}"
+    );
+    // Another conversation (different first turn) with a follow-up: its own score, local.
+    let other = json!([
+        {"role": "user", "content": "hi there"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "now do it"}
+    ]);
+    let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": other})).await;
+    assert_eq!((s, model.as_str()), (200, "tiny"), "{reason}");
+    assert!(!reason.contains("sticky"), "{reason}");
+}
+
+/// A quality model file that does not load is refused at start with a message naming it
+/// (the server never starts with a router it cannot run).
+#[test]
+fn a_broken_quality_model_file_is_refused_with_its_name() {
+    use triage_core::catalog::AutoRouting;
+    use triage_core::router::ScorerKind;
+    let path = std::env::temp_dir().join(format!("quality-bad-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, r#"{"kind": "quality", "model": {"rank": 0}}"#).unwrap();
+    let p = path.display().to_string();
+    let auto = AutoRouting::Scorer { kind: ScorerKind::Quality, model_file: Some(p.clone()), encoder_dir: None };
+    let e = triage_gateway::scoring::build_router(&auto).unwrap_err();
+    assert!(e.starts_with(&format!("router model {p}: ")), "{e}");
+    let none = AutoRouting::Scorer { kind: ScorerKind::Quality, model_file: None, encoder_dir: None };
+    assert!(triage_gateway::scoring::build_router(&none).unwrap_err().contains("needs [router] model_file"));
+}

@@ -276,6 +276,8 @@ async fn once_quiet(engine: &Bench, req: GenerateRequest) -> Result<Duration, Er
     Ok(elapsed)
 }
 
+// The `run` subcommand's options, one argument each (clap parsed them already).
+#[allow(clippy::too_many_arguments)]
 async fn run(
     model: PathBuf,
     threads: u32,

@@ -84,6 +84,17 @@ pub enum Weights {
     F32,
     /// 16-bit floats (IEEE half): half the size, and what `llama-quantize` starts from.
     F16,
+    /// llama.cpp's Q8_0 blocks (32 weights: an F16 scale and 32 signed bytes), random bytes
+    /// under a scale that keeps the weights at the F32 model's size. Rows must be multiples of
+    /// 32 wide (others stay F16).
+    Q8_0,
+    /// As llama-quantize's Q4_K_M lays a model out: Q4_K super-blocks (256 weights: F16 scale
+    /// and minimum, 6-bit sub-block scales and minimums, 4-bit values) for most matrices, Q6_K
+    /// (6-bit values, 8-bit sub-block scales) for `attn_v`, `ffn_down` and `output`; random bytes
+    /// under scales that keep the weights at the F32 model's size. Rows must be multiples of 256
+    /// wide (others stay F16). The blocks are what the real kernels read: a random block is as
+    /// valid a block as a trained one.
+    Q4KM,
 }
 
 /// Shape of the model.
@@ -289,8 +300,57 @@ struct Tensor {
     /// ggml order: `dims[0]` varies fastest.
     dims: Vec<u64>,
     init: Init,
-    /// Stored as F16 (else F32).
+    /// Stored as F16 (else F32, unless `quant`).
     half: bool,
+    /// Stored in quantized blocks.
+    quant: Option<Quant>,
+}
+
+/// ggml's quantized block formats written here (`ggml-common.h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quant {
+    Q8_0,
+    Q4K,
+    Q6K,
+}
+
+impl Quant {
+    /// (weights per block, bytes per block, ggml type id).
+    fn block(self) -> (usize, usize, u32) {
+        match self {
+            Quant::Q8_0 => (32, 34, 8),
+            Quant::Q4K => (256, 144, 12),
+            Quant::Q6K => (256, 210, 14),
+        }
+    }
+
+    /// One block of random values whose weights are about `scale` in size.
+    fn write_block(self, rng: &mut Rng, scale: f32, buf: &mut Vec<u8>) {
+        let mut bytes = |n: usize, buf: &mut Vec<u8>| {
+            for _ in 0..n {
+                buf.push((rng.next_f32() * 128.0 + 128.0) as u8);
+            }
+        };
+        match self {
+            Quant::Q8_0 => {
+                // y = d * q, q in [-128, 127].
+                buf.extend_from_slice(&f16_bits(scale / 127.0).to_le_bytes());
+                bytes(32, buf);
+            }
+            Quant::Q4K => {
+                // y = d * sc * q - dmin * m, sc and m in [0, 63], q in [0, 15].
+                let d = scale / (63.0 * 7.5);
+                buf.extend_from_slice(&f16_bits(d).to_le_bytes());
+                buf.extend_from_slice(&f16_bits(d * 7.5).to_le_bytes());
+                bytes(12 + 128, buf);
+            }
+            Quant::Q6K => {
+                // y = d * sc * (q - 32), sc in [-128, 127], q in [0, 63].
+                bytes(128 + 64 + 16, buf);
+                buf.extend_from_slice(&f16_bits(scale / (128.0 * 32.0)).to_le_bytes());
+            }
+        }
+    }
 }
 
 impl Tensor {
@@ -299,7 +359,21 @@ impl Tensor {
     }
 
     fn bytes(&self) -> u64 {
-        (self.len() * if self.half { 2 } else { 4 }) as u64
+        match self.quant {
+            Some(q) => {
+                let (n, b, _) = q.block();
+                (self.len() / n * b) as u64
+            }
+            None => (self.len() * if self.half { 2 } else { 4 }) as u64,
+        }
+    }
+
+    fn ggml_type(&self) -> u32 {
+        match self.quant {
+            Some(q) => q.block().2,
+            None if self.half => GGML_F16,
+            None => GGML_F32,
+        }
     }
 }
 
@@ -410,9 +484,20 @@ impl TinyLlama {
         // An empty template: the file has none, as base models' files.
         kv.retain(|(k, v)| !(*k == "tokenizer.chat_template" && matches!(v, Value::Str(s) if s.is_empty())));
 
-        let half = self.weights == Weights::F16;
-        let ones = |name: String| Tensor { name, dims: vec![embd], init: Init::Ones, half: false };
-        let random = |name: String, dims: Vec<u64>, scale: f32| Tensor { name, dims, init: Init::Random(scale), half };
+        let weights = self.weights;
+        let ones = |name: String| Tensor { name, dims: vec![embd], init: Init::Ones, half: false, quant: None };
+        let random = |name: String, dims: Vec<u64>, scale: f32| {
+            let wide = |n: u64| dims[0].is_multiple_of(n);
+            let quant = match weights {
+                Weights::Q8_0 if wide(32) => Some(Quant::Q8_0),
+                Weights::Q4KM if wide(256) => {
+                    let six = name == "output.weight" || name.contains("attn_v") || name.contains("ffn_down");
+                    Some(if six { Quant::Q6K } else { Quant::Q4K })
+                }
+                _ => None,
+            };
+            Tensor { name, dims, init: Init::Random(scale), half: weights != Weights::F32, quant }
+        };
         let w = 1.0 / (embd as f32).sqrt() * 1.7;
         let mut tensors = vec![random("token_embd.weight".into(), vec![embd, n_vocab], 1.0)];
         for i in 0..self.layers {
@@ -453,7 +538,7 @@ impl TinyLlama {
             for d in &t.dims {
                 head.extend_from_slice(&d.to_le_bytes());
             }
-            head.extend_from_slice(&(if t.half { GGML_F16 } else { GGML_F32 }).to_le_bytes());
+            head.extend_from_slice(&t.ggml_type().to_le_bytes());
             head.extend_from_slice(&offset.to_le_bytes());
             offset += t.bytes().div_ceil(ALIGNMENT as u64) * ALIGNMENT as u64;
         }
@@ -465,6 +550,15 @@ impl TinyLlama {
         for t in &tensors {
             let n = t.len();
             let mut done = 0;
+            if let (Some(q), Init::Random(scale)) = (t.quant, &t.init) {
+                let (per_block, _, _) = q.block();
+                for _ in 0..n / per_block {
+                    buf.clear();
+                    q.write_block(&mut rng, *scale, &mut buf);
+                    out.write_all(&buf)?;
+                }
+                done = n;
+            }
             while done < n {
                 buf.clear();
                 let m = (n - done).min(1 << 14);

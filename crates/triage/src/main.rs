@@ -131,6 +131,29 @@ enum Command {
         calibrate_on: String,
         #[command(flatten)]
         evals: evals_cmd::TrainFromEvals,
+        /// Training sets: benchmark names or simple-JSONL files (any number of models per row;
+        /// lexical and embedding use the files with the --weak/--strong pair); repeatable
+        /// (default: every benchmark but --exclude).
+        #[arg(long)]
+        train_on: Vec<String>,
+        /// Quality scorer: each tier's model profile, cheapest first.
+        #[arg(long, value_delimiter = ',', default_values_t = [
+            "mistralai/Mistral-7B-Instruct-v0.1".to_owned(),
+            "mistralai/Mixtral-8x7B-Instruct-v0.1".to_owned(),
+            "gpt-4-1106-preview".to_owned(),
+        ])]
+        profiles: Vec<String>,
+        /// Quality scorer: each tier's price, USD per million tokens, cheapest first (λ's unit).
+        #[arg(long, value_delimiter = ',')]
+        tier_prices: Vec<f64>,
+        /// Quality scorer: the margin δ (standardised quality units) written into the file.
+        #[arg(long, default_value_t = 0.1)]
+        quality_margin: f32,
+        /// Quality scorer: a cost weight λ instead of a margin.
+        #[arg(long)]
+        quality_lambda: Option<f32>,
+        #[command(flatten)]
+        quality: QualityFlags,
     },
     /// Replay a benchmark through a router: sweep, PGR, APGR, CPT, random and oracle baselines, JSON and SVG.
     Eval {
@@ -221,6 +244,13 @@ enum Command {
         mix: Option<Vec<f64>>,
         #[command(flatten)]
         evals: evals_cmd::CalibrateFromEvals,
+        /// Quality scorer: set the cost weight λ instead of the margin δ.
+        #[arg(long)]
+        lambda: bool,
+        /// Quality scorer: target mean quality as a share of always-the-top-tier's on the sample
+        /// (which then needs every tier profile's quality), instead of --cost-per-1000.
+        #[arg(long, conflicts_with = "cost_per_1000")]
+        quality_share: Option<f64>,
     },
 }
 
@@ -565,8 +595,57 @@ fn run(cli: Cli) -> Result<(), String> {
             let catalog = load_catalog(cli.config.as_deref())?;
             route_cmd(&catalog, prompt, scorer.as_deref(), model.as_deref(), json)
         }
-        Command::Train { data, scorer, exclude, out, hp, calibrate_on, evals: _ } => {
+        Command::Train {
+            data,
+            scorer,
+            exclude,
+            out,
+            hp,
+            calibrate_on,
+            evals: _,
+            train_on,
+            profiles,
+            tier_prices,
+            quality_margin,
+            quality_lambda,
+            quality,
+        } => {
             let scorer: triage_core::router::ScorerKind = scorer.parse().map_err(|e| format!("{e}"))?;
+            if scorer == triage_core::router::ScorerKind::Quality {
+                let out = out.unwrap_or_else(|| PathBuf::from("models/quality-v1.json"));
+                let static_embed = quality.static_embed.as_ref().map(|bin| {
+                    let same_dir = bin.parent().map(Path::to_path_buf).unwrap_or_default()
+                        == out.parent().map(Path::to_path_buf).unwrap_or_default();
+                    match (same_dir, bin.file_name()) {
+                        (true, Some(f)) => f.to_string_lossy().into_owned(),
+                        _ => std::fs::canonicalize(bin).unwrap_or_else(|_| bin.clone()).display().to_string(),
+                    }
+                });
+                let sets = if train_on.is_empty() {
+                    triage_eval::data::BENCHMARKS
+                        .iter()
+                        .filter(|b| !exclude.iter().any(|e| e == *b))
+                        .map(|b| (*b).to_owned())
+                        .collect()
+                } else {
+                    train_on
+                };
+                let args = triage_eval::quality::QualityTrainArgs {
+                    data,
+                    sets,
+                    qc: quality.config(&hp)?,
+                    static_embed,
+                    profiles,
+                    tier_prices,
+                    rule: match quality_lambda {
+                        Some(l) => triage_eval::quality::RuleSpec::Lambda(l),
+                        None => triage_eval::quality::RuleSpec::Margin(quality_margin),
+                    },
+                    out,
+                };
+                print!("{}", triage_eval::quality::train_cmd(&args).map_err(|e| e.to_string())?);
+                return Ok(());
+            }
             let embedding = match scorer {
                 triage_core::router::ScorerKind::Embedding => Some(hp.embedding(None)?),
                 _ => None,
@@ -579,6 +658,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let args = triage_eval::commands::TrainArgs {
                 data,
                 exclude,
+                sets: train_on,
                 calibrate_on,
                 cfg: hp.config()?,
                 scorer,
@@ -676,8 +756,43 @@ fn run(cli: Cli) -> Result<(), String> {
             tokens_per_request,
             mix,
             evals: _,
+            lambda,
+            quality_share,
         } => {
             let scorer: triage_core::router::ScorerKind = scorer.parse().map_err(|e| format!("{e}"))?;
+            if scorer == triage_core::router::ScorerKind::Quality {
+                let path = model.ok_or("--scorer quality: give the model file (--model models/quality-v1.json)")?;
+                let p = path.display().to_string();
+                let json = std::fs::read_to_string(&path).map_err(|e| format!("{p}: {e}"))?;
+                let mut file = triage_eval::quality::QualityFile::from_json(&json).map_err(|e| format!("{p}: {e}"))?;
+                let enc = encoder.as_ref().map(|e| e.display().to_string());
+                let extra = match &file.static_embed {
+                    Some(t) => Some(triage_gateway::scoring::static_extra(&p, t, enc.as_deref())?),
+                    None => None,
+                };
+                let target = match (cost_per_1000, quality_share) {
+                    (Some(c), _) => triage_eval::quality::QualityTarget::CostPer1000(c),
+                    (None, Some(q)) => triage_eval::quality::QualityTarget::QualityShare(q),
+                    (None, None) => return Err("--scorer quality: give --cost-per-1000 or --quality-share".into()),
+                };
+                let ds = triage_eval::data::load(&data, &sample, true).map_err(|e| e.to_string())?;
+                let text = triage_eval::quality::calibrate_cmd(
+                    &mut file,
+                    extra.as_ref(),
+                    &ds,
+                    &tier_prices,
+                    tokens_per_request,
+                    lambda,
+                    target,
+                )
+                .map_err(|e| e.to_string())?;
+                print!("{text}");
+                let out = out.unwrap_or(path);
+                let body = serde_json::to_string(&file).map_err(|e| e.to_string())?;
+                triage_eval::quality::write_atomically(&out, &body).map_err(|e| e.to_string())?;
+                println!("wrote {}", out.display());
+                return Ok(());
+            }
             let args = triage_eval::commands::CalibrateArgs {
                 data,
                 sample,
@@ -708,6 +823,9 @@ fn run(cli: Cli) -> Result<(), String> {
                 }
                 triage_core::router::ScorerKind::Random => {
                     return Err("the random scorer has no thresholds to calibrate".into())
+                }
+                triage_core::router::ScorerKind::Quality => {
+                    return Err("calibrating the quality scorer: not yet".into())
                 }
             };
             print!("{text}");

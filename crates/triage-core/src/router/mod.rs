@@ -8,7 +8,8 @@
 //! assumes two models.
 //!
 //! Scorers: [`lexical`] (hashed n-grams and a few dense features into a logistic regression),
-//! [`random`] (the baseline), and `embedding` (all-MiniLM-L6-v2 sentence embeddings plus the
+//! [`random`] (the baseline), [`quality`] (a per-model quality predictor that picks the tier
+//! itself, by a margin or a cost weight), and `embedding` (all-MiniLM-L6-v2 sentence embeddings plus the
 //! dense features into a logistic head; in the crate `triage-embed`, which keeps candle out of
 //! this one). docs/ROUTING.md holds the measurements that chose the default.
 //!
@@ -17,6 +18,7 @@
 pub mod choice;
 pub mod features;
 pub mod lexical;
+pub mod quality;
 pub mod random;
 pub mod representation;
 
@@ -41,7 +43,7 @@ pub enum RouterError {
     #[error("invalid router model: {0}")]
     Model(String),
     /// A scorer name that does not exist.
-    #[error("unknown scorer \"{0}\"; valid: lexical, embedding, random")]
+    #[error("unknown scorer \"{0}\"; valid: lexical, embedding, quality, random")]
     UnknownScorer(String),
 }
 
@@ -83,6 +85,13 @@ pub trait Scorer: Send + Sync {
     fn representation(&self, _req: &ChatRequest) -> Option<Representation> {
         None
     }
+
+    /// A scorer that chooses the tier itself (the quality predictor: predicted quality per
+    /// tier, then a margin or cost rule) returns its whole decision for `num_tiers` tiers here;
+    /// threshold scorers return `None` and the [`Router`] applies its thresholds to the score.
+    fn decide_tiers(&self, _req: &ChatRequest, _num_tiers: usize) -> Option<Decision> {
+        None
+    }
 }
 
 /// Which scorer to build.
@@ -95,6 +104,8 @@ pub enum ScorerKind {
     /// all-MiniLM-L6-v2 sentence embeddings into a logistic head (crate `triage-embed`, which
     /// keeps candle out of this pure-logic crate).
     Embedding,
+    /// [`quality::QualityScorer`]: predicted quality per tier, chosen by margin or λ.
+    Quality,
 }
 
 impl std::str::FromStr for ScorerKind {
@@ -104,6 +115,7 @@ impl std::str::FromStr for ScorerKind {
             "lexical" => Ok(ScorerKind::Lexical),
             "random" => Ok(ScorerKind::Random),
             "embedding" => Ok(ScorerKind::Embedding),
+            "quality" => Ok(ScorerKind::Quality),
             _ => Err(RouterError::UnknownScorer(s.to_owned())),
         }
     }
@@ -294,12 +306,18 @@ impl Router {
 
     /// Score and tier only (no reason): the hot path, tens of microseconds for a 500-token prompt.
     pub fn tier(&self, req: &ChatRequest, num_tiers: usize) -> (usize, f32) {
+        if let Some(d) = self.scorer.decide_tiers(req, num_tiers) {
+            return (d.tier, d.score);
+        }
         let score = self.scorer.score(req);
         (tier_for(score, &self.thresholds.for_tiers(num_tiers)), score)
     }
 
     /// The full decision for a catalog of `num_tiers` tiers, with the 5 features that weighed most.
     pub fn decide(&self, req: &ChatRequest, num_tiers: usize) -> Decision {
+        if let Some(d) = self.scorer.decide_tiers(req, num_tiers) {
+            return d;
+        }
         let (score, reason) = self.scorer.score_explained(req, 5);
         let thresholds = self.thresholds.for_tiers(num_tiers);
         Decision { tier: tier_for(score, &thresholds).min(num_tiers.saturating_sub(1)), score, thresholds, reason }
