@@ -194,6 +194,9 @@ pub struct ServerSettings {
     /// Bytes of prompt text tokenised exactly per request (default 1 MiB); text beyond it is
     /// counted at the ratio measured on the tokenised part, so a count's cost is bounded.
     pub max_tokenize_bytes: usize,
+    /// How often the gateway writes its INFO summary line (requests, errors, tokens, cost since
+    /// the last one; default 60 s). Each request's own line is at DEBUG.
+    pub log_summary: Duration,
 }
 
 /// An endpoint whose access [`ServerSettings::access`] sets (the others always need a key when
@@ -260,6 +263,7 @@ impl Default for ServerSettings {
             idle_timeout: Duration::from_secs(60),
             key_recheck: Duration::from_secs(1),
             max_tokenize_bytes: 1024 * 1024,
+            log_summary: Duration::from_secs(60),
         }
     }
 }

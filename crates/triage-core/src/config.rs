@@ -303,6 +303,7 @@ struct RawServer {
     idle_timeout_ms: Option<Spanned<u64>>,
     key_recheck_ms: Option<Spanned<u64>>,
     max_tokenize_bytes: Option<Spanned<u64>>,
+    log_summary_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -1033,6 +1034,12 @@ fn validate_server(ctx: &Ctx<'_>, raw: RawServer) -> Result<ServerSettings, Conf
     positive_ms(&raw.body_read_timeout_ms, "body_read_timeout_ms", &mut s.body_read_timeout)?;
     positive_ms(&raw.idle_timeout_ms, "idle_timeout_ms", &mut s.idle_timeout)?;
     positive_ms(&raw.key_recheck_ms, "key_recheck_ms", &mut s.key_recheck)?;
+    if let Some(v) = raw.log_summary_secs {
+        if *v.get_ref() == 0 {
+            return Err(ctx.err(&v.span(), "server.log_summary_secs", "must be at least 1"));
+        }
+        s.log_summary = Duration::from_secs(*v.get_ref());
+    }
     if let Some(b) = raw.max_tokenize_bytes {
         s.max_tokenize_bytes = usize::try_from(*b.get_ref())
             .ok()

@@ -424,7 +424,8 @@ pub async fn dispatch(
             };
             let outcome = outcome_of(&err);
             metrics::counter!("triage_attempts_total", "model" => model_id.clone(), "provider" => provider_name.clone(), "outcome" => outcome.clone()).increment(1);
-            tracing::info!(model = %model_id, provider = %provider_name, outcome = %outcome, "upstream attempt failed");
+            state.summary.failed_attempt();
+            tracing::debug!(model = %model_id, provider = %provider_name, outcome = %outcome, "upstream attempt failed");
             attempts.push(Attempt { deployment: d, outcome, latency });
             let class = classify(&err);
             let timed_out = matches!(err, AttemptError::Call(CallError::Failed(UpstreamError::Timeout(_))));

@@ -90,7 +90,7 @@ pub fn apply(
             inbound.redacted = Some(redacted);
         }
     }
-    tracing::info!(kinds = %kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(","), local_only, "sensitive content found");
+    tracing::debug!(kinds = %kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(","), local_only, "sensitive content found");
     Ok(Sensitivity { kinds, local_only })
 }
 

@@ -64,6 +64,7 @@ pub async fn serve(
     probes.extend(evals::spawn(&state));
     probes.push(scoring::spawn_reloader(state.clone()));
     probes.extend(accounting::spawn_revocation_watch(state.clone()));
+    probes.push(telemetry::spawn_summary(state.clone()));
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
     let limits = conn::Limits::of(state.catalog.server());

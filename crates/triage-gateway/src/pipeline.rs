@@ -553,7 +553,9 @@ pub fn record_request(
         Some(k) => k.increment(1),
         None => metrics::counter!("triage_requests_total", "endpoint" => crate::telemetry::endpoint_label(format), "model" => model.to_owned(), "tier" => tier.to_owned(), "status" => status.to_owned()).increment(1),
     }
-    tracing::info!(model = %model, tier = %tier, status, latency_ms = secs * 1000.0, "request");
+    state.summary.request(status, started.elapsed());
+    // One line per request at DEBUG; INFO has the periodic summary (`telemetry::Summary`).
+    tracing::debug!(model = %model, tier = %tier, status, latency_ms = secs * 1000.0, "request");
 }
 
 /// Records the usage and cost of an answer in the metrics and the log.
@@ -584,5 +586,6 @@ pub fn record_usage(
     if estimated {
         tracing::warn!(request_id, model = %m.id, "the upstream reported no usage; tokens estimated");
     }
-    tracing::info!(request_id, model = %m.id, input = tokens.input, cached = tokens.cached_input, output = tokens.output, reasoning = tokens.reasoning, estimated, cost_usd = %cost, "usage");
+    state.summary.usage(tokens.input, tokens.output, cost.0);
+    tracing::debug!(request_id, model = %m.id, input = tokens.input, cached = tokens.cached_input, output = tokens.output, reasoning = tokens.reasoning, estimated, cost_usd = %cost, "usage");
 }

@@ -288,7 +288,7 @@ impl Finisher {
     fn finish(&mut self, status: &str, usage: Option<TokenUsage>, output_chars: u64) {
         if let Some(acct) = self.acct.take() {
             if status == "cancelled" {
-                tracing::info!(request_id = %acct.request_id, "client disconnected; upstream request cancelled");
+                tracing::debug!(request_id = %acct.request_id, "client disconnected; upstream request cancelled");
             }
             acct.finish(Some(&self.info), status, usage, output_chars, self.ttft_ms);
         }

@@ -145,6 +145,8 @@ pub struct AppState {
     pub sticky: Option<Arc<triage_core::router::choice::StickyRoutes>>,
     /// Permits for concurrent exact token counts ([`crate::pipeline::count_prompt`]): one per core.
     pub count_slots: Arc<tokio::sync::Semaphore>,
+    /// Counts for the periodic INFO summary line.
+    pub summary: crate::telemetry::Summary,
     /// Metric handles of the series every answered request touches.
     pub instruments: crate::telemetry::Instruments,
     /// Set when the shutdown grace period is over: in-flight requests end themselves.
@@ -209,6 +211,7 @@ impl AppState {
         let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Ok(AppState {
             count_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+            summary: Default::default(),
             catalog,
             instruments,
             providers,

@@ -28,6 +28,7 @@
 //!   worker processes that died, `triage_local_restarts_total{provider}` those started again,
 //!   and requests failed by a death are `triage_local_requests_total{outcome="crashed"}`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use metrics::{Counter, Histogram};
@@ -121,6 +122,89 @@ struct DeploymentInstruments {
     upstream: OnceLock<Histogram>,
     /// `triage_attempts_total{outcome="200"}`.
     succeeded: OnceLock<Counter>,
+}
+
+/// Counts since the last summary line: with a line per request at DEBUG only, the INFO log
+/// says what the gateway did once per `server.log_summary_secs` ([`spawn_summary`]).
+#[derive(Debug, Default)]
+pub struct Summary {
+    requests: AtomicU64,
+    ok: AtomicU64,
+    client_errors: AtomicU64,
+    server_errors: AtomicU64,
+    failed_attempts: AtomicU64,
+    input_tokens: AtomicU64,
+    output_tokens: AtomicU64,
+    cost_nanos: AtomicU64,
+    latency_us: AtomicU64,
+}
+
+impl Summary {
+    /// Counts one answered request with its `status` (an HTTP status, or a stream's end) and
+    /// latency.
+    pub fn request(&self, status: &str, latency: std::time::Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let bucket = match status.as_bytes().first() {
+            Some(b'2') => &self.ok,
+            Some(b'4') => &self.client_errors,
+            _ => &self.server_errors,
+        };
+        bucket.fetch_add(1, Ordering::Relaxed);
+        self.latency_us.fetch_add(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Counts an answer's tokens and cost.
+    pub fn usage(&self, input: u64, output: u64, cost_nanos: u64) {
+        self.input_tokens.fetch_add(input, Ordering::Relaxed);
+        self.output_tokens.fetch_add(output, Ordering::Relaxed);
+        self.cost_nanos.fetch_add(cost_nanos, Ordering::Relaxed);
+    }
+
+    /// Counts a failed upstream attempt.
+    pub fn failed_attempt(&self) {
+        self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Writes one INFO line with the counts since the last one and resets them; writes nothing
+    /// when nothing happened.
+    pub fn flush(&self, period: std::time::Duration) {
+        let take = |a: &AtomicU64| a.swap(0, Ordering::Relaxed);
+        let requests = take(&self.requests);
+        let failed_attempts = take(&self.failed_attempts);
+        let (ok, client_errors, server_errors) = (take(&self.ok), take(&self.client_errors), take(&self.server_errors));
+        let (input, output, cost) = (take(&self.input_tokens), take(&self.output_tokens), take(&self.cost_nanos));
+        let latency_us = take(&self.latency_us);
+        if requests == 0 && failed_attempts == 0 {
+            return;
+        }
+        tracing::info!(
+            period_secs = period.as_secs(),
+            requests,
+            ok,
+            client_errors,
+            server_errors,
+            failed_attempts,
+            mean_latency_ms = if requests == 0 { 0.0 } else { latency_us as f64 / requests as f64 / 1000.0 },
+            input_tokens = input,
+            output_tokens = output,
+            cost_usd = cost as f64 / 1e9,
+            "summary"
+        );
+    }
+}
+
+/// Writes [`Summary`]'s line every `server.log_summary_secs`.
+pub fn spawn_summary(state: crate::state::SharedState) -> tokio::task::JoinHandle<()> {
+    let period = state.catalog.server().log_summary;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            state.summary.flush(period);
+        }
+    })
 }
 
 /// The `endpoint` label of a client format.

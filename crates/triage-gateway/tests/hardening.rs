@@ -399,7 +399,7 @@ async fn smuggling_framings_get_400() {
 async fn pipelined_requests_keep_their_framing() {
     let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
     let gw = start(&one_model(&up.url(), "")).await;
-    let body = r#"{"model":"openai-model","messages":[{"role":"user","content":"line one\nline two"}]}"#;
+    let body = r#"{"model":"openai-model","messages":[{"role":"user","content":"hi\n2 + 2?"}]}"#;
     let (a, b) = body.split_at(20);
     let req = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\ntrailer: t\r\n\r\n\

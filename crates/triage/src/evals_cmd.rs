@@ -168,10 +168,19 @@ fn out_path(out: Option<PathBuf>, catalog: &Catalog) -> Result<PathBuf, String> 
     })
 }
 
+/// Where `train --from-evals` keeps a copy of the prior it fine-tuned from when writing `out`:
+/// `router.json` → `router.prior.json`.
+fn prior_copy_path(out: &Path) -> PathBuf {
+    let stem = out.file_stem().map_or_else(|| "router".into(), |s| s.to_string_lossy().into_owned());
+    out.with_file_name(format!("{stem}.prior.json"))
+}
+
 /// Writes `text` to `path` through a temporary file renamed over it, so that a gateway
 /// watching the file never reads half of it.
 fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
-    let tmp = path.with_extension("json.tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     std::fs::write(&tmp, text).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
@@ -183,6 +192,16 @@ pub async fn train(catalog: &Catalog, f: TrainFromEvals, out: Option<PathBuf>) -
     let (rows, note) = rows(catalog, f.since.as_deref()).await?;
     let (prior, prior_name) = read_model(f.prior.as_deref(), catalog)?;
     let out = out_path(out, catalog)?;
+    // The fine-tuned model names its prior so that `calibrate --from-evals` can refit its folds
+    // from it. A prior read from a file is kept beside the output (`out` may be that very file,
+    // about to be overwritten): `<out stem>.prior.json`.
+    let prior_name = if prior_name == SHIPPED {
+        prior_name
+    } else {
+        let copy = prior_copy_path(&out);
+        write_atomically(&copy, &prior.to_json())?;
+        copy.display().to_string()
+    };
     let cfg = FineTuneConfig { prior_strength: f.prior_strength, folds: f.folds, ..Default::default() };
     let (n, r) = tiers(catalog);
     let (model, outcome) = tokio::task::spawn_blocking({
@@ -227,6 +246,7 @@ pub async fn calibrate(
                 (None, SHIPPED) => None,
                 (None, other) => Some(PathBuf::from(other)),
             };
+            let from = p.as_ref().map_or_else(|| SHIPPED.to_owned(), |p| p.display().to_string());
             let prior = match p {
                 Some(p) => {
                     let s = std::fs::read_to_string(&p).map_err(|e| {
@@ -239,8 +259,12 @@ pub async fn calibrate(
                 }
                 None => LexicalModel::from_json(DEFAULT_MODEL_JSON).map_err(|e| e.to_string())?,
             };
-            Some(prior)
+            Some((prior, from))
         }
+    };
+    let (prior, refit_note) = match prior {
+        Some((p, from)) => (Some(p), Some(format!("folds refitted from the prior {from}\n"))),
+        None => (None, None),
     };
     let (n, r) = tiers(catalog);
     let (m, outcome, cfg) = tokio::task::spawn_blocking(move || {
@@ -250,6 +274,7 @@ pub async fn calibrate(
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
     print!("{note}");
+    print!("{}", refit_note.unwrap_or_default());
     print!("{}", from_evals::calibrate_text(&outcome, target, &cfg));
     println!("margin: the lexical scorer has one score, so only thresholds move");
     write_atomically(&out, &m.to_json())?;

@@ -313,6 +313,12 @@ queue = 100
     assert_eq!(m["meta"]["from_evals"]["cross_validation"]["after"]["missed"], 0, "{trained}");
     assert_eq!(m["meta"]["from_evals"]["cross_validation"]["after"]["escalated"], 20, "{trained}");
     assert_eq!(m["meta"]["from_evals"]["cross_validation"]["before"]["escalated"], 0, "{trained}");
+    // train overwrote the file it started from: the prior it fine-tuned from is kept beside it,
+    // and the model names that copy, so calibrate refits from the model before fine-tuning.
+    let prior_copy = dir.join("router.prior.json");
+    assert_eq!(m["meta"]["from_evals"]["prior"].as_str(), Some(prior_copy.to_str().unwrap()));
+    let shipped = triage_core::router::LexicalModel::from_json(triage_core::router::DEFAULT_MODEL_JSON).unwrap();
+    assert_eq!(std::fs::read_to_string(&prior_copy).unwrap(), shipped.to_json());
 
     // Calibration for a quality target, from the same rows, out of sample.
     let calibrated_file = dir.join("calibrated.json");
@@ -323,6 +329,7 @@ queue = 100
     println!("$ triage calibrate --from-evals --target-quality 0.95\n{out}");
     assert!(out.contains("production rows: 60 (routed by the scorer); scores out-of-fold"), "{out}");
     assert!(out.contains("after (CV)"), "{out}");
+    assert!(out.contains(&format!("folds refitted from the prior {}", prior_copy.display())), "{out}");
     let c: Value = serde_json::from_str(&std::fs::read_to_string(&calibrated_file).unwrap()).unwrap();
     let t = c["meta"]["calibrated_from_evals"]["threshold"].as_f64().unwrap();
     assert_eq!(c["thresholds"]["by_tiers"]["2"][0].as_f64().map(|x| x as f32), Some(t as f32));
