@@ -231,8 +231,12 @@ fn item_to_messages(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(
                 _ => return Err(err(format!("{param}.content"), "a string or an array of content parts is required")),
             };
             if role == "assistant" {
-                // Text after tool calls of the same turn starts a new assistant message.
-                out.push(json!({"role": "assistant", "content": content}));
+                match out.last_mut() {
+                    // The answer text after its reasoning: one turn.
+                    Some(last) if is_reasoning_turn(last) => last["content"] = content,
+                    // Text after tool calls of the same turn starts a new assistant message.
+                    _ => out.push(json!({"role": "assistant", "content": content})),
+                }
             } else {
                 out.push(json!({"role": role, "content": content}));
             }
@@ -250,7 +254,9 @@ fn item_to_messages(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(
                     }
                 }
                 Some(last)
-                    if last["role"] == "assistant" && last.get("tool_calls").is_none() && last["content"].is_string() =>
+                    if last["role"] == "assistant"
+                        && last.get("tool_calls").is_none()
+                        && (last["content"].is_string() || is_reasoning_turn(last)) =>
                 {
                     last["tool_calls"] = json!([call]);
                 }
@@ -267,8 +273,14 @@ fn item_to_messages(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(
             };
             out.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
         }
-        // Reasoning passed back: no Chat Completions provider takes it; it is not sent on.
-        (Some("reasoning"), _) => {}
+        // Reasoning passed back: the signed thinking blocks Triage put in `encrypted_content`
+        // go with the assistant turn that follows (to Anthropic; OpenAI-compatible upstreams
+        // get none); other reasoning items are not sent on.
+        (Some("reasoning"), _) => {
+            if let Some(blocks) = thinking_blocks_of_item(item) {
+                out.push(json!({"role": "assistant", "content": null, crate::translate::THINKING_BLOCKS: blocks}));
+            }
+        }
         (Some(other), _) => {
             return Err(err(
                 format!("{param}.type"),
@@ -278,6 +290,15 @@ fn item_to_messages(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(
         (None, None) => return Err(err(param, "an input item needs a `type` or a `role`")),
     }
     Ok(())
+}
+
+/// An assistant message holding only thinking blocks passed back, waiting for its turn's text or
+/// calls.
+fn is_reasoning_turn(m: &Value) -> bool {
+    m["role"] == "assistant"
+        && m["content"].is_null()
+        && m.get(crate::translate::THINKING_BLOCKS).is_some()
+        && m.get("tool_calls").is_none()
 }
 
 fn str_field(item: &Value, key: &str, param: &str) -> Result<String, RequestError> {
@@ -414,8 +435,28 @@ fn message_item(id: &str, text: &str, status: &str) -> Value {
            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
 }
 
-fn reasoning_item(id: &str, text: &str) -> Value {
-    json!({"type": "reasoning", "id": id, "summary": [{"type": "summary_text", "text": text}]})
+/// What starts a reasoning item's `encrypted_content` made by Triage: the signed thinking blocks
+/// of an Anthropic answer follow as JSON (opaque to clients, which send it back as it came).
+pub const THINKING_CONTENT_PREFIX: &str = "triage-thinking-v1:";
+
+/// A reasoning item; `blocks` (Anthropic's signed thinking blocks, the Chat Completions
+/// message's `thinking_blocks`) go in `encrypted_content` so that a client passing the item back
+/// (`include: ["reasoning.encrypted_content"]` clients, or `previous_response_id`) continues a
+/// tool-use turn with thinking.
+fn reasoning_item(id: &str, text: &str, blocks: &[Value]) -> Value {
+    let summary = if text.is_empty() { json!([]) } else { json!([{"type": "summary_text", "text": text}]) };
+    let mut item = json!({"type": "reasoning", "id": id, "summary": summary});
+    if !blocks.is_empty() {
+        item["encrypted_content"] =
+            Value::String(format!("{THINKING_CONTENT_PREFIX}{}", Value::Array(blocks.to_vec())));
+    }
+    item
+}
+
+/// The signed thinking blocks in a reasoning item's `encrypted_content`, if Triage made it.
+fn thinking_blocks_of_item(item: &Value) -> Option<Value> {
+    let content = item.get("encrypted_content")?.as_str()?.strip_prefix(THINKING_CONTENT_PREFIX)?;
+    serde_json::from_str::<Value>(content).ok().filter(Value::is_array)
 }
 
 fn call_item(id: &str, call_id: &str, name: &str, arguments: &str, status: &str) -> Value {
@@ -433,8 +474,11 @@ pub fn from_chat(c: &ChatCompletion, id: &str, created_at: u64, echo: &Map<Strin
     let finish = choice.and_then(|ch| ch.finish_reason.as_deref());
     if let Some(ch) = choice {
         let m = &ch.message;
-        if let Some(r) = m.extra.get("reasoning_content").and_then(Value::as_str).filter(|r| !r.is_empty()) {
-            output.push(reasoning_item(&format!("rs_{base}"), r));
+        let reasoning = m.extra.get("reasoning_content").and_then(Value::as_str).unwrap_or_default();
+        let blocks =
+            m.extra.get(crate::translate::THINKING_BLOCKS).and_then(Value::as_array).cloned().unwrap_or_default();
+        if !reasoning.is_empty() || !blocks.is_empty() {
+            output.push(reasoning_item(&format!("rs_{base}"), reasoning, &blocks));
         }
         let text = m.content.as_deref().unwrap_or_default();
         let calls = m.tool_calls.as_deref().unwrap_or_default();
@@ -485,6 +529,8 @@ pub struct StreamConverter {
     output: Vec<Option<Value>>,
     text: Option<(usize, String, String)>,
     reasoning: Option<(usize, String, String)>,
+    /// Signed thinking blocks streamed (`thinking_blocks` deltas) for the open reasoning item.
+    thinking_blocks: Vec<Value>,
     calls: Vec<(u32, OpenCall)>,
     usage: Option<Usage>,
     finish: Option<String>,
@@ -505,6 +551,7 @@ impl StreamConverter {
             output: Vec::new(),
             text: None,
             reasoning: None,
+            thinking_blocks: Vec::new(),
             calls: Vec::new(),
             usage: None,
             finish: None,
@@ -545,7 +592,8 @@ impl StreamConverter {
                 "response.reasoning_summary_part.done",
                 json!({"item_id": id, "output_index": idx, "summary_index": 0, "part": part}),
             ));
-            let item = reasoning_item(&id, &text);
+            let blocks = std::mem::take(&mut self.thinking_blocks);
+            let item = reasoning_item(&id, &text, &blocks);
             self.output[idx] = Some(item.clone());
             out.push(self.event("response.output_item.done", json!({"output_index": idx, "item": item})));
         }
@@ -591,6 +639,9 @@ impl StreamConverter {
             self.model.clone_from(&c.model);
         }
         let Some(ch) = c.choices.iter().find(|ch| ch.index == 0) else { return out };
+        if let Some(blocks) = ch.delta.extra.get(crate::translate::THINKING_BLOCKS).and_then(Value::as_array) {
+            self.thinking_blocks.extend(blocks.iter().cloned());
+        }
         if let Some(r) = ch.delta.extra.get("reasoning_content").and_then(Value::as_str).filter(|r| !r.is_empty()) {
             if self.reasoning.is_none() {
                 let idx = self.output.len();
@@ -886,5 +937,49 @@ mod tests {
         assert!(s.finish().is_empty());
         let failed = StreamConverter::new("resp_y", 1, "m", Map::new()).fail("upstream_error", "boom");
         assert_eq!(failed[0].1["response"]["error"]["message"], "boom");
+    }
+    /// Reasoning across formats in the Responses API: an answer's signed thinking blocks go in
+    /// its reasoning item's `encrypted_content`; the item passed back puts them first in the
+    /// assistant turn of the calls that follow it (to Anthropic), whole or streamed.
+    #[test]
+    fn thinking_blocks_round_trip_through_reasoning_items() {
+        let blocks = json!([{"type": "thinking", "thinking": "Use the tool.", "signature": "sig-PLACEHOLDER-3"}]);
+        let c: ChatCompletion = serde_json::from_value(json!({"id": "c", "object": "chat.completion", "created": 1, "model": "claude-x",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "reasoning_content": "Use the tool.", "thinking_blocks": blocks,
+                "tool_calls": [{"id": "call_7", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]})).unwrap();
+        let r = from_chat(&c, "resp_t", 7, &Map::new());
+        let reasoning = &r["output"][0];
+        assert_eq!(reasoning["type"], "reasoning");
+        assert_eq!(reasoning["summary"][0]["text"], "Use the tool.");
+        assert_eq!(reasoning["encrypted_content"], format!("{THINKING_CONTENT_PREFIX}{blocks}"));
+
+        let mut input = r["output"].as_array().unwrap().clone();
+        input.insert(0, json!({"role": "user", "content": "Go"}));
+        input.push(json!({"type": "function_call_output", "call_id": "call_7", "output": "ok"}));
+        let next = t(json!({"model": "m", "input": input}));
+        assert_eq!(
+            next.chat["messages"],
+            json!([
+                {"role": "user", "content": "Go"},
+                {"role": "assistant", "content": null, "thinking_blocks": blocks,
+                 "tool_calls": [{"id": "call_7", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "call_7", "content": "ok"}
+            ])
+        );
+
+        let mut s = StreamConverter::new("resp_s", 1, "m", Map::new());
+        let chunk = |v: Value| -> ChatChunk { serde_json::from_value(v).unwrap() };
+        s.start();
+        for c in [
+            json!({"choices": [{"index": 0, "delta": {"role": "assistant", "reasoning_content": "Use the tool."}}]}),
+            json!({"choices": [{"index": 0, "delta": {"thinking_blocks": blocks}}]}),
+            json!({"choices": [{"index": 0, "delta": {"content": "Done."}, "finish_reason": "stop"}]}),
+        ] {
+            s.chunk(&chunk(c));
+        }
+        s.finish();
+        let out = s.output();
+        assert_eq!(out[0]["encrypted_content"], format!("{THINKING_CONTENT_PREFIX}{blocks}"));
+        assert_eq!(out[1]["content"][0]["text"], "Done.");
     }
 }

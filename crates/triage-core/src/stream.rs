@@ -13,10 +13,65 @@
 //!   a client that asked for `stream_options.include_usage` gets it in exactly one final chunk
 //!   with `choices: []`, and a client that did not ask gets no `choices: []` chunk at all.
 //!
+//! - tool-call fragments that carry no `index` (they all parse as index 0) are told apart by
+//!   their `id`: a fragment whose id differs from the id of the call at its index starts a new
+//!   call with the next free index ([`ToolCallIndexer`]).
+//!
 //! Whether the stream ended cleanly is decided by [`ChunkNormalizer::finished`]: only when a
 //! `finish_reason` arrived for every choice that started, or the upstream sent `[DONE]` (C04, C25).
 
-use crate::openai::{ChatChunk, Usage};
+use crate::openai::{ChatChunk, ToolCallDelta, Usage};
+
+/// Gives every streamed tool-call fragment the index of the call it belongs to.
+///
+/// Some OpenAI-compatible upstreams stream tool calls without `index` (each fragment then parses
+/// as index 0), so parallel calls would merge into one (`get_weatherget_time`, arguments run
+/// together). A fragment with an `id` other than the one of the current call at its index starts
+/// a new call, given its own index (the upstream's if still free, else the next one after the
+/// highest given); a fragment without an id continues the current call at its index. Upstreams
+/// that send indices (and repeat a call's id on later fragments, vLLM) keep their indices.
+#[derive(Debug, Default)]
+pub struct ToolCallIndexer {
+    /// (choice index, upstream index, call id, index given), in order of first fragment.
+    calls: Vec<(u32, u32, Option<String>, u32)>,
+}
+
+impl ToolCallIndexer {
+    /// The index for `call`, a fragment in choice `choice`.
+    pub fn index(&mut self, choice: u32, call: &ToolCallDelta) -> u32 {
+        let up = call.index;
+        let current = self.calls.iter().rposition(|c| c.0 == choice && c.1 == up);
+        let new_call = match (current, &call.id) {
+            (None, _) => true,
+            (Some(k), Some(id)) => self.calls[k].2.as_ref().is_some_and(|known| known != id),
+            (Some(_), None) => false,
+        };
+        if let (false, Some(k)) = (new_call, current) {
+            if self.calls[k].2.is_none() {
+                self.calls[k].2.clone_from(&call.id);
+            }
+            return self.calls[k].3;
+        }
+        let taken = self.calls.iter().any(|c| c.0 == choice && c.3 == up);
+        let given = if taken {
+            self.calls.iter().filter(|c| c.0 == choice).map(|c| c.3).max().map_or(0, |m| m + 1)
+        } else {
+            up
+        };
+        self.calls.push((choice, up, call.id.clone(), given));
+        given
+    }
+
+    /// Rewrites the `index` of every tool-call fragment of `chunk`.
+    pub fn apply(&mut self, chunk: &mut ChatChunk) {
+        for choice in &mut chunk.choices {
+            let i = choice.index;
+            for call in choice.delta.tool_calls.iter_mut().flatten() {
+                call.index = self.index(i, call);
+            }
+        }
+    }
+}
 
 /// Per-stream state of the normalisation.
 #[derive(Debug, Default)]
@@ -34,6 +89,7 @@ pub struct ChunkNormalizer {
     /// id, created and model of the last chunk, for the usage chunk.
     last_header: Option<(String, u64, String)>,
     upstream_done: bool,
+    indexer: ToolCallIndexer,
 }
 
 impl ChunkNormalizer {
@@ -45,6 +101,7 @@ impl ChunkNormalizer {
     /// Normalises one upstream chunk. Returns `None` when nothing of it goes to the client (a
     /// usage-only or empty chunk).
     pub fn push(&mut self, mut chunk: ChatChunk) -> Option<ChatChunk> {
+        self.indexer.apply(&mut chunk);
         if let Some(u) = chunk.usage.take() {
             self.usage = Some(u);
         }
@@ -232,6 +289,64 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         assert_eq!(n.usage().unwrap().completion_tokens, 10);
+    }
+
+    /// Accumulates the streamed tool calls of choice 0 by index: (id, name, arguments).
+    fn calls_of(out: &[serde_json::Value]) -> Vec<(String, String, String)> {
+        let mut calls: Vec<(String, String, String)> = Vec::new();
+        for c in out {
+            for tc in c["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                let i = tc["index"].as_u64().unwrap() as usize;
+                if calls.len() <= i {
+                    calls.resize(i + 1, Default::default());
+                }
+                calls[i].0 += tc["id"].as_str().unwrap_or("");
+                calls[i].1 += tc["function"]["name"].as_str().unwrap_or("");
+                calls[i].2 += tc["function"]["arguments"].as_str().unwrap_or("");
+            }
+        }
+        calls
+    }
+
+    /// Wire-fidelity class: streamed tool calls whose fragments carry no `index` are told apart
+    /// by id (two parallel calls, each whole in one chunk, then one split over three).
+    #[test]
+    fn streamed_tool_calls_without_index_are_told_apart_by_id() {
+        let mut n = ChunkNormalizer::new(false);
+        let out = run(
+            &mut n,
+            &[
+                r#"{"id":"t","choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"id":"call_A","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Bern\"}"}}]}}]}"#,
+                r#"{"id":"t","choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_B","type":"function","function":{"name":"get_time","arguments":"{\"zone\":"}}]}}]}"#,
+                r#"{"id":"t","choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"\"CET\"}"}}]}}]}"#,
+                r#"{"id":"t","choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_C","type":"function","function":{"name":"get_weather","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}"#,
+            ],
+        );
+        assert_eq!(
+            calls_of(&out),
+            vec![
+                ("call_A".into(), "get_weather".into(), r#"{"city":"Bern"}"#.into()),
+                ("call_B".into(), "get_time".into(), r#"{"zone":"CET"}"#.into()),
+                ("call_C".into(), "get_weather".into(), "{}".into()),
+            ]
+        );
+    }
+
+    /// The indexer leaves indexed streams alone, repeated ids (vLLM, C09) included.
+    #[test]
+    fn indexed_tool_calls_keep_their_index() {
+        let mut n = ChunkNormalizer::new(false);
+        let out = run(
+            &mut n,
+            &[
+                r#"{"id":"t","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_A","function":{"name":"a","arguments":""}},{"index":1,"id":"call_B","function":{"name":"b","arguments":""}}]}}]}"#,
+                r#"{"id":"t","choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"function":{"arguments":"{}"}},{"index":0,"id":"call_A","function":{"arguments":"[]"}}]}}]}"#,
+            ],
+        );
+        assert_eq!(
+            calls_of(&out),
+            vec![("call_A".into(), "a".into(), "[]".into()), ("call_B".into(), "b".into(), "{}".into())]
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //!   502, 503, 504, 529, and errors or early ends of a stream before its first content token;
 //! - fall back without retrying: 401, 402, 403, and quota or credit exhaustion;
 //! - neither (they would fail everywhere): other 4xx caused by the request itself;
-//! - typed: a context-length 4xx goes to `context_window_fallback`, a content-policy 4xx or a
+//! - typed: a context-length error goes to `context_window_fallback` (a 4xx or 500 in any
+//!   dialect's wording, see [`is_context_window_error`], or an error event inside a 200 stream;
+//!   it never counts against the circuit breaker), a content-policy 4xx or a
 //!   `finish_reason: "content_filter"` answer with no content goes to `content_policy_fallback`.
 //!   Content-policy refusals do not use the generic `fallback` list (routing around a safety
 //!   refusal must be configured explicitly).
@@ -115,11 +117,48 @@ fn contains_any(text: &str, needles: &[&str]) -> bool {
     needles.iter().any(|n| text.contains(n))
 }
 
+/// How each server says "the prompt does not fit the context window", lowercased. Sources: the
+/// servers' own error strings (OpenAI and Azure `context_length_exceeded`, Anthropic "prompt is
+/// too long" / "exceed context limit", vLLM "maximum model length", SGLang "longer than the
+/// model's context length", llama.cpp server `exceed_context_size_error`, Ollama, TGI's
+/// `max_new_tokens must be <=`, Mistral, Bedrock "input is too long", Vertex/Gemini "input
+/// token count ... exceeds the maximum number of tokens").
+const CONTEXT_WINDOW_WORDINGS: &[&str] = &[
+    "context_length_exceeded",
+    "maximum context length",
+    "context window",
+    "prompt is too long",
+    "too many tokens",
+    "too many input tokens",
+    "reduce the length",
+    "exceed context limit",
+    "maximum model length",
+    "than the model's context length",
+    "exceeds the context length",
+    "exceed_context_size_error",
+    "exceeds the available context size",
+    "input is too large to process",
+    "`max_new_tokens` must be <=",
+    "tokens + `max_new_tokens`",
+    "input is too long",
+    "exceeds the maximum number of tokens",
+];
+
+/// True when an upstream error text (a body or an in-band message) says the prompt is longer
+/// than the model's context window, in any dialect Triage knows ([`CONTEXT_WINDOW_WORDINGS`]).
+pub(crate) fn is_context_window_error(text: &str) -> bool {
+    contains_any(&text.to_lowercase(), CONTEXT_WINDOW_WORDINGS)
+}
+
 /// Classifies an upstream status and body.
 fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> Class {
     let text = String::from_utf8_lossy(&body[..body.len().min(8192)]).to_lowercase();
     let quota =
         contains_any(&text, &["insufficient_quota", "exceeded your current quota", "credit balance", "billing"]);
+    // Some servers (llama.cpp's older builds, Ollama) answer an over-long prompt with a 500.
+    if matches!(status, 400..=499 | 500) && contains_any(&text, CONTEXT_WINDOW_WORDINGS) && status != 429 {
+        return Class::Typed(TypedFallback::ContextWindow);
+    }
     match status {
         429 if quota => Class::NextDeployment { cooldown: retry_after.or(Some(Duration::from_secs(60))), auth: false },
         429 => Class::Retryable { retry_after, provider_fault: false },
@@ -128,18 +167,6 @@ fn classify_status(status: u16, body: &[u8], retry_after: Option<Duration>) -> C
         401 | 403 => Class::NextDeployment { cooldown: retry_after, auth: true },
         s if (400..500).contains(&s) => {
             if contains_any(
-                &text,
-                &[
-                    "context_length_exceeded",
-                    "maximum context length",
-                    "context window",
-                    "prompt is too long",
-                    "too many tokens",
-                    "reduce the length",
-                ],
-            ) {
-                Class::Typed(TypedFallback::ContextWindow)
-            } else if contains_any(
                 &text,
                 &[
                     "content_filter",
@@ -172,6 +199,10 @@ fn classify(e: &AttemptError) -> Class {
         // A dead engine worker is restarted by its supervisor: no point retrying it now.
         AttemptError::Call(CallError::Failed(UpstreamError::Crashed(_))) => {
             Class::NextDeployment { cooldown: None, auth: false }
+        }
+        // An error event inside a 200 stream saying the prompt is too long (vLLM, proxies).
+        AttemptError::Call(CallError::Failed(UpstreamError::InBand(e))) if is_context_window_error(&e.message) => {
+            Class::Typed(TypedFallback::ContextWindow)
         }
         AttemptError::Call(CallError::Failed(_)) => Class::Retryable { retry_after: None, provider_fault: true },
     }

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use triage_core::openai::{ErrorBody, ErrorEnvelope};
 use triage_core::route::RouteError;
 
-use crate::providers::UpstreamError;
+use crate::dispatch::is_context_window_error;
+use crate::providers::{InBandError, UpstreamError};
 
 /// Everything that can end a request with an error.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +128,8 @@ impl GatewayError {
             GatewayError::UpstreamStatus { status, .. } => upstream_status_to_client(*status),
             GatewayError::Upstream { source, .. } => match source {
                 UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamError::InBand(e) if is_context_window_error(&e.message) => StatusCode::BAD_REQUEST,
+                UpstreamError::InBand(e) if is_overloaded(e) => StatusCode::SERVICE_UNAVAILABLE,
                 UpstreamError::Busy(_) | UpstreamError::Crashed(_) => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_GATEWAY,
             },
@@ -164,12 +167,23 @@ impl GatewayError {
             GatewayError::UpstreamStatus { status, .. } if is_upstream_auth(*status) => {
                 ("api_error", Some("upstream_auth_failed"), None)
             }
+            GatewayError::UpstreamStatus { status, body, .. }
+                if status.is_client_error() && is_context_window_error(&String::from_utf8_lossy(body)) =>
+            {
+                ("invalid_request_error", Some("context_length_exceeded"), None)
+            }
             GatewayError::UpstreamStatus { status, .. } if status.is_client_error() => {
                 (triage_core::anthropic::error_type_for_status(status.as_u16()), Some("upstream_error"), None)
             }
             GatewayError::UpstreamStatus { .. } => ("api_error", Some("upstream_error"), None),
             GatewayError::Upstream { source: UpstreamError::Timeout(_), .. } => {
                 ("api_error", Some("upstream_timeout"), None)
+            }
+            GatewayError::Upstream { source: UpstreamError::InBand(e), .. } if is_context_window_error(&e.message) => {
+                ("invalid_request_error", Some("context_length_exceeded"), None)
+            }
+            GatewayError::Upstream { source: UpstreamError::InBand(e), .. } if is_overloaded(e) => {
+                ("overloaded_error", Some("upstream_overloaded"), None)
             }
             GatewayError::Upstream { .. } => ("api_error", Some("upstream_unavailable"), None),
         };
@@ -194,11 +208,22 @@ impl GatewayError {
     }
 }
 
-/// The `error.message` (OpenAI, Anthropic) or `message` (vLLM) of an upstream error body.
+/// The `error.message` (OpenAI, Anthropic), `message` (vLLM) or string `error` (TGI, Ollama) of
+/// an upstream error body.
 fn upstream_error_message(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let m = v.pointer("/error/message").or_else(|| v.get("message"))?.as_str()?;
+    let m = v.pointer("/error/message").or_else(|| v.get("message")).or_else(|| v.get("error"))?.as_str()?;
     Some(m.chars().take(500).collect())
+}
+
+/// An in-band error the upstream typed as overload (Anthropic's `overloaded_error`).
+fn is_overloaded(e: &InBandError) -> bool {
+    e.kind.as_deref() == Some("overloaded_error")
+}
+
+/// An Anthropic-format error body: `{"type": "error", "error": {...}}`.
+fn is_anthropic_error(v: &serde_json::Value) -> bool {
+    v.get("type").and_then(|t| t.as_str()) == Some("error")
 }
 
 /// An upstream 401 or 403: the upstream refused Triage's provider key, which is no fault of the
@@ -234,24 +259,29 @@ impl GatewayError {
     fn into_anthropic_response(self) -> Response {
         let mut status = self.status();
         // Anthropic clients know 529 as "overloaded" and back off on it.
-        if let GatewayError::UpstreamStatus { status: up, .. } = &self {
-            if up.as_u16() == 529 {
-                status = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            }
+        let overloaded = match &self {
+            GatewayError::UpstreamStatus { status: up, .. } => up.as_u16() == 529,
+            GatewayError::Upstream { source: UpstreamError::InBand(e), .. } => is_overloaded(e),
+            _ => false,
+        };
+        if overloaded {
+            status = StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
         }
         log(&self, status);
-        let mut resp =
-            if let Some(body) = self.passthrough_body(|v| v.get("type").and_then(|t| t.as_str()) == Some("error")) {
-                (status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
-            } else {
-                let kind = match &self {
-                    GatewayError::Upstream { source: UpstreamError::Timeout(_), .. } => "timeout_error",
-                    GatewayError::Upstream { .. } => "api_error",
-                    _ => triage_core::anthropic::error_type_for_status(status.as_u16()),
-                };
-                let body = triage_core::anthropic::error_body(kind, &self.envelope().message);
-                (status, axum::Json(body)).into_response()
+        let mut resp = if let Some(body) = self.passthrough_body(is_anthropic_error) {
+            (status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response()
+        } else {
+            let kind = match &self {
+                GatewayError::Upstream { source: UpstreamError::Timeout(_), .. } => "timeout_error",
+                GatewayError::Upstream { source: UpstreamError::InBand(e), .. } if is_overloaded(e) => {
+                    "overloaded_error"
+                }
+                GatewayError::Upstream { .. } => "api_error",
+                _ => triage_core::anthropic::error_type_for_status(status.as_u16()),
             };
+            let body = triage_core::anthropic::error_body(kind, &self.envelope().message);
+            (status, axum::Json(body)).into_response()
+        };
         self.add_retry_after(&mut resp);
         resp
     }
@@ -288,6 +318,7 @@ impl GatewayError {
     pub fn to_anthropic_sse_json(&self) -> Vec<u8> {
         let kind = match self.status().as_u16() {
             503 | 529 => "overloaded_error",
+            400 => "invalid_request_error",
             _ => "api_error",
         };
         serde_json::to_vec(&triage_core::anthropic::error_body(kind, &self.envelope().message)).unwrap_or_default()
@@ -308,7 +339,15 @@ impl IntoResponse for GatewayError {
         log(&self, status);
         // An upstream 4xx body that is already an OpenAI error object goes to the client as it
         // is, so provider details (e.g. content-filter results) survive.
-        let mut resp = match self.passthrough_body(|v| v.get("error").is_some_and(|e| e.is_object())) {
+        // An Anthropic body (`{"type": "error", "error": {...}}`) is translated, not passed on.
+        // A context-window error goes as it came only when it already has OpenAI's code for it.
+        let same = |v: &serde_json::Value| {
+            v.get("error").is_some_and(|e| e.is_object())
+                && !is_anthropic_error(v)
+                && (v.pointer("/error/code").and_then(|c| c.as_str()) == Some("context_length_exceeded")
+                    || !is_context_window_error(&v.to_string()))
+        };
+        let mut resp = match self.passthrough_body(same) {
             Some(body) => (status, [(http::header::CONTENT_TYPE, "application/json")], body).into_response(),
             None => (status, axum::Json(ErrorEnvelope { error: self.envelope() })).into_response(),
         };

@@ -205,7 +205,18 @@ impl Inbound {
                     openai.stream_options.get_or_insert_with(Default::default).include_usage = Some(true);
                 }
                 let client_model = std::mem::replace(&mut openai.model, upstream_model.to_owned());
-                let json = serde_json::to_writer(&mut out, &*openai);
+                // Anthropic's signed thinking blocks (`thinking_blocks`, carried for the client)
+                // are for Anthropic upstreams: OpenAI-compatible ones may refuse the field.
+                let thinking = triage_core::translate::THINKING_BLOCKS;
+                let json = if openai.messages.iter().any(|m| m.extra.contains_key(thinking)) {
+                    let mut stripped = openai.clone();
+                    for m in &mut stripped.messages {
+                        m.extra.remove(thinking);
+                    }
+                    serde_json::to_writer(&mut out, &stripped)
+                } else {
+                    serde_json::to_writer(&mut out, &*openai)
+                };
                 openai.model = client_model;
                 json
             }

@@ -71,6 +71,8 @@ pub struct OpenAiEncoder {
     normalizer: ChunkNormalizer,
     from_anthropic: AnthropicToOpenAi,
     chunks: Vec<ChatChunk>,
+    /// True once an Anthropic event came: usage is then Anthropic's own (cache writes apart).
+    anthropic_upstream: bool,
 }
 
 impl OpenAiEncoder {
@@ -81,6 +83,7 @@ impl OpenAiEncoder {
             normalizer: ChunkNormalizer::new(wants_usage),
             from_anthropic: AnthropicToOpenAi::new(now_secs()),
             chunks: Vec::new(),
+            anthropic_upstream: false,
         }
     }
 
@@ -99,6 +102,7 @@ impl Encoder for OpenAiEncoder {
         match item {
             StreamItem::Chunk(c) => self.write(c, buf),
             StreamItem::Event(e) => {
+                self.anthropic_upstream = true;
                 if let triage_core::translate::Flow::Done = self.from_anthropic.push(&e, &mut self.chunks) {
                     self.normalizer.upstream_done();
                 }
@@ -128,6 +132,10 @@ impl Encoder for OpenAiEncoder {
     }
 
     fn usage(&self) -> Option<TokenUsage> {
+        // Cache writes are priced as such (`cache_write`) on translated streams too.
+        if self.anthropic_upstream {
+            return Some(TokenUsage::from_anthropic(self.from_anthropic.anthropic_usage()));
+        }
         self.normalizer.usage().map(TokenUsage::from_openai)
     }
 
@@ -436,8 +444,13 @@ impl<E: Encoder> Relay<E> {
             }
             Some(source) => {
                 let Some(state) = self.ctx.state().cloned() else { return };
-                // A stream that breaks after its first token is the deployment's failure.
-                state.record_failure(self.ctx.deployment);
+                // A stream that breaks after its first token is the deployment's failure (unless it
+                // says the prompt was too long: the request's fault, never the breaker's).
+                let too_long =
+                    matches!(&source, UpstreamError::InBand(e) if crate::dispatch::is_context_window_error(&e.message));
+                if !too_long {
+                    state.record_failure(self.ctx.deployment);
+                }
                 let d = &state.catalog.deployments()[self.ctx.deployment];
                 let provider = state.catalog.providers()[d.provider].name.clone();
                 tracing::warn!(provider = %provider, error = %source, "upstream stream failed");

@@ -7,7 +7,7 @@ mod request;
 mod response;
 mod stream;
 
-pub use request::{anthropic_to_openai, openai_to_anthropic, TranslateError};
+pub use request::{anthropic_to_openai, openai_to_anthropic, thinking_budget, TranslateError, THINKING_BLOCKS};
 pub use response::{
     anthropic_to_openai_response, anthropic_usage_of, arguments_of, finish_reason_of, openai_to_anthropic_response,
     openai_usage_of, stop_reason_of,

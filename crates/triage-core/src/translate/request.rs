@@ -137,6 +137,37 @@ fn push_turn(out: &mut Vec<a::Message>, role: a::Role, blocks: Vec<Block>) {
     out.push(a::Message { role, content: a::Content::Blocks(blocks), extra: Map::new() });
 }
 
+/// Anthropic thinking budgets for OpenAI's `reasoning_effort`, in tokens: `low` is Anthropic's
+/// minimum budget (1,024), `medium` and `high` four and sixteen times it. `minimal` and `none`
+/// mean no extended thinking. A budget must stay below `max_tokens` (Anthropic's rule): it is
+/// lowered to `max_tokens - 1`, and no thinking is asked when that is under the minimum.
+pub fn thinking_budget(effort: &str, max_tokens: u64) -> Option<u64> {
+    let budget: u64 = match effort {
+        "low" => 1024,
+        "medium" => 4096,
+        "high" => 16384,
+        _ => return None,
+    };
+    let budget = budget.min(max_tokens.saturating_sub(1));
+    (budget >= 1024).then_some(budget)
+}
+
+/// The documented field that carries Anthropic thinking blocks through OpenAI's format: an
+/// assistant message's (or delta's) `thinking_blocks`, a list of `{"type": "thinking",
+/// "thinking", "signature"}` and `{"type": "redacted_thinking", "data"}` objects as Anthropic
+/// sent them. A client that sends them back in the assistant turn keeps multi-turn tool use with
+/// thinking working (Anthropic requires the signed blocks).
+pub const THINKING_BLOCKS: &str = "thinking_blocks";
+
+/// The `thinking_blocks` of an OpenAI assistant message as Anthropic blocks (others ignored).
+fn thinking_blocks_of(m: &o::Message) -> Vec<Block> {
+    let Some(Value::Array(list)) = m.extra.get(THINKING_BLOCKS) else { return Vec::new() };
+    list.iter()
+        .filter(|b| matches!(b.get("type").and_then(Value::as_str), Some("thinking" | "redacted_thinking")))
+        .filter_map(|b| serde_json::from_value::<Block>(b.clone()).ok())
+        .collect()
+}
+
 /// OpenAI Chat Completions → Anthropic Messages, for an OpenAI client routed to an Anthropic
 /// model. `upstream_model` names the model; `default_max_tokens` is used when the client set no
 /// limit (Anthropic requires one; shared case C17: the model's configured maximum, never a small
@@ -146,7 +177,10 @@ fn push_turn(out: &mut Vec<a::Message>, role: a::Role, blocks: Vec<Block>) {
 /// order (C16); a request with no user or assistant turn sends its system text as the user turn.
 /// Tool calls become `tool_use` blocks (arguments `""` → `{}`, C07); consecutive `tool` messages
 /// and the user text after them become one user message, tool results first (C15).
-/// Fields with no Anthropic equivalent are dropped with a debug log.
+/// `reasoning_effort` becomes extended thinking ([`thinking_budget`]; `temperature` and `top_k`,
+/// which Anthropic refuses with thinking, are then left out, and a forced `tool_choice` keeps
+/// the tool and drops the thinking); an assistant message's [`THINKING_BLOCKS`] go back as its
+/// first blocks. Fields with no Anthropic equivalent are dropped with a debug log.
 ///
 /// Errors: [`TranslateError`] for `n > 1`, an unsupported image, or tool-call arguments that are
 /// not JSON.
@@ -178,10 +212,10 @@ pub fn openai_to_anthropic(
                 push_turn(&mut messages, a::Role::User, blocks);
             }
             Role::Assistant => {
-                let mut blocks = match m.content() {
-                    Some(c) => openai_content_to_blocks(c, &param)?,
-                    None => Vec::new(),
-                };
+                let mut blocks = thinking_blocks_of(m);
+                if let Some(c) = m.content() {
+                    blocks.extend(openai_content_to_blocks(c, &param)?);
+                }
                 for (j, call) in m.tool_calls.iter().flatten().enumerate() {
                     let args = call.function.arguments.trim();
                     let input = if args.is_empty() {
@@ -252,7 +286,7 @@ pub fn openai_to_anthropic(
             "user" => {
                 extra.insert("metadata".into(), json!({"user_id": v}));
             }
-            "stop" | "tool_choice" | "parallel_tool_calls" => {}
+            "stop" | "tool_choice" | "parallel_tool_calls" | "reasoning_effort" => {}
             other => dropped(other, "no Anthropic equivalent"),
         }
     }
@@ -300,10 +334,33 @@ pub fn openai_to_anthropic(
             o.insert("disable_parallel_tool_use".into(), Value::Bool(true));
         }
     }
+    let max_tokens = req.output_limit().unwrap_or(default_max_tokens);
+    let forced_tool = tool_choice
+        .as_ref()
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "any" || t == "tool");
+    let budget = req.extra.get("reasoning_effort").and_then(Value::as_str).and_then(|e| thinking_budget(e, max_tokens));
+    match budget {
+        Some(_) if forced_tool => dropped("reasoning_effort", "Anthropic takes no thinking with a forced tool_choice"),
+        Some(b) => {
+            extra.insert("thinking".into(), json!({"type": "enabled", "budget_tokens": b}));
+            for k in ["temperature", "top_k"] {
+                if extra.remove(k).is_some() {
+                    dropped(k, "Anthropic takes no temperature or top_k with thinking");
+                }
+            }
+            if extra.get("top_p").and_then(Value::as_f64).is_some_and(|p| p < 0.95) {
+                extra.remove("top_p");
+                dropped("top_p", "Anthropic takes top_p only from 0.95 with thinking");
+            }
+        }
+        None => {}
+    }
     Ok(MessagesRequest {
         model: upstream_model.to_owned(),
         messages,
-        max_tokens: req.output_limit().unwrap_or(default_max_tokens),
+        max_tokens,
         system: (!system.is_empty()).then_some(a::System::Blocks(system)),
         stream: req.stream,
         tools: tools.filter(|t| !t.is_empty()),

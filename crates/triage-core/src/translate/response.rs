@@ -76,9 +76,18 @@ pub fn arguments_of(input: &Value) -> String {
 pub fn anthropic_to_openai_response(r: &a::Response) -> ChatCompletion {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut reasoning = String::new();
+    let mut thinking_blocks = Vec::new();
     for b in &r.content {
         match b {
             Block::Text { text: t, .. } => text.push_str(t),
+            Block::Thinking { thinking, .. } => {
+                reasoning.push_str(thinking);
+                thinking_blocks.push(serde_json::to_value(b).unwrap_or(Value::Null));
+            }
+            Block::Other(m) if m.get("type").and_then(Value::as_str) == Some("redacted_thinking") => {
+                thinking_blocks.push(Value::Object(m.clone()));
+            }
             Block::ToolUse { id, name, input, .. } => calls.push(o::ToolCall {
                 id: id.clone(),
                 kind: "function".into(),
@@ -89,6 +98,15 @@ pub fn anthropic_to_openai_response(r: &a::Response) -> ChatCompletion {
         }
     }
     let finish = r.stop_reason.as_deref().map(finish_reason_of).map(str::to_owned);
+    // Thinking goes in `reasoning_content` (its text, as DeepSeek and vLLM put it) and, signed,
+    // in `thinking_blocks` (crate::translate::request::THINKING_BLOCKS) for the next turn.
+    let mut extra = Map::new();
+    if !reasoning.is_empty() {
+        extra.insert("reasoning_content".into(), Value::String(reasoning));
+    }
+    if !thinking_blocks.is_empty() {
+        extra.insert(crate::translate::request::THINKING_BLOCKS.into(), Value::Array(thinking_blocks));
+    }
     ChatCompletion {
         id: r.id.clone(),
         object: "chat.completion".into(),
@@ -100,7 +118,7 @@ pub fn anthropic_to_openai_response(r: &a::Response) -> ChatCompletion {
                 role: "assistant".into(),
                 content: (!text.is_empty() || calls.is_empty()).then_some(text),
                 tool_calls: (!calls.is_empty()).then_some(calls),
-                extra: Map::new(),
+                extra,
             },
             finish_reason: finish,
             extra: Map::new(),

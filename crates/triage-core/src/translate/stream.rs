@@ -33,6 +33,8 @@ pub struct AnthropicToOpenAi {
     tools: Vec<(u32, u32, bool)>,
     usage: a::Usage,
     finished: bool,
+    /// The open thinking block: (content block index, its text, its signature).
+    thinking: Option<(u32, String, Option<String>)>,
 }
 
 impl AnthropicToOpenAi {
@@ -64,6 +66,21 @@ impl AnthropicToOpenAi {
         self.chunk(Delta { tool_calls: Some(vec![tc]), ..Default::default() }, None)
     }
 
+    /// A chunk whose delta carries one whole thinking block, signed, in `thinking_blocks`
+    /// (crate::translate::request::THINKING_BLOCKS), sent when the block ends.
+    fn thinking_blocks(&self, block: Value) -> ChatChunk {
+        let mut extra = Map::new();
+        extra.insert(crate::translate::request::THINKING_BLOCKS.into(), Value::Array(vec![block]));
+        self.chunk(Delta { extra, ..Default::default() }, None)
+    }
+
+    /// The usage as Anthropic reported it so far (`message_start`, then `message_delta`s), with
+    /// its cache reads and writes apart (the translated chunks fold writes into
+    /// `prompt_tokens`, where they would be priced as plain input).
+    pub fn anthropic_usage(&self) -> &a::Usage {
+        &self.usage
+    }
+
     /// Translates one event, appending the chunks it yields to `out`.
     pub fn push(&mut self, ev: &Event, out: &mut Vec<ChatChunk>) -> Flow {
         match ev {
@@ -89,6 +106,17 @@ impl AnthropicToOpenAi {
                 Block::Text { text, .. } if !text.is_empty() => {
                     out.push(self.chunk(Delta { content: Some(text.clone()), ..Default::default() }, None));
                 }
+                Block::Thinking { thinking, signature, .. } => {
+                    self.thinking = Some((*index, thinking.clone(), signature.clone()));
+                    if !thinking.is_empty() {
+                        let mut extra = Map::new();
+                        extra.insert("reasoning_content".into(), Value::String(thinking.clone()));
+                        out.push(self.chunk(Delta { extra, ..Default::default() }, None));
+                    }
+                }
+                Block::Other(m) if m.get("type").and_then(Value::as_str) == Some("redacted_thinking") => {
+                    out.push(self.thinking_blocks(Value::Object(m.clone())));
+                }
                 _ => {}
             },
             Event::ContentBlockDelta { index, delta } => {
@@ -108,14 +136,27 @@ impl AnthropicToOpenAi {
                         }
                     }
                     Some("thinking_delta") => {
+                        let text = s("thinking");
+                        if let Some((_, t, _)) = self.thinking.as_mut().filter(|t| t.0 == *index) {
+                            t.push_str(&text);
+                        }
                         let mut extra = Map::new();
-                        extra.insert("reasoning_content".into(), Value::String(s("thinking")));
+                        extra.insert("reasoning_content".into(), Value::String(text));
                         out.push(self.chunk(Delta { extra, ..Default::default() }, None));
                     }
-                    _ => {} // signature_delta, citations_delta: no OpenAI equivalent
+                    Some("signature_delta") => {
+                        if let Some((_, _, sig)) = self.thinking.as_mut().filter(|t| t.0 == *index) {
+                            sig.get_or_insert_with(String::new).push_str(&s("signature"));
+                        }
+                    }
+                    _ => {} // citations_delta: no OpenAI equivalent
                 }
             }
             Event::ContentBlockStop { index } => {
+                if let Some((_, thinking, signature)) = self.thinking.take_if(|t| t.0 == *index) {
+                    let block = Block::Thinking { thinking, signature, extra: Map::new() };
+                    out.push(self.thinking_blocks(serde_json::to_value(&block).unwrap_or(Value::Null)));
+                }
                 if let Some(&(_, k, false)) = self.tools.iter().find(|t| t.0 == *index) {
                     out.push(self.tool_delta(k, None, None, "{}".into()));
                     if let Some(t) = self.tools.iter_mut().find(|t| t.0 == *index) {
@@ -173,6 +214,8 @@ pub struct OpenAiToAnthropic {
     tools: Vec<(u32, u32)>,
     finish_reason: Option<String>,
     usage: Option<o::Usage>,
+    /// Tells apart tool calls streamed without `index` (by id).
+    indexer: crate::stream::ToolCallIndexer,
 }
 
 fn delta_event(index: u32, delta: Value) -> Event {
@@ -236,16 +279,17 @@ impl OpenAiToAnthropic {
             out.push(delta_event(index, json!({"type": "text_delta", "text": text})));
         }
         for tc in choice.delta.tool_calls.iter().flatten() {
+            let tc_index = self.indexer.index(choice.index, tc);
             let args = tc.function.as_ref().and_then(|f| f.arguments.clone()).unwrap_or_default();
-            let block = match self.tools.iter().find(|t| t.0 == tc.index) {
+            let block = match self.tools.iter().find(|t| t.0 == tc_index) {
                 Some(&(_, b)) => b,
                 None => {
                     self.close(out);
                     let b = self.next_block;
                     self.next_block += 1;
-                    self.tools.push((tc.index, b));
+                    self.tools.push((tc_index, b));
                     self.open = Some(Open::Tool(b));
-                    let id = tc.id.clone().unwrap_or_else(|| format!("toolu_{}_{}", b, tc.index));
+                    let id = tc.id.clone().unwrap_or_else(|| format!("toolu_{}_{}", b, tc_index));
                     let name = tc.function.as_ref().and_then(|f| f.name.clone()).unwrap_or_default();
                     out.push(Event::ContentBlockStart {
                         index: b,

@@ -346,3 +346,116 @@ fn text_then_tool_in_one_chunk_and_usage() {
     assert_eq!((ev[1]["index"].as_u64(), ev[4]["index"].as_u64()), (Some(0), Some(1)));
     assert_eq!(ev[7]["usage"], json!({"input_tokens": 31, "output_tokens": 10}));
 }
+
+/// Wire-fidelity class on the Anthropic side: tool calls streamed without `index` are told
+/// apart by id, one `tool_use` block each, every argument fragment in its own call's block.
+#[test]
+fn streamed_tool_calls_without_index_are_told_apart_by_id_for_anthropic_clients() {
+    let chunks = [
+        json!({"id":"t","model":"m","choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"id":"call_A","type":"function","function":{"name":"get_weather","arguments":"{\"city\":"}}]}}]}),
+        json!({"id":"t","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"\"Bern\"}"}}]}}]}),
+        json!({"id":"t","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"id":"call_B","type":"function","function":{"name":"get_time","arguments":"{}"}}]},"finish_reason":"tool_calls"}]}),
+    ];
+    let ev = run_o2a(&chunks.map(chunk));
+    let starts: Vec<(u64, &str, &str)> = ev
+        .iter()
+        .filter(|e| e["type"] == "content_block_start")
+        .map(|e| {
+            let b = &e["content_block"];
+            (e["index"].as_u64().unwrap(), b["id"].as_str().unwrap(), b["name"].as_str().unwrap())
+        })
+        .collect();
+    assert_eq!(starts, [(0, "call_A", "get_weather"), (1, "call_B", "get_time")]);
+    let args = |i: u64| -> String {
+        ev.iter()
+            .filter(|e| e["type"] == "content_block_delta" && e["index"] == i)
+            .map(|e| e["delta"]["partial_json"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!((args(0).as_str(), args(1).as_str()), (r#"{"city":"Bern"}"#, "{}"));
+    let stop = ev.iter().find(|e| e["type"] == "message_delta").unwrap();
+    assert_eq!(stop["delta"]["stop_reason"], "tool_use");
+}
+
+/// Reasoning across formats: `reasoning_effort` becomes an Anthropic thinking budget below
+/// `max_tokens`, temperature and top_k left out; no thinking with a forced tool or `minimal`.
+#[test]
+fn reasoning_effort_becomes_an_anthropic_thinking_budget() {
+    let up = to_anthropic(
+        json!({"model": "m", "max_tokens": 8000, "reasoning_effort": "medium", "temperature": 0.2, "top_k": 5, "messages": [{"role": "user", "content": "Prove it."}]}),
+    );
+    assert_eq!(up["thinking"], json!({"type": "enabled", "budget_tokens": 4096}));
+    assert!(up.get("temperature").is_none() && up.get("top_k").is_none(), "{up}");
+    assert!(up.get("reasoning_effort").is_none());
+    let up = to_anthropic(
+        json!({"model": "m", "max_tokens": 3000, "reasoning_effort": "high", "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(up["thinking"]["budget_tokens"], 2999, "below max_tokens");
+    for (effort, max) in [("high", 1000), ("minimal", 8000)] {
+        let up = to_anthropic(
+            json!({"model": "m", "max_tokens": max, "reasoning_effort": effort, "temperature": 0.2, "messages": [{"role": "user", "content": "x"}]}),
+        );
+        assert!(up.get("thinking").is_none(), "{effort} {max}: {up}");
+        assert_eq!(up["temperature"], 0.2);
+    }
+    let up = to_anthropic(
+        json!({"model": "m", "max_tokens": 8000, "reasoning_effort": "low", "tool_choice": "required", "tools": [{"type": "function", "function": {"name": "f"}}], "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert!(up.get("thinking").is_none(), "a forced tool keeps the tool: {up}");
+    assert_eq!(up["tool_choice"], json!({"type": "any"}));
+    assert_eq!(thinking_budget("low", 64000), Some(1024));
+}
+
+/// Reasoning across formats: an Anthropic answer's signed thinking reaches an OpenAI client in
+/// `reasoning_content` and `thinking_blocks`, and the blocks sent back in the assistant turn
+/// reach Anthropic again first in that turn, signature intact (multi-turn tool use with thinking).
+#[test]
+fn thinking_blocks_with_signatures_survive_an_openai_client_round_trip() {
+    let r: Response = serde_json::from_value(json!({"id": "msg_PLACEHOLDER", "type": "message", "role": "assistant", "model": "claude-test-upstream", "content": [{"type": "thinking", "thinking": "Need the weather tool.", "signature": "sig-PLACEHOLDER-1"}, {"type": "redacted_thinking", "data": "opaque-PLACEHOLDER"}, {"type": "tool_use", "id": "toolu_PLACEHOLDER", "name": "get_weather", "input": {"city": "Bern"}}], "stop_reason": "tool_use", "stop_sequence": null, "usage": {"input_tokens": 20, "output_tokens": 30}})).unwrap();
+    let c = serde_json::to_value(anthropic_to_openai_response(&r)).unwrap();
+    let m = &c["choices"][0]["message"];
+    assert_eq!(m["reasoning_content"], "Need the weather tool.");
+    let blocks = json!([
+        {"type": "thinking", "thinking": "Need the weather tool.", "signature": "sig-PLACEHOLDER-1"},
+        {"type": "redacted_thinking", "data": "opaque-PLACEHOLDER"}
+    ]);
+    assert_eq!(m[THINKING_BLOCKS], blocks);
+    // The client sends the turn back as it got it, with the tool's result.
+    let up = to_anthropic(json!({"model": "m", "max_tokens": 8000, "reasoning_effort": "low", "messages": [
+        {"role": "user", "content": "Weather in Bern?"},
+        {"role": "assistant", "content": null, "reasoning_content": m["reasoning_content"], "thinking_blocks": m[THINKING_BLOCKS], "tool_calls": m["tool_calls"]},
+        {"role": "tool", "tool_call_id": "toolu_PLACEHOLDER", "content": "sunny"}]}));
+    let turn = &up["messages"][1]["content"];
+    assert_eq!(turn[0], blocks[0]);
+    assert_eq!(turn[1], blocks[1]);
+    assert_eq!(turn[2]["type"], "tool_use");
+    assert!(up["messages"][1].get(THINKING_BLOCKS).is_none());
+}
+
+/// Reasoning across formats, streamed: thinking text in `reasoning_content` deltas as it comes,
+/// then the whole signed block in one `thinking_blocks` delta when the block ends.
+#[test]
+fn streamed_thinking_reaches_openai_clients_with_its_signature() {
+    let evs = events(&[
+        r#"{"type":"message_start","message":{"id":"msg_t","type":"message","role":"assistant","model":"claude-test-upstream","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":9,"output_tokens":1}}}"#,
+        r#"{"type":"content_block_start","index":0,"content_block":{"type":"thinking","thinking":"","signature":""}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"Let me "}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"think."}}"#,
+        r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"sig-PLACEHOLDER-2"}}"#,
+        r#"{"type":"content_block_stop","index":0}"#,
+        r#"{"type":"content_block_start","index":1,"content_block":{"type":"text","text":""}}"#,
+        r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":"Done."}}"#,
+        r#"{"type":"content_block_stop","index":1}"#,
+        r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":12}}"#,
+        r#"{"type":"message_stop"}"#,
+    ]);
+    let (chunks, flow) = run_a2o(&evs);
+    assert_eq!(flow, Flow::Done);
+    let reasoning: String =
+        chunks.iter().filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str()).collect();
+    assert_eq!(reasoning, "Let me think.");
+    let blocks: Vec<&Value> = chunks.iter().filter_map(|c| c["choices"][0]["delta"].get(THINKING_BLOCKS)).collect();
+    assert_eq!(blocks, [&json!([{"type": "thinking", "thinking": "Let me think.", "signature": "sig-PLACEHOLDER-2"}])]);
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, "Done.");
+}

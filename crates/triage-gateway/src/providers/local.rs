@@ -58,7 +58,7 @@ fn engine_failure(e: EngineError) -> CallError {
         EngineError::Busy { .. } => CallError::Failed(UpstreamError::Busy(e.to_string())),
         EngineError::Crashed(_) => CallError::Failed(UpstreamError::Crashed(e.to_string())),
         EngineError::Load { .. } | EngineError::Stopped => CallError::Failed(UpstreamError::Connect(e.to_string())),
-        EngineError::Decode(_) => CallError::Failed(UpstreamError::InBand(e.to_string())),
+        EngineError::Decode(_) => CallError::Failed(UpstreamError::InBand(e.to_string().into())),
     }
 }
 
@@ -392,7 +392,7 @@ impl LocalChunks {
             }
             Some(Event::Failed(e)) => {
                 self.state = 2;
-                Err(UpstreamError::InBand(e.to_string()))
+                Err(UpstreamError::InBand(e.to_string().into()))
             }
             None => {
                 self.state = 2;

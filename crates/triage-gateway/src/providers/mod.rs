@@ -89,9 +89,9 @@ pub enum UpstreamError {
     /// The upstream answered something that is not its protocol.
     #[error("protocol error: {0}")]
     Protocol(String),
-    /// The upstream sent an error event inside a 200 stream.
+    /// The upstream sent an error event inside a 200 stream (or an error object as a 200 body).
     #[error("error in the stream: {0}")]
-    InBand(String),
+    InBand(InBandError),
     /// The stream ended before the answer finished.
     #[error("the stream closed before the answer finished")]
     Truncated,
@@ -102,6 +102,35 @@ pub enum UpstreamError {
     /// (it is restarted): go elsewhere now.
     #[error("{0}")]
     Crashed(String),
+}
+
+/// An error the upstream sent inside a 200 answer: its type as the upstream named it
+/// (`overloaded_error` in an Anthropic `error` event, `server_error` in an OpenAI-style
+/// `{"error": {...}}` chunk), when it named one, and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InBandError {
+    /// The upstream's error type, if any.
+    pub kind: Option<String>,
+    /// The upstream's message.
+    pub message: String,
+}
+
+impl std::fmt::Display for InBandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for InBandError {
+    fn from(message: String) -> Self {
+        InBandError { kind: None, message }
+    }
+}
+
+impl From<&str> for InBandError {
+    fn from(message: &str) -> Self {
+        InBandError { kind: None, message: message.to_owned() }
+    }
 }
 
 /// Why a call did not produce an answer.
@@ -181,12 +210,16 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The message of an `{"error": ...}` body (OpenAI or Anthropic), if `body` is one.
-pub(crate) fn in_band_error(body: &[u8]) -> Option<String> {
+pub(crate) fn in_band_error(body: &[u8]) -> Option<InBandError> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let e = v.get("error").filter(|e| !e.is_null())?;
-    Some(match e.get("message").and_then(|m| m.as_str()) {
-        Some(m) => m.to_owned(),
-        None => e.to_string(),
+    let text = |v: Option<&serde_json::Value>| v.and_then(|m| m.as_str()).map(str::to_owned);
+    // OpenAI and vLLM: `{"error": {"message", "type"}}`; TGI: `{"error": "...", "error_type"}`.
+    Some(match e.as_str() {
+        Some(m) => InBandError { kind: text(v.get("error_type")), message: m.to_owned() },
+        None => {
+            InBandError { kind: text(e.get("type")), message: text(e.get("message")).unwrap_or_else(|| e.to_string()) }
+        }
     })
 }
 
@@ -334,7 +367,7 @@ impl HttpProvider {
             if !is_sse {
                 // Some servers answer errors to a streamed request as a 200 JSON body.
                 let body = read_capped(resp, MAX_ERROR_BODY).await;
-                let msg = in_band_error(&body).unwrap_or_else(|| "a streamed request got a non-SSE answer".to_owned());
+                let msg = in_band_error(&body).unwrap_or_else(|| "a streamed request got a non-SSE answer".into());
                 return Err(CallError::Failed(UpstreamError::InBand(msg)));
             }
             return Ok(Reply::Stream(ChunkStream::new(Box::pin(resp.bytes_stream()), self.format, self.timeouts.idle)));
@@ -352,7 +385,7 @@ impl HttpProvider {
             WireFormat::Anthropic => serde_json::from_slice(&bytes).map(Completion::Anthropic),
         };
         parsed.map(Reply::Complete).map_err(|e| {
-            let msg = in_band_error(&bytes).unwrap_or_else(|| format!("the answer is not a completion: {e}"));
+            let msg = in_band_error(&bytes).map_or_else(|| format!("the answer is not a completion: {e}"), |e| e.message);
             CallError::Failed(UpstreamError::Protocol(msg))
         })
     }

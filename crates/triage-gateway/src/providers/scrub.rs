@@ -130,7 +130,9 @@ impl Scrubber {
             UpstreamError::Connect(m) => UpstreamError::Connect(self.text(m)),
             UpstreamError::Io(m) => UpstreamError::Io(self.text(m)),
             UpstreamError::Protocol(m) => UpstreamError::Protocol(self.text(m)),
-            UpstreamError::InBand(m) => UpstreamError::InBand(self.text(m)),
+            UpstreamError::InBand(m) => {
+                UpstreamError::InBand(super::InBandError { kind: m.kind, message: self.text(m.message) })
+            }
             UpstreamError::Busy(m) => UpstreamError::Busy(self.text(m)),
             UpstreamError::Crashed(m) => UpstreamError::Crashed(self.text(m)),
             e @ (UpstreamError::Timeout(_) | UpstreamError::Truncated) => e,

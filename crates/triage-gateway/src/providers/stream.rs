@@ -152,9 +152,14 @@ impl ChunkStream {
                         })),
                     },
                     WireFormat::Anthropic => match Event::parse(data) {
-                        Ok(Event::Error { error }) => Err(UpstreamError::InBand(
-                            error.get("message").and_then(|m| m.as_str()).unwrap_or("upstream error event").to_owned(),
-                        )),
+                        Ok(Event::Error { error }) => Err(UpstreamError::InBand(super::InBandError {
+                            kind: error.get("type").and_then(|t| t.as_str()).map(str::to_owned),
+                            message: error
+                                .get("message")
+                                .and_then(|m| m.as_str())
+                                .unwrap_or("upstream error event")
+                                .to_owned(),
+                        })),
                         Ok(e) => Ok(StreamItem::Event(e)),
                         Err(_) => {
                             Err(UpstreamError::Protocol("an event of the stream is not a Messages API event".into()))
