@@ -485,3 +485,53 @@ fn entity_overlapping_a_structured_value_is_not_a_name() {
         g.scan_uncached("key AKIAQ3ZJ7V2KXWHD4TBM, mail dana.quill@corp-mail.net").iter().map(|f| f.kind).collect();
     assert_eq!(found, [Kind::AwsAccessKey, Kind::Email]);
 }
+
+/// Entity kinds found in `text` (rules' kinds left out).
+fn entity_kinds(g: &Guard, text: &str) -> Vec<(Kind, String)> {
+    g.scan_uncached(text)
+        .iter()
+        .filter(|f| f.kind.is_entity())
+        .map(|f| (f.kind, text[f.span.clone()].to_owned()))
+        .collect()
+}
+
+#[test]
+fn lower_case_filler_words_are_not_names() {
+    // Gateway false alarms: filler text and test prompts in lower case were tagged as persons.
+    let g = Guard::new();
+    for text in [
+        "lorem ipsum dolor sit amet lorem ipsum dolor sit amet",
+        "line one\nline two",
+        "alpha beta gamma delta alpha beta gamma delta",
+        &"lorem ".repeat(94),
+    ] {
+        assert_eq!(entity_kinds(&g, text), [], "{text:?}");
+    }
+    // A lower-case name of known first and last names is still found.
+    assert!(finds(&g, "I want to add aksel kristensen as a beneficiary", "aksel kristensen", Kind::Person));
+}
+
+#[test]
+fn harness_boilerplate_product_names_are_not_people() {
+    // Claude Code's system prompt and commit trailer name the assistant and its maker.
+    let g = Guard::new();
+    for text in [
+        "You are Claude Code, Anthropic's official CLI for Claude.",
+        "Co-Authored-By: Claude <noreply@anthropic.com>",
+        "Generated with [Claude Code](https://claude.ai/code)",
+        "Ask ChatGPT or Gemini to summarise the OpenAI docs.",
+    ] {
+        assert_eq!(entity_kinds(&g, text), [], "{text:?}");
+    }
+    // A person beside them is still found.
+    assert!(finds(&g, "Claude, please email Greta Halvorsen the summary.", "Greta Halvorsen", Kind::Person));
+}
+
+#[test]
+fn place_names_are_not_people_or_organizations() {
+    let g = Guard::new();
+    for text in ["Weather in Paris and Tokyo?", "Paris 18C, Tokyo 25C.", "What is the weather in Oslo?"] {
+        assert_eq!(entity_kinds(&g, text), [], "{text:?}");
+    }
+    assert!(super::ner::places_sorted());
+}
