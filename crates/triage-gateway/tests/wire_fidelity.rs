@@ -460,7 +460,14 @@ async fn cache_write_tokens_are_priced_as_such_in_translated_streams() {
         } else {
             json!({"model": "primary-model", "max_tokens": 64, "stream": stream, "messages": [{"role": "user", "content": "hi"}]})
         };
-        let resp = client().post(gw.url(path)).header("x-request-id", id).json(&body).send().await.unwrap();
+        let resp = client()
+            .post(gw.url(path))
+            .header("x-request-id", id)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "{id}");
         let _ = resp.text().await.unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

@@ -385,7 +385,8 @@ impl HttpProvider {
             WireFormat::Anthropic => serde_json::from_slice(&bytes).map(Completion::Anthropic),
         };
         parsed.map(Reply::Complete).map_err(|e| {
-            let msg = in_band_error(&bytes).map_or_else(|| format!("the answer is not a completion: {e}"), |e| e.message);
+            let msg =
+                in_band_error(&bytes).map_or_else(|| format!("the answer is not a completion: {e}"), |e| e.message);
             CallError::Failed(UpstreamError::Protocol(msg))
         })
     }
