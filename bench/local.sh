@@ -24,6 +24,8 @@
 #   bench/local.sh                          # Q4_K_M, pp512 + tg128, 2 threads, 3 rounds of 5
 #   QUANT=Q8_0 THREADS=4 ROUNDS=2 REPS=3 bench/local.sh
 #   LLAMA_FLAGS=rust bench/local.sh         # only the llama-bench built like the engine
+#   LLAMA_FLAGS=none MODEL=m.gguf bench/local.sh   # no llama-bench: in-process vs worker process
+#                                                  # on a given file (nothing of llama.cpp's built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,9 @@ QUANT=${QUANT:-Q4_K_M}
 # llama-bench builds to compare with: "rust" (the Rust build's CMake options), "default"
 # (llama.cpp's CMake defaults), or both ("rust default").
 LLAMA_FLAGS=${LLAMA_FLAGS:-rust default}
+[ "$LLAMA_FLAGS" != none ] || LLAMA_FLAGS=""
+# A GGUF file to measure instead of the written and quantized one (needed with LLAMA_FLAGS=none).
+MODEL=${MODEL:-}
 TOOLS_FROM=${TOOLS_FROM:-llama-cpp-python==0.3.36}
 # More contenders, as "label=path" words: a path ending in llama-bench runs as llama-bench, any
 # other as the throughput example (e.g. a copy of it from an earlier build).
@@ -137,7 +142,11 @@ first=${LLAMA_FLAGS%% *}
 shape_key=$(echo "$SHAPE" | tr -c 'A-Za-z0-9' '_' | tr -s _)
 f16=$CACHE/model${shape_key}f16.gguf
 model=$CACHE/model${shape_key}${QUANT}.gguf
-if [ ! -f "$model" ]; then
+if [ -n "$MODEL" ]; then
+  model=$MODEL
+elif [ -z "$LLAMA_FLAGS" ]; then
+  log "LLAMA_FLAGS=none needs MODEL (no llama-quantize is built)"; exit 1
+elif [ ! -f "$model" ]; then
   [ -f "$f16" ] || { log "== writing $f16"; "$throughput" write-gguf "$f16" $SHAPE; }
   if [ "$QUANT" = F16 ]; then
     model=$f16

@@ -23,7 +23,7 @@ echo "== cargo test (release profile, reuses the build)"
 cargo test --release --locked --workspace
 
 echo "== llama.cpp built without its AMX kernels (issue 17; docs/RELIABILITY.md)"
-bash scripts/check-no-amx.sh target/release
+bash scripts/check-no-amx.sh --workspace --bins
 
 # The build above is for this CPU (target-cpu=native, .cargo/config.toml). A binary for other
 # machines is built with RUSTFLAGS="-C target-cpu=x86-64-v3" (llama.cpp then gets AVX2/FMA/F16C,
@@ -36,7 +36,8 @@ if [ "$(uname -m)" = x86_64 ]; then
   echo "== the local engine built for any x86-64-v3 CPU (target/portable)"
   RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/portable \
     cargo test --release --locked -p triage-local
-  bash scripts/check-no-amx.sh target/portable/release
+  RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/portable \
+    bash scripts/check-no-amx.sh -p triage-local --tests
 fi
 
 echo "== Python SDK client tests"

@@ -1083,6 +1083,33 @@ context_window = 1000
 "#;
 
     #[test]
+    fn guard_thresholds_and_key_and_team_overrides() {
+        let text = format!(
+            "{BASE}\n[guard]\ndefault = \"local_only\"\n[guard.kinds]\norganization = \"allow\"\n[guard.min_confidence]\nperson = 0.7\n[guard.teams.legal]\ndefault = \"block\"\nkinds = {{ date = \"redact\" }}\n[guard.keys.key_1]\nkinds = {{ person = \"allow\" }}\n"
+        );
+        let c = parse(&text, "t.toml").unwrap();
+        let g = c.guard();
+        assert!((g.min_confidence("person") - 0.7).abs() < 1e-6);
+        assert!((g.min_confidence("address") - 0.5).abs() < 1e-6);
+        assert_eq!(g.min_confidence("email"), 0.0);
+        // Global: kinds, then the default.
+        assert_eq!(g.action_for("organization", false, None, None), GuardAction::Allow);
+        assert_eq!(g.action_for("person", false, None, None), GuardAction::LocalOnly);
+        // Team: its kinds, the global kinds, then its default.
+        assert_eq!(g.action_for("date", false, None, Some("legal")), GuardAction::Redact);
+        assert_eq!(g.action_for("organization", false, None, Some("legal")), GuardAction::Allow);
+        assert_eq!(g.action_for("person", false, None, Some("legal")), GuardAction::Block);
+        // Key over its team.
+        assert_eq!(g.action_for("person", false, Some("key_1"), Some("legal")), GuardAction::Allow);
+        assert_eq!(g.action_for("date", false, Some("key_1"), Some("legal")), GuardAction::Redact);
+        // Unknown kinds and out-of-range thresholds are refused.
+        let bad = format!("{BASE}\n[guard.min_confidence]\nperson = 1.5\n");
+        assert!(err_of(&bad).contains("not between 0 and 1"), "{}", err_of(&bad));
+        let bad = format!("{BASE}\n[guard.teams.t]\nkinds = {{ nobody = \"allow\" }}\n");
+        assert!(err_of(&bad).contains("unknown kind"), "{}", err_of(&bad));
+    }
+
+    #[test]
     fn defaults_parse_and_have_three_tiers() {
         let c = defaults().unwrap();
         assert_eq!(c.tiers(), ["local", "mid", "frontier"]);

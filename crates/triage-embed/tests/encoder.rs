@@ -111,3 +111,56 @@ fn the_shipped_head_scores_requests_with_the_real_encoder() {
     let other = Encoder::load(&default_dir(), 64).unwrap();
     assert!(EmbeddingScorer::new(Arc::new(other), head).is_err());
 }
+
+/// The static embedding's written-out ASCII WordPiece gives exactly the `tokenizers` crate's
+/// ids: hand-picked cases (punctuation runs, code, tabs and control characters, capitals, a word
+/// over the 100-character limit, pieces missing from the vocabulary) and 2,000 seeded random
+/// ASCII strings.
+#[test]
+fn the_fast_ascii_wordpiece_matches_the_tokenizer() {
+    let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/static-minilm-64.bin");
+    let se = triage_embed::StaticEmbedding::load(&bin, &default_dir().join("tokenizer.json"))
+        .unwrap_or_else(|e| panic!("{e}\n(run scripts/fetch-embedding-model.sh, as scripts/test.sh does)"));
+    let long = "x".repeat(150);
+    let mut cases: Vec<String> = [
+        "Hello, World!! How's it going?",
+        "fn main() { let v: Vec<u32> = (0..10).map(|x| x * 2).collect(); println!(\"{v:?}\"); }",
+        "tabs\tand\nnewlines\r\nand \x07bell \x0bvt \x0cff \x7fdel and \x00nul",
+        "UPPER lower MiXeD unaffable unaffableness ## ##ing",
+        "zzzqqxjv qwxyzzy 12345.6789 3.14e-10 a_b-c/d\\e",
+        "   leading and trailing   ",
+        "",
+        "!!!???...,,,;;;:::'''\"\"\"```~~~",
+        &long,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut state = 7u64;
+    let alphabet: Vec<u8> = (0u8..128).collect();
+    for _ in 0..2000 {
+        let mut s = String::new();
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let len = (state % 120) as usize;
+        for _ in 0..len {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Mostly letters and spaces, sometimes anything ASCII.
+            let b = match state % 10 {
+                0 => alphabet[(state >> 8) as usize % 128],
+                1 | 2 => b' ',
+                _ => b'a' + ((state >> 8) % 26) as u8,
+            };
+            s.push(char::from(b));
+        }
+        cases.push(s);
+    }
+    for c in &cases {
+        assert_eq!(se.token_ids(c), se.reference_token_ids(c), "{c:?}");
+    }
+    // Non-ASCII text goes through the tokenizer itself.
+    assert_eq!(se.token_ids("café naïve 東京"), se.reference_token_ids("café naïve 東京"));
+}

@@ -4,6 +4,7 @@
 //! 8, 19 dense + 64 static dimensions) with seeded values: latency does not depend on them.
 //! Needs `models/static-minilm-64.bin` (`triage distill-static`) and the encoder's
 //! `tokenizer.json` (scripts/fetch-embedding-model.sh) for the static rows.
+//! Also the shipped `models/quality-v1.json` through `Router::decide`, as the gateway runs it.
 //! Run: `cargo bench -p triage-eval --bench quality`.
 #![allow(missing_docs)] // criterion's macros generate undocumented functions
 
@@ -27,7 +28,7 @@ fn request(tokens: usize) -> ChatRequest {
                 then rewrite it in O(n log n): def pairs(xs): return [(a, b) for a in xs for b in xs if a + b == 0]. \
                 Also compute 37 * 41 + 2^10 and prove that the sum of the first n odd numbers is n^2. ";
     let mut text = String::new();
-    while triage_core::tokens::count_text(&text) < tokens {
+    while triage_core::tokens::count_text(&text) < tokens as u64 {
         text.push_str(para);
     }
     let body = serde_json::json!({"model": "auto", "messages": [
@@ -87,6 +88,23 @@ fn bench(c: &mut Criterion) {
     c.bench_function("static embedding alone, 512-token request", |b| b.iter(|| se.embed(std::hint::black_box(&text))));
     c.bench_function("quality predict 3 models, lexical + static embedding, 512-token request", |b| {
         b.iter(|| with_static.predict(&RequestText::of(std::hint::black_box(&req)), &names, Some(&extra)))
+    });
+    // The shipped file as the gateway runs it: request text, 19 dense + 64 static features,
+    // 3 tier profiles, the margin rule (`Router::decide`, the whole decision with its reason).
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/quality-v1.json");
+    let json = std::fs::read_to_string(&shipped).unwrap_or_else(|e| unreachable!("{}: {e}", shipped.display()));
+    let file = triage_core::router::quality::QualityFile::from_json(&json).unwrap_or_else(|e| unreachable!("{e}"));
+    let before = rss_kib();
+    let scorer =
+        triage_core::router::quality::QualityScorer::new(file, Some(extra)).unwrap_or_else(|e| unreachable!("{e}"));
+    let router = triage_core::router::Router::new(Box::new(scorer), Default::default());
+    eprintln!("RSS for the shipped quality model: +{} KiB", rss_kib().saturating_sub(before));
+    c.bench_function("quality router decide (models/quality-v1.json, 3 tiers), 512-token request", |b| {
+        b.iter(|| router.decide(std::hint::black_box(&req), 3))
+    });
+    let short = request(30);
+    c.bench_function("quality router decide (models/quality-v1.json, 3 tiers), 30-token request", |b| {
+        b.iter(|| router.decide(std::hint::black_box(&short), 3))
     });
 }
 

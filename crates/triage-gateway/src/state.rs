@@ -202,10 +202,8 @@ impl AppState {
                 failures: AtomicU64::new(0),
             })
             .collect();
-        // Rules only in the gateway for now: with the entity recogniser on, two shared-case
-        // tests (one-word tool arguments and schema strings tagged as names) failed; the fix
-        // (no tagging of texts under three words) is not yet verified on the whole suite.
-        let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::rules_only);
+        // Rules and the entity recogniser (person, address, date, organization).
+        let guard = (!catalog.guard().is_off()).then(triage_core::guard::Guard::new);
         let instruments = crate::telemetry::Instruments::new(&catalog);
         let sticky =
             catalog.sticky_routing().map(|ttl| Arc::new(triage_core::router::choice::StickyRoutes::new(ttl, 100_000)));

@@ -65,8 +65,13 @@ enum Cmd {
         #[arg(long, default_value_t = 32000)]
         vocab: u32,
         /// Write F32 matrices instead of F16.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "q4_k_m")]
         f32: bool,
+        /// Write the matrices in Q4_K_M's block layout (Q4_K; Q6_K for attn_v, ffn_down and
+        /// output) directly, without llama-quantize: random blocks, the kernels of a real
+        /// Q4_K_M file (testkit's `Weights::Q4KM`).
+        #[arg(long)]
+        q4_k_m: bool,
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
@@ -109,7 +114,7 @@ type Error = Box<dyn std::error::Error>;
 
 fn main() -> Result<(), Error> {
     match Args::parse().cmd {
-        Cmd::WriteGguf { path, layers, embd, heads, kv_heads, ff, vocab, f32, seed } => {
+        Cmd::WriteGguf { path, layers, embd, heads, kv_heads, ff, vocab, f32, q4_k_m, seed } => {
             let model = TinyLlama {
                 seed,
                 layers,
@@ -120,7 +125,13 @@ fn main() -> Result<(), Error> {
                 context_length: 4096,
                 chat_template: triage_testkit::gguf::CHATML_TEMPLATE,
                 vocab,
-                weights: if f32 { Weights::F32 } else { Weights::F16 },
+                weights: if q4_k_m {
+                    Weights::Q4KM
+                } else if f32 {
+                    Weights::F32
+                } else {
+                    Weights::F16
+                },
             };
             model.write(&path)?;
             eprintln!("wrote {} ({:.1} M parameters)", path.display(), model.parameters() as f64 / 1e6);

@@ -595,11 +595,35 @@ pub(super) fn password(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     if !quoted && is_code_reference(v) {
         return None;
     }
+    if !quoted && unquoted_code_expression(h.text, &h.value) {
+        return None;
+    }
+    // Punctuation only (`,.:-¨@*¿?!`): a constant list of symbols, not a credential.
+    if !v.chars().any(char::is_alphanumeric) {
+        return None;
+    }
     if v.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') && v.contains('_') {
         return None;
     }
     let conf = if validate::entropy(v) >= 3.0 { 0.85 } else { 0.6 };
     Some((span, conf))
+}
+
+/// True when an unquoted value sits where code has an expression, not a literal: after `=>`
+/// (a PHP, Ruby or Perl hash entry: `'password' => m{{h}o)p...`; a literal there is quoted),
+/// or as the whole right-hand side of a statement that ends the line with `;` (`passwd =
+/// m{{h}o)p...;`, `private_key = compute_key(x);` in C-like code). A `key=value;` list
+/// (`Server=db;Password=s3cr3t;`) is not code: it has an earlier `;` on the line.
+fn unquoted_code_expression(text: &str, value: &Range<usize>) -> bool {
+    let head = text.get(..value.start).unwrap_or("").trim_end();
+    if head.ends_with("=>") {
+        return true;
+    }
+    let line_start = head.rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[value.start..].find('\n').map_or(text.len(), |i| value.start + i);
+    let line = &text[line_start..line_end];
+    let before = &text[line_start..value.start];
+    line.trim_end().ends_with(';') && !before.contains(';') && line.matches(';').count() == 1
 }
 
 /// True when an unquoted value is code that refers to a value held elsewhere, not a literal: an
@@ -646,10 +670,8 @@ pub(super) fn is_code_reference(v: &str) -> bool {
             let Some(close) = v[i..].find(']') else { return i + 1 == v.len() };
             joins += 1;
             i += close + 1;
-        } else if c == b'(' {
-            return true;
         } else {
-            return false;
+            return c == b'(';
         }
     }
     joins > 0

@@ -339,6 +339,47 @@ fn constant_alphabets_are_not_secrets() {
     assert!(!validate::is_alphabet("wJalrXUtnFEMI/K7MDENG/bPxRfiCYzz9a8b7c6d"));
 }
 
+#[test]
+fn unquoted_value_after_a_hash_arrow_is_code() {
+    // PHP/Ruby/Perl hash entries: a literal there is quoted; an unquoted value is an expression.
+    assert!(kinds("'password' => m{{h}o)p${e]nob(ody[finds>-_$#thisone}}").is_empty());
+    assert!(kinds("\"secret_key\" => get_secret($env),").is_empty());
+    assert_eq!(kinds(r#"'password' => "Zq8!x2vLp9""#), vec![Kind::Password]);
+}
+
+#[test]
+fn unquoted_statement_ending_in_a_semicolon_is_code() {
+    for code in ["passwd = m{{h}o)p${e]nob(ody[finds>-_$#thisone}};", "private_key = derive_key(seed, 32);"] {
+        assert!(kinds(code).is_empty(), "{code}");
+    }
+    // A `key=value;` list is not code: the password in a connection string is still found.
+    assert_eq!(kinds("Server=db01;Database=app;Password=Zq8x2vLp9w;"), vec![Kind::Password]);
+    // Quoted, the literal is a literal.
+    assert_eq!(kinds(r#"db_password = "Zq8x2vLp9w";"#), vec![Kind::Password]);
+}
+
+#[test]
+fn punctuation_only_values_are_not_secrets() {
+    for code in ["password: ',.:-¨@*¿?!'", "password = ,.:-¨@*¿?!"] {
+        assert!(kinds(code).is_empty(), "{code}");
+    }
+}
+
+#[test]
+fn alphabet_runs_in_sample_values_are_not_secrets() {
+    for code in [
+        r#"secret_key => "sk_abcdefghijklmnopqrstuvwxyz123","#,
+        "sk-ant-api03-abc123xyz-456def789ghij-klmnopqrstuvwx-3456yza789bcde-1234fghijklmnopby56aaaogaopaaaabc123xyzAA",
+    ] {
+        assert!(kinds(code).is_empty(), "{code}");
+    }
+    assert!(validate::has_sample_run("abcdefghijkl"));
+    assert!(!validate::has_sample_run("abcdefghijk"));
+    // Random values keep being found.
+    assert!(!validate::has_sample_run("wJalrXUtnFEMI/K7MDENG/bPxRfiCYzz9a8b7c6d"));
+    assert_eq!(kinds(r#"api_secret = "q8Zt3LmX0vR7pK2wN5yB""#), vec![Kind::Password]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Issue 16, items 1 and 4: the entity recogniser (the real compiled-in weights). Names, streets
 // and organisations below are generated placeholders.
@@ -484,4 +525,54 @@ fn entity_overlapping_a_structured_value_is_not_a_name() {
     let found: Vec<Kind> =
         g.scan_uncached("key AKIAQ3ZJ7V2KXWHD4TBM, mail dana.quill@corp-mail.net").iter().map(|f| f.kind).collect();
     assert_eq!(found, [Kind::AwsAccessKey, Kind::Email]);
+}
+
+/// Entity kinds found in `text` (rules' kinds left out).
+fn entity_kinds(g: &Guard, text: &str) -> Vec<(Kind, String)> {
+    g.scan_uncached(text)
+        .iter()
+        .filter(|f| f.kind.is_entity())
+        .map(|f| (f.kind, text[f.span.clone()].to_owned()))
+        .collect()
+}
+
+#[test]
+fn lower_case_filler_words_are_not_names() {
+    // Gateway false alarms: filler text and test prompts in lower case were tagged as persons.
+    let g = Guard::new();
+    for text in [
+        "lorem ipsum dolor sit amet lorem ipsum dolor sit amet",
+        "line one\nline two",
+        "alpha beta gamma delta alpha beta gamma delta",
+        &"lorem ".repeat(94),
+    ] {
+        assert_eq!(entity_kinds(&g, text), [], "{text:?}");
+    }
+    // A lower-case name of known first and last names is still found.
+    assert!(finds(&g, "I want to add aksel kristensen as a beneficiary", "aksel kristensen", Kind::Person));
+}
+
+#[test]
+fn harness_boilerplate_product_names_are_not_people() {
+    // Claude Code's system prompt and commit trailer name the assistant and its maker.
+    let g = Guard::new();
+    for text in [
+        "You are Claude Code, Anthropic's official CLI for Claude.",
+        "Co-Authored-By: Claude <noreply@anthropic.com>",
+        "Generated with [Claude Code](https://claude.ai/code)",
+        "Ask ChatGPT or Gemini to summarise the OpenAI docs.",
+    ] {
+        assert_eq!(entity_kinds(&g, text), [], "{text:?}");
+    }
+    // A person beside them is still found.
+    assert!(finds(&g, "Claude, please email Greta Halvorsen the summary.", "Greta Halvorsen", Kind::Person));
+}
+
+#[test]
+fn place_names_are_not_people_or_organizations() {
+    let g = Guard::new();
+    for text in ["Weather in Paris and Tokyo?", "Paris 18C, Tokyo 25C.", "What is the weather in Oslo?"] {
+        assert_eq!(entity_kinds(&g, text), [], "{text:?}");
+    }
+    assert!(super::ner::places_sorted());
 }

@@ -239,7 +239,22 @@ pub fn is_placeholder(s: &str) -> bool {
         }
         n
     };
-    distinct <= 2 || (b.len() >= 16 && distinct <= 4) || is_alphabet(s)
+    distinct <= 2 || (b.len() >= 16 && distinct <= 4) || is_alphabet(s) || has_sample_run(s)
+}
+
+/// True when `s` holds a run of twelve or more consecutive ascending letters or digits
+/// (`abcdefghijklmnopqrstuvwxyz`, `klmnopqrstuvwx`), which a random value practically never
+/// has (about one chance in 62^11 per position): documentation samples are written this way.
+/// Shorter runs (`12345678-ABCD-...`) are not enough: labelled secret examples use them.
+pub fn has_sample_run(s: &str) -> bool {
+    let mut run = 1;
+    for w in s.as_bytes().windows(2) {
+        run = if w[0].is_ascii_alphanumeric() && w[1] == w[0].wrapping_add(1) { run + 1 } else { 1 };
+        if run >= 12 {
+            return true;
+        }
+    }
+    false
 }
 
 /// True when `s` is a constant alphabet rather than a random value: no character twice, and

@@ -123,6 +123,11 @@ impl QualityModel {
 
     /// The projection z(p) of `rt` (k numbers). Missing extra features count as their mean.
     pub fn project(&self, rt: &RequestText, extra: Option<&ExtraFeatures>) -> Vec<f32> {
+        self.project_with(rt, &raw_dense(rt, extra))
+    }
+
+    /// [`Self::project`] with the raw dense features ([`raw_dense`]) already computed.
+    pub fn project_with(&self, rt: &RequestText, raw: &[f32]) -> Vec<f32> {
         let k = self.rank;
         let mut z = vec![0f32; k];
         if self.buckets != 0 {
@@ -134,7 +139,6 @@ impl QualityModel {
                 }
             }
         }
-        let raw = raw_dense(rt, extra);
         for (j, (m, s)) in self.dense_mean.iter().zip(&self.dense_sd).enumerate() {
             let x = raw.get(j).map_or(0.0, |x| (x - m) / s);
             if !x.is_finite() {
@@ -182,6 +186,53 @@ impl QualityModel {
     /// Predicted quality (standardised units) of each of `models` on the request text `rt`.
     pub fn predict(&self, rt: &RequestText, models: &[&str], extra: Option<&ExtraFeatures>) -> Vec<f32> {
         self.predict_z(&self.project(rt, extra), models)
+    }
+
+    /// How each feature weighs in `q̂(strong) − q̂(weak)` on `rt`: per lexical dense feature
+    /// (named by [`features::DENSE_NAMES`]) its standardised value × its projection row ·
+    /// (u_strong − u_weak); the extra features summed as `static embedding`, the hashed n-grams
+    /// summed as `n-grams`, and the levels' difference as `level`. The entries sum to the gain.
+    /// Sorted by absolute size, largest first.
+    pub fn contributions(
+        &self,
+        rt: &RequestText,
+        weak: &str,
+        strong: &str,
+        extra: Option<&ExtraFeatures>,
+    ) -> Vec<(String, f32)> {
+        self.contributions_with(rt, &raw_dense(rt, extra), weak, strong)
+    }
+
+    /// [`Self::contributions`] with the raw dense features already computed.
+    pub fn contributions_with(&self, rt: &RequestText, raw: &[f32], weak: &str, strong: &str) -> Vec<(String, f32)> {
+        let k = self.rank;
+        let ((uw, bw), (us, bs)) = (self.vector(weak), self.vector(strong));
+        let d: Vec<f32> = us.iter().zip(&uw).map(|(a, b)| a - b).collect();
+        let row_dot = |w: &[f32]| w.iter().zip(&d).map(|(x, y)| x * y).sum::<f32>();
+        let mut out: Vec<(String, f32)> = Vec::new();
+        let mut extra_sum = 0f32;
+        for (j, (m, sd)) in self.dense_mean.iter().zip(&self.dense_sd).enumerate() {
+            let x = raw.get(j).map_or(0.0, |x| (x - m) / sd);
+            let Some(w) = self.w_dense.get(j * k..(j + 1) * k) else { continue };
+            let c = if x.is_finite() { x * row_dot(w) } else { 0.0 };
+            match features::DENSE_NAMES.get(j) {
+                Some(name) => out.push(((*name).to_owned(), c)),
+                None => extra_sum += c,
+            }
+        }
+        if self.extra_len() > 0 {
+            out.push(("static embedding".to_owned(), extra_sum));
+        }
+        if self.buckets != 0 {
+            let h: f32 = merged_hashed(rt, self.buckets)
+                .iter()
+                .filter_map(|&(i, v)| self.w_hashed.get(i as usize * k..(i as usize + 1) * k).map(|w| v * row_dot(w)))
+                .sum();
+            out.push(("n-grams".to_owned(), h));
+        }
+        out.push(("level".to_owned(), bs - bw));
+        out.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()));
+        out
     }
 
     /// The two-model score: `q̂(strong) − q̂(weak)` on `rt` (higher = the strong model gains more).
@@ -359,11 +410,15 @@ impl QualityScorer {
 
     /// Predicted quality of every tier's profile on `req`, and the tier the rule chooses.
     pub fn tiers(&self, req: &ChatRequest, num_tiers: usize) -> TierQualities {
+        let rt = RequestText::of(req);
+        self.tiers_with(&rt, &raw_dense(&rt, self.extra.as_ref()), num_tiers)
+    }
+
+    fn tiers_with(&self, rt: &RequestText, raw: &[f32], num_tiers: usize) -> TierQualities {
         let n = num_tiers.max(1);
         let profiles = self.file.profiles_for(n);
         let names: Vec<&str> = profiles.iter().map(String::as_str).collect();
-        let rt = RequestText::of(req);
-        let quality = self.file.model.predict(&rt, &names, self.extra.as_ref());
+        let quality = self.file.model.predict_z(&self.file.model.project_with(rt, raw), &names);
         let costs = self.file.costs_for(n);
         let cands: Vec<Candidate> =
             quality.iter().zip(&costs).map(|(&quality, &cost)| Candidate { quality, cost }).collect();
@@ -389,7 +444,9 @@ impl Scorer for QualityScorer {
     }
 
     fn decide_tiers(&self, req: &ChatRequest, num_tiers: usize) -> Option<Decision> {
-        let t = self.tiers(req, num_tiers);
+        let rt = RequestText::of(req);
+        let raw = raw_dense(&rt, self.extra.as_ref());
+        let t = self.tiers_with(&rt, &raw, num_tiers);
         let gain = t.quality.last().copied().unwrap_or(0.0) - t.quality.first().copied().unwrap_or(0.0);
         let mut top_features: Vec<Contribution> = t
             .profiles
@@ -403,6 +460,15 @@ impl Scorer for QualityScorer {
             RuleSpec::Lambda(_) => "lambda",
         };
         top_features.push(Contribution { feature: rule.to_owned(), logit: v });
+        // How the request's features weighed in the strongest tier's predicted gain over the
+        // cheapest (`x:` + feature name; the three largest).
+        if let (Some(cheap), Some(top)) = (t.profiles.first(), t.profiles.last()) {
+            for (name, c) in
+                self.file.model.contributions_with(&rt, &raw, cheap, top).into_iter().filter(|c| c.1 != 0.0).take(3)
+            {
+                top_features.push(Contribution { feature: format!("x:{name}"), logit: c });
+            }
+        }
         Some(Decision {
             tier: t.tier.min(num_tiers.saturating_sub(1)),
             score: logistic(gain),
@@ -495,8 +561,21 @@ mod tests {
         assert_eq!(de.tier, 0, "{de:?}");
         assert_eq!(dh.tier, 2, "{dh:?}");
         assert!(dh.score > 0.5 && de.score < 0.5);
-        assert_eq!(de.reason.top_features.len(), 4);
+        assert_eq!(de.reason.top_features.len(), 6);
         assert_eq!(de.reason.top_features[3].feature, "margin");
+        // The largest weight of the gain big − small is the length: x = (0.173 − 0.6) / 0.2 for
+        // "hi" (ln(1 + 3) / 8: the request text is "hi\n"), times w · (u_big − u_small) = 1; then
+        // the levels' difference; features that weigh nothing are not listed.
+        assert_eq!(de.reason.top_features[4].feature, "x:log_chars");
+        let x = ((4f32).ln() / 8.0 - 0.6) / 0.2;
+        assert!((de.reason.top_features[4].logit - x).abs() < 1e-4, "{:?}", de.reason.top_features);
+        assert_eq!(de.reason.top_features[5].feature, "x:level");
+        // The contributions sum to the gain.
+        let rt = RequestText::of(&hard);
+        let c = s.file().model.contributions(&rt, "small", "big", None);
+        let gain = s.file().model.pair_score(&rt, "small", "big", None);
+        assert!((c.iter().map(|x| x.1).sum::<f32>() - gain).abs() < 1e-4);
+        assert_eq!(c.iter().find(|x| x.0 == "level").map(|x| x.1), Some(0.2));
         assert!(de.reason.summary().starts_with("quality: q:small "), "{}", de.reason.summary());
         // Margin 0: the best predicted tier whatever its cost; a huge margin: always the cheapest.
         let best = QualityScorer::new(toy_file(RuleSpec::Margin(0.0)), None).unwrap();

@@ -235,8 +235,8 @@ pub struct Token {
     digits: u8,
 }
 
-const PAD_START: u64 = 0x5354_4152_54;
-const PAD_END: u64 = 0x454e_44;
+const PAD_START: u64 = 0x0053_5441_5254;
+const PAD_END: u64 = 0x0045_4e44;
 
 /// Splits `text` into tokens: runs of letters and digits (with inner `'`, `’` and `-` between
 /// letters), newlines, and single punctuation characters. Spaces are dropped.
@@ -435,7 +435,9 @@ impl Model {
     /// Tags `text`: entity spans (byte ranges) with their kind and confidence.
     pub fn find(&self, text: &str) -> Vec<(Kind, Range<usize>, f32)> {
         let toks = tokenize(text);
-        if toks.is_empty() {
+        // Texts of one or two words (schema strings, enum values, tool arguments such as
+        // `"Paris"`) carry no context to tell a name from a word: not tagged.
+        if toks.iter().filter(|t| text[t.span.clone()].chars().next().is_some_and(char::is_alphanumeric)).count() < 3 {
             return Vec::new();
         }
         let tagged = self.tag_probs(&toks, self.temperature);
@@ -513,6 +515,322 @@ fn plausible(kind: Kind, s: &str, toks: &[Token]) -> bool {
     }
 }
 
+/// True when a span sits where code has names: a key before `=` or `(`, part of a dotted,
+/// snake-case or path identifier (`config.Name`, `user_Name`, `/Users/Name`, `@Name`).
+fn code_position(text: &str, span: &Range<usize>) -> bool {
+    let before = text[..span.start].chars().next_back();
+    let rest = &text[span.end..];
+    let after = rest.chars().next();
+    let next_sign = rest.trim_start_matches([' ', '"', '\'']).chars().next();
+    matches!(before, Some('.' | '_' | '/' | '@' | '#' | '$' | '-' | '\\'))
+        || matches!(after, Some('_' | '/' | '('))
+        || (after == Some('.') && rest[1..].chars().next().is_some_and(char::is_alphanumeric))
+        || matches!(next_sign, Some('=' | '('))
+}
+
+/// Product and vendor names that agent harnesses and their users write in every prompt
+/// (`You are Claude Code, Anthropic's official CLI for Claude`): the assistant's and its
+/// maker's names are not anyone's personal data. Lower case.
+const PRODUCT_NAMES: &[&str] = &[
+    "claude",
+    "anthropic",
+    "openai",
+    "chatgpt",
+    "gpt",
+    "codex",
+    "gemini",
+    "google",
+    "copilot",
+    "github",
+    "microsoft",
+    "cursor",
+    "llama",
+    "meta",
+    "mistral",
+    "ollama",
+    "triage",
+    "code",
+    "cli",
+    "sdk",
+    "api",
+    "ai",
+];
+
+/// Well-known cities (capitals and large cities, and the words of their names), lower case:
+/// a span of nothing but place names (`Tokyo`, `Tokyo 25C`) is a location, not a person or an
+/// organisation. Countries come from the gazetteer. A word that is also a first name (`Sydney`,
+/// `Florence`) does not count as a place.
+const PLACES: &[&str] = &[
+    "ababa",
+    "abu",
+    "abuja",
+    "accra",
+    "addis",
+    "adelaide",
+    "aires",
+    "alexandria",
+    "algiers",
+    "almaty",
+    "amman",
+    "amsterdam",
+    "anchorage",
+    "angeles",
+    "ankara",
+    "antananarivo",
+    "antwerp",
+    "astana",
+    "asuncion",
+    "asunción",
+    "athens",
+    "atlanta",
+    "auckland",
+    "baghdad",
+    "baku",
+    "baltimore",
+    "bangalore",
+    "bangkok",
+    "barcelona",
+    "basel",
+    "beijing",
+    "beirut",
+    "belfast",
+    "belgrade",
+    "bengaluru",
+    "bergen",
+    "berlin",
+    "bern",
+    "birmingham",
+    "bishkek",
+    "bogota",
+    "bogotá",
+    "bordeaux",
+    "boston",
+    "brasilia",
+    "brasília",
+    "bratislava",
+    "brisbane",
+    "brooklyn",
+    "brussels",
+    "bucharest",
+    "budapest",
+    "buenos",
+    "busan",
+    "cairo",
+    "calgary",
+    "canberra",
+    "caracas",
+    "cardiff",
+    "casablanca",
+    "chennai",
+    "chicago",
+    "christchurch",
+    "cleveland",
+    "cologne",
+    "colombo",
+    "copenhagen",
+    "dakar",
+    "dallas",
+    "damascus",
+    "delhi",
+    "denver",
+    "detroit",
+    "dhabi",
+    "dhaka",
+    "diego",
+    "doha",
+    "dresden",
+    "dubai",
+    "dublin",
+    "durban",
+    "dusseldorf",
+    "düsseldorf",
+    "edinburgh",
+    "francisco",
+    "frankfurt",
+    "geneva",
+    "glasgow",
+    "gothenburg",
+    "guadalajara",
+    "guangzhou",
+    "hamburg",
+    "hanoi",
+    "harare",
+    "havana",
+    "helsinki",
+    "hong",
+    "honolulu",
+    "houston",
+    "hyderabad",
+    "islamabad",
+    "istanbul",
+    "jakarta",
+    "janeiro",
+    "jeddah",
+    "jerusalem",
+    "johannesburg",
+    "jose",
+    "kabul",
+    "kampala",
+    "karachi",
+    "kathmandu",
+    "khartoum",
+    "kiev",
+    "kigali",
+    "kinshasa",
+    "kolkata",
+    "kong",
+    "krakow",
+    "kuala",
+    "kuwait",
+    "kyiv",
+    "kyoto",
+    "lagos",
+    "lahore",
+    "leeds",
+    "leipzig",
+    "lima",
+    "lisbon",
+    "liverpool",
+    "ljubljana",
+    "london",
+    "los",
+    "luanda",
+    "lumpur",
+    "lusaka",
+    "luxembourg",
+    "lyon",
+    "madrid",
+    "manchester",
+    "manhattan",
+    "manila",
+    "maputo",
+    "marseille",
+    "medellin",
+    "medellín",
+    "melbourne",
+    "mexico",
+    "miami",
+    "milan",
+    "minneapolis",
+    "minsk",
+    "monterrey",
+    "montevideo",
+    "montreal",
+    "moscow",
+    "mumbai",
+    "munich",
+    "muscat",
+    "nairobi",
+    "naples",
+    "nashville",
+    "nice",
+    "oakland",
+    "orlando",
+    "osaka",
+    "oslo",
+    "ottawa",
+    "paris",
+    "paulo",
+    "perth",
+    "petersburg",
+    "philadelphia",
+    "phoenix",
+    "pittsburgh",
+    "portland",
+    "porto",
+    "prague",
+    "pretoria",
+    "pyongyang",
+    "quebec",
+    "quito",
+    "rabat",
+    "reykjavik",
+    "riga",
+    "rio",
+    "riyadh",
+    "rome",
+    "rotterdam",
+    "sacramento",
+    "salvador",
+    "san",
+    "santiago",
+    "sao",
+    "sarajevo",
+    "seattle",
+    "seoul",
+    "seville",
+    "shanghai",
+    "shenzhen",
+    "singapore",
+    "skopje",
+    "sofia",
+    "stockholm",
+    "stuttgart",
+    "são",
+    "taipei",
+    "tallinn",
+    "tampa",
+    "tashkent",
+    "tbilisi",
+    "tehran",
+    "tirana",
+    "tokyo",
+    "toronto",
+    "toulouse",
+    "tripoli",
+    "tunis",
+    "turin",
+    "utrecht",
+    "valencia",
+    "vancouver",
+    "venice",
+    "vienna",
+    "vilnius",
+    "warsaw",
+    "washington",
+    "wellington",
+    "yerevan",
+    "yokohama",
+    "york",
+    "zagreb",
+    "zurich",
+    "zürich",
+];
+
+/// True when [`PLACES`] is sorted (its look-up is a binary search).
+#[doc(hidden)]
+pub fn places_sorted() -> bool {
+    PLACES.windows(2).all(|w| w[0] < w[1])
+}
+
+/// True when `t` is a place name and not a first name.
+fn place(text: &str, t: &Token) -> bool {
+    t.gaz & G_FIRST == 0
+        && (t.gaz & G_COUNTRY != 0 || PLACES.binary_search(&text[t.span.clone()].to_lowercase().as_str()).is_ok())
+}
+
+/// True when the words of a person or organisation span can be a name: in a script with case,
+/// at least one word starts with a capital letter or every word is a known first or last name
+/// (`lorem ipsum`, `line one`, `alpha beta` are not names; `aksel kristensen` is), not every
+/// word is a product or vendor name ([`PRODUCT_NAMES`]) and not every word is a place
+/// ([`PLACES`], countries).
+fn name_like(text: &str, toks: &[Token]) -> bool {
+    let words: Vec<&Token> =
+        toks.iter().filter(|t| text[t.span.clone()].chars().next().is_some_and(char::is_alphabetic)).collect();
+    let cased = words.iter().any(|t| text[t.span.clone()].chars().any(|c| c.is_lowercase() || c.is_uppercase()));
+    if cased
+        && !words.iter().any(|t| text[t.span.clone()].chars().next().is_some_and(char::is_uppercase))
+        && !words.iter().all(|t| t.gaz & (G_FIRST | G_LAST) != 0)
+    {
+        return false;
+    }
+    !words.iter().all(|t| {
+        let w = text[t.span.clone()].to_lowercase();
+        let w = w.trim_end_matches("'s").trim_end_matches("’s");
+        PRODUCT_NAMES.contains(&w)
+    }) && !words.iter().all(|t| place(text, t))
+}
+
 /// Joins BIO tags into spans; trailing punctuation and newlines are not part of an entity.
 fn spans_of(text: &str, toks: &[Token], tags: &[usize], probs: &[f32]) -> Vec<(Kind, Range<usize>, f32)> {
     let mut out = Vec::new();
@@ -525,7 +843,7 @@ fn spans_of(text: &str, toks: &[Token], tags: &[usize], probs: &[f32]) -> Vec<(K
         }
         let e = entity(t);
         let mut j = i + 1;
-        while j < toks.len() && tags[j] != 0 && tags[j] % 2 == 0 && entity(tags[j]) == e {
+        while j < toks.len() && tags[j] != 0 && tags[j].is_multiple_of(2) && entity(tags[j]) == e {
             j += 1;
         }
         // Trim trailing tokens that are not letters or digits.
@@ -535,7 +853,11 @@ fn spans_of(text: &str, toks: &[Token], tags: &[usize], probs: &[f32]) -> Vec<(K
         }
         let conf = probs[i..=last].iter().sum::<f32>() / (last - i + 1) as f32;
         let span = toks[i].span.start..toks[last].span.end;
-        if let Some(k) = kind_of(e).filter(|k| plausible(*k, &text[span.clone()], &toks[i..=last])) {
+        if let Some(k) = kind_of(e).filter(|k| {
+            plausible(*k, &text[span.clone()], &toks[i..=last])
+                && !(matches!(k, Kind::Person | Kind::Organization)
+                    && (code_position(text, &span) || !name_like(text, &toks[i..=last])))
+        }) {
             out.push((k, span, conf));
         }
         i = j;
