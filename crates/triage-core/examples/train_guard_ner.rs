@@ -40,8 +40,8 @@ fn main() {
     // Confidence temperature: train on nine tenths, pick the temperature whose mean confidence
     // on the last tenth matches its tagging accuracy; then train again on everything. (The
     // evaluation's held-out split was never in the input file.)
-    let (dev, rest): (Vec<(usize, &train::Example)>, Vec<(usize, &train::Example)>) =
-        data.iter().enumerate().partition(|(i, _)| i % 10 == 9);
+    type Indexed<'a> = Vec<(usize, &'a train::Example)>;
+    let (dev, rest): (Indexed<'_>, Indexed<'_>) = data.iter().enumerate().partition(|(i, _)| i % 10 == 9);
     let dev: Vec<&train::Example> = dev.into_iter().map(|x| x.1).collect();
     let rest: Vec<&train::Example> = rest.into_iter().map(|x| x.1).collect();
     let tokens: usize = data.iter().map(|e| e.toks.len()).sum();

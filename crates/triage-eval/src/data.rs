@@ -451,7 +451,7 @@ mod tests {
         use triage_core::router::features::RequestText;
         let dir = std::env::temp_dir().join(format!("triage-eval-multi-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut rows = |name: &str, strong: &str, weak: &str, extra: &[&str]| {
+        let rows = |name: &str, strong: &str, weak: &str, extra: &[&str]| {
             let body: String = (0..40)
                 .map(|i| {
                     let hard = i % 2 == 0;

@@ -314,16 +314,16 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
                 adagrad(&mut c[ci], &mut gc[ci], err, cfg.lr);
             }
             for &(i, v) in &e.row.hashed {
-                for j in 0..k {
+                for (j, gzj) in gz.iter().enumerate() {
                     let p = i as usize * k + j;
-                    let g = gz[j] * v + cfg.l2_hashed * wh[p];
+                    let g = gzj * v + cfg.l2_hashed * wh[p];
                     adagrad(&mut wh[p], &mut gwh[p], g, cfg.lr);
                 }
             }
             for (di, &x) in e.row.dense.iter().enumerate() {
-                for j in 0..k {
+                for (j, gzj) in gz.iter().enumerate() {
                     let p = di * k + j;
-                    let g = gz[j] * x + cfg.l2 * wd[p];
+                    let g = gzj * x + cfg.l2 * wd[p];
                     adagrad(&mut wd[p], &mut gwd[p], g, cfg.lr);
                 }
             }
@@ -792,9 +792,7 @@ pub fn calibrate_cmd(
     let (point, met) = choose_rule(&pred, &real, &usd, tier_prices, lambda, target)?;
     file.rule = point.rule;
     file.tier_costs.insert(n.to_string(), tier_prices.to_vec());
-    if !file.profiles.contains_key(&n.to_string()) {
-        file.profiles.insert(n.to_string(), profiles.clone());
-    }
+    file.profiles.entry(n.to_string()).or_insert_with(|| profiles.clone());
     if let serde_json::Value::Object(m) = &mut file.meta {
         m.insert(
             "calibration".into(),
@@ -908,7 +906,7 @@ mod tests {
         let (p, met) = choose_rule(&pred, &real, &usd, &prices, false, QualityTarget::CostPer1000(10.5)).unwrap();
         assert!(met);
         let RuleSpec::Margin(d) = p.rule else { panic!("{p:?}") };
-        assert!(d >= 0.2 && d < 0.3, "{d}");
+        assert!((0.2..0.3).contains(&d), "{d}");
         assert_eq!(p.shares, vec![0.5, 0.5]);
         assert!((p.cost_per_1000 - 10.5).abs() < 1e-9);
         assert!((p.quality_share - 1.0).abs() < 1e-12);

@@ -13,8 +13,6 @@
 //! - [`Accounting::finish`]: the real cost replaces the reservation, and one ledger row per
 //!   request (with its attempts) is queued for the background writer.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -30,19 +28,42 @@ use crate::pipeline::{record_request, record_usage, RouteInfo};
 use crate::state::{AppState, SharedState};
 
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+const KEY_CACHE_CAPACITY: u64 = 10_000;
 
-/// Recently looked-up keys (secret → record or "unknown"), so most requests skip the database.
-#[derive(Debug, Default)]
+/// Recently looked-up keys (secret → record, or `None` for an unknown key), so most requests
+/// skip the database: at most 10,000 entries, each kept 30 s. Admission and eviction are
+/// frequency-based (moka's TinyLFU), so a caller cycling through unknown keys does not push out
+/// the keys in use.
+#[derive(Debug, Clone)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<String, (Option<KeyRecord>, Instant)>>,
+    entries: moka::sync::Cache<String, Option<KeyRecord>>,
+}
+
+impl Default for KeyCache {
+    fn default() -> KeyCache {
+        KeyCache::new(KEY_CACHE_CAPACITY, KEY_CACHE_TTL)
+    }
 }
 
 impl KeyCache {
+    /// A cache of at most `capacity` keys, each kept `ttl`.
+    pub fn new(capacity: u64, ttl: Duration) -> KeyCache {
+        KeyCache { entries: moka::sync::Cache::builder().max_capacity(capacity).time_to_live(ttl).build() }
+    }
+
+    /// The cached lookup of `secret`: `Some(None)` for a key known not to exist.
+    pub fn get(&self, secret: &str) -> Option<Option<KeyRecord>> {
+        self.entries.get(secret)
+    }
+
+    /// Caches the lookup of `secret`.
+    pub fn insert(&self, secret: &str, record: Option<KeyRecord>) {
+        self.entries.insert(secret.to_owned(), record);
+    }
+
     /// Forgets every cached key: the next request of each key reads the store again.
     pub fn clear(&self) {
-        if let Ok(mut m) = self.entries.lock() {
-            m.clear();
-        }
+        self.entries.invalidate_all();
     }
 }
 
@@ -98,13 +119,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Optio
             "missing API key: send a Triage virtual key as `Authorization: Bearer <key>` or `x-api-key`".into(),
         ));
     };
-    let cached = state
-        .keys
-        .entries
-        .lock()
-        .ok()
-        .and_then(|m| m.get(secret).filter(|(_, at)| at.elapsed() < KEY_CACHE_TTL).map(|(r, _)| r.clone()));
-    let record = match cached {
+    let record = match state.keys.get(secret) {
         Some(r) => r,
         None => {
             let store = state.store.as_ref().ok_or_else(|| GatewayError::Unauthorized("no key store".into()))?;
@@ -112,12 +127,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Optio
                 tracing::error!(error = %e, "key lookup failed");
                 GatewayError::Unauthorized("the key store is unavailable".into())
             })?;
-            if let Ok(mut m) = state.keys.entries.lock() {
-                if m.len() > 10_000 {
-                    m.clear();
-                }
-                m.insert(secret.to_owned(), (r.clone(), Instant::now()));
-            }
+            state.keys.insert(secret, r.clone());
             r
         }
     };
@@ -488,5 +498,49 @@ mod tests {
         h.insert("x-api-key", "tr-def".parse().unwrap());
         assert_eq!(presented_key(&h), Some("tr-def"));
         assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+
+    fn record(id: &str) -> KeyRecord {
+        KeyRecord {
+            id: id.into(),
+            user: "user-1".into(),
+            team: "team-1".into(),
+            tiers: vec![],
+            models: vec![],
+            admin: false,
+            budget_day: None,
+            budget_month: None,
+            revoked: false,
+        }
+    }
+
+    /// The old cache forgot every key once it held 10,000: a caller sending unknown keys flushed
+    /// the keys in use. Now the cache stays bounded and the key in use stays cached.
+    #[test]
+    fn a_flood_of_unknown_keys_stays_bounded_and_keeps_the_key_in_use() {
+        let cache = KeyCache::new(100, Duration::from_secs(600));
+        cache.insert("tr-in-use", Some(record("key_in_use")));
+        for i in 0..5_000 {
+            // As `authenticate` does: a miss, then the store's answer (unknown) cached.
+            let unknown = format!("tr-unknown-{i}");
+            assert_eq!(cache.get(&unknown), None);
+            cache.insert(&unknown, None);
+            if i % 10 == 0 {
+                assert_eq!(cache.get("tr-in-use").flatten().map(|k| k.id), Some("key_in_use".to_owned()), "at {i}");
+            }
+        }
+        cache.entries.run_pending_tasks();
+        assert!(cache.entries.entry_count() <= 100, "{} entries", cache.entries.entry_count());
+        assert_eq!(cache.get("tr-in-use").flatten().map(|k| k.id), Some("key_in_use".to_owned()));
+    }
+
+    #[test]
+    fn clearing_forgets_every_key() {
+        let cache = KeyCache::default();
+        cache.insert("tr-a", Some(record("key_a")));
+        cache.insert("tr-b", None);
+        assert_eq!(cache.get("tr-b"), Some(None));
+        cache.clear();
+        assert_eq!((cache.get("tr-a"), cache.get("tr-b")), (None, None));
     }
 }

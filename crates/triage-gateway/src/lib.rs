@@ -44,9 +44,11 @@ pub async fn serve(
     // a request needs an exact count (`pipeline::load_tokenizer`), which most never do.
     let grace = catalog.server().shutdown_grace;
     let store = match &catalog.spend().database {
-        Some(url) => {
-            Some(triage_store::Store::connect(url).await.map_err(|e| std::io::Error::other(format!("{url}: {e}")))?)
-        }
+        Some(url) => Some(
+            triage_store::Store::connect(url)
+                .await
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", triage_store::redact_url(url))))?,
+        ),
         None => None,
     };
     let mut state = AppState::new(catalog).map_err(std::io::Error::other)?;
@@ -66,6 +68,7 @@ pub async fn serve(
     probes.push(scoring::spawn_reloader(state.clone()));
     probes.extend(accounting::spawn_revocation_watch(state.clone()));
     probes.push(telemetry::spawn_summary(state.clone()));
+    probes.push(telemetry::spawn_metrics_upkeep());
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();
     let limits = conn::Limits::of(state.catalog.server());

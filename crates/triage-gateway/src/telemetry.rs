@@ -193,6 +193,25 @@ impl Summary {
     }
 }
 
+/// How often the recorder's pending histogram samples are folded into their buckets.
+const METRICS_UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the recorder's pending histogram samples into their buckets every 5 s
+/// (`PrometheusHandle::run_upkeep`). The recorder keeps each observation (three or so per
+/// request: duration, upstream duration, TTFT) until a scrape of `/metrics` renders it or
+/// upkeep runs, so a gateway nobody scrapes grew with every request it served (docs/RELIABILITY.md,
+/// the soak).
+pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            handle().run_upkeep();
+        }
+    })
+}
+
 /// Writes [`Summary`]'s line every `server.log_summary_secs`.
 pub fn spawn_summary(state: crate::state::SharedState) -> tokio::task::JoinHandle<()> {
     let period = state.catalog.server().log_summary;

@@ -128,15 +128,40 @@ async fn redact_sends_no_planted_entity_and_restores_the_answer() {
 
 #[tokio::test]
 async fn key_and_team_overrides_apply() {
-    // Globally names are allowed to leave; the policy for the unauthenticated caller is the
-    // global one (the override tables are parsed and checked here; a key's own override is
-    // covered by the catalog unit test).
+    // Globally names may leave; team `legal` keeps them local; one key of team `legal` is
+    // overridden back to `allow`. Each caller's request names the same generated person.
+    use triage_store::{NewKey, Store};
     let cloud = FakeUpstream::replay(Reply::json(200, &completion("cloud"))).await;
     let local = FakeUpstream::replay(Reply::json(200, &completion("local"))).await;
-    let guard = "[guard]\ndefault = \"local_only\"\n[guard.kinds]\nperson = \"allow\"\n[guard.min_confidence]\nperson = 0.6\n[guard.teams.legal]\nkinds = { person = \"local_only\" }\n[guard.keys.key_abc]\ndefault = \"redact\"\n";
-    let gw = start(&config(&cloud.url(), Some(&local.url()), guard)).await;
-    let body = json!({"model": "cloud-model", "messages": [{"role": "user", "content": "I want to add Aurelia Vantongeren as a beneficiary."}]});
-    let resp = post(&gw, &body.to_string()).await;
-    assert_eq!(resp.headers()["x-triage-model"], "cloud-model");
-    assert_eq!((cloud.calls(), local.calls()), (1, 0));
+    let db = temp_db();
+    let store = Store::connect(&db).await.unwrap();
+    let mk = |team: &str| NewKey { user: "u".into(), team: team.into(), ..Default::default() };
+    let (_, legal) = store.create_key(&mk("legal")).await.unwrap();
+    let (exempt_rec, exempt) = store.create_key(&mk("legal")).await.unwrap();
+    let (_, ops) = store.create_key(&mk("ops")).await.unwrap();
+    let guard = format!(
+        "[guard]\ndefault = \"local_only\"\n[guard.kinds]\nperson = \"allow\"\n[guard.teams.legal]\nkinds = {{ person = \"local_only\" }}\n[guard.keys.{}]\nkinds = {{ person = \"allow\" }}\n",
+        exempt_rec.id
+    );
+    let toml = format!(
+        "auth = \"keys\"\n{}\n[spend]\ndatabase = \"{db}\"\n",
+        config(&cloud.url(), Some(&local.url()), &guard)
+    );
+    let gw = start(&toml).await;
+    let body = json!({"model": "cloud-model", "messages": [{"role": "user", "content": "I want to add Aurelia Vantongeren as a beneficiary."}]}).to_string();
+    let mut served = Vec::new();
+    for key in [&legal, &exempt, &ops] {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .bearer_auth(key)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        served.push(resp.headers()["x-triage-model"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(served, ["local-model", "cloud-model", "cloud-model"]);
+    assert_eq!((cloud.calls(), local.calls()), (2, 1));
 }

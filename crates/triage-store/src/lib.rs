@@ -75,6 +75,19 @@ pub struct Store {
     leases: std::sync::Arc<lease::Leases>,
 }
 
+/// `url` as it may be shown in a message or a log: a password in its user info is replaced by
+/// `***` (`postgres://triage:s3cret@db:5432/x` → `postgres://triage:***@db:5432/x`); anything
+/// else is unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // The user info ends at the authority's last '@' (a password may contain '@').
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let Some(colon) = rest[..at].find(':') else { return url.to_owned() };
+    format!("{}{}:***{}", &url[..scheme_end], &rest[..colon], &rest[at..])
+}
+
 impl Store {
     /// Connects to `url` (`sqlite://PATH` — created if missing, WAL mode — or `postgres://...`)
     /// and applies the migrations.

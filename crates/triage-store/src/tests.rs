@@ -338,3 +338,18 @@ async fn a_database_migrated_by_the_old_hand_list_still_opens() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&db);
 }
+
+#[test]
+fn a_database_url_is_shown_without_its_password() {
+    use crate::redact_url;
+    assert_eq!(redact_url("postgres://triage:s3cret@db.internal:5432/x"), "postgres://triage:***@db.internal:5432/x");
+    assert_eq!(
+        redact_url("postgres://triage:p@ss@127.0.0.1/x?sslmode=require"),
+        "postgres://triage:***@127.0.0.1/x?sslmode=require"
+    );
+    // No password, no user info, or not a URL: unchanged.
+    assert_eq!(redact_url("postgres://triage@db/x"), "postgres://triage@db/x");
+    assert_eq!(redact_url("postgres://db:5432/x"), "postgres://db:5432/x");
+    assert_eq!(redact_url("sqlite://data/triage.db"), "sqlite://data/triage.db");
+    assert_eq!(redact_url("sqlite::memory:"), "sqlite::memory:");
+}

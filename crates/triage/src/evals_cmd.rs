@@ -79,7 +79,7 @@ pub struct CalibrateFromEvals {
 
 async fn open(catalog: &Catalog) -> Result<Store, String> {
     let url = catalog.spend().database.as_deref().ok_or("no ledger database: set [spend] database in the config")?;
-    Store::connect(url).await.map_err(|e| format!("{url}: {e}"))
+    Store::connect(url).await.map_err(|e| format!("{}: {e}", triage_store::redact_url(url)))
 }
 
 /// Runs a `triage evals` command.

@@ -670,10 +670,8 @@ pub(super) fn is_code_reference(v: &str) -> bool {
             let Some(close) = v[i..].find(']') else { return i + 1 == v.len() };
             joins += 1;
             i += close + 1;
-        } else if c == b'(' {
-            return true;
         } else {
-            return false;
+            return c == b'(';
         }
     }
     joins > 0

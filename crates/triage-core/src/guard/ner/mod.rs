@@ -235,8 +235,8 @@ pub struct Token {
     digits: u8,
 }
 
-const PAD_START: u64 = 0x5354_4152_54;
-const PAD_END: u64 = 0x454e_44;
+const PAD_START: u64 = 0x0053_5441_5254;
+const PAD_END: u64 = 0x0045_4e44;
 
 /// Splits `text` into tokens: runs of letters and digits (with inner `'`, `’` and `-` between
 /// letters), newlines, and single punctuation characters. Spaces are dropped.
@@ -843,7 +843,7 @@ fn spans_of(text: &str, toks: &[Token], tags: &[usize], probs: &[f32]) -> Vec<(K
         }
         let e = entity(t);
         let mut j = i + 1;
-        while j < toks.len() && tags[j] != 0 && tags[j] % 2 == 0 && entity(tags[j]) == e {
+        while j < toks.len() && tags[j] != 0 && tags[j].is_multiple_of(2) && entity(tags[j]) == e {
             j += 1;
         }
         // Trim trailing tokens that are not letters or digits.
