@@ -99,7 +99,9 @@ fn a_config_error_names_file_line_and_field() {
 }
 
 /// `triage serve` with no config and no keys starts on the built-in catalog, shows every provider
-/// unavailable instead of crashing, answers 503 to `auto`, and exits 0 on SIGTERM.
+/// unavailable instead of crashing, and exits 0 on SIGTERM. `auto` gets a 502 naming Ollama: a
+/// provider whose probe failed is still tried when nothing else can serve (issue 19), and the
+/// cloud providers without a key are skipped, never called.
 #[test]
 fn serve_starts_on_defaults_without_keys_and_stops_on_sigterm() {
     let dir = tempdir("serve");
@@ -137,7 +139,14 @@ fn serve_starts_on_defaults_without_keys_and_stops_on_sigterm() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 503);
+        assert_eq!(r.status(), 502);
+        let attempts = r.headers()["x-triage-attempts"].to_str().unwrap().to_owned();
+        assert!(attempts.starts_with("llama3.2@ollama:unreachable"), "{attempts}");
+        assert!(attempts.contains("gpt-5-mini@openai:no_api_key"), "{attempts}");
+        assert!(attempts.ends_with("llama3.2@ollama:connect"), "{attempts}");
+        let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(body["error"]["code"], "upstream_unavailable", "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with("upstream ollama: cannot connect"), "{body}");
         assert_eq!(c.get(format!("{base}/readyz")).send().await.unwrap().status(), 503);
     });
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
