@@ -453,7 +453,7 @@ async fn the_shipped_quality_model_routes_and_catalog_profiles_map_tiers() {
         "hi there",
         "Translate 'good morning' into French.",
         "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain precisely why this is open and what the best known bounds on prime gaps are.",
-        "Write a Rust function that parses an ISO 8601 duration such as P3DT4H12M into seconds, with tests for malformed input.",
+        "Write a Rust function that reverses the order of the words in a sentence, with unit tests for empty input.",
     ];
     let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
     let gw = start(&quality_tiers(&up, shipped, 0)).await;
@@ -462,7 +462,7 @@ async fn the_shipped_quality_model_routes_and_catalog_profiles_map_tiers() {
     for p in prompts {
         let want = lib.tiers(&serde_json::from_value(json!({"model": "auto", "messages": msgs(p)})).unwrap(), 3);
         let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs(p)})).await;
-        assert_eq!(s, 200);
+        assert_eq!(s, 200, "{p}: {model} {reason}");
         assert_eq!(model, ids[want.tier], "{p}: {reason}");
         for (name, q) in want.profiles.iter().zip(&want.quality) {
             assert!(reason.contains(&format!("q:{name} {q:+.2}")), "{p}: {reason}");
@@ -476,7 +476,7 @@ async fn the_shipped_quality_model_routes_and_catalog_profiles_map_tiers() {
     let gw = start(&mapped).await;
     for p in prompts {
         let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs(p)})).await;
-        assert_eq!(s, 200);
+        assert_eq!(s, 200, "{p}: {model} {reason}");
         assert_ne!(model, "big", "{p}: {reason}");
         let qs: Vec<&str> = reason.split("q:").skip(1).take(3).collect();
         assert!(qs[0].starts_with("mistralai/Mistral-7B") && qs[2].starts_with("mistralai/Mistral-7B"), "{reason}");
