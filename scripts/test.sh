@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of Triage: Rust unit and integration tests, then the official-SDK client tests.
+# Runs every test of Triage: Rust unit and integration tests, then the client tests (the official
+# SDKs from PyPI, the real Claude Code and Codex CLIs from npm).
 # One release build serves both (the SDK tests drive the release binaries). It installs what the
 # tests need: a local PostgreSQL server (Debian's package, on 127.0.0.1) so the ledger tests run
 # against both SQLite and PostgreSQL, the embedding scorer's encoder (all-MiniLM-L6-v2, fetched
@@ -12,6 +13,11 @@ if [ -z "${TRIAGE_TEST_POSTGRES_URL:-}" ]; then
   TRIAGE_TEST_POSTGRES_URL=$(bash scripts/postgres.sh)
   export TRIAGE_TEST_POSTGRES_URL
 fi
+
+# The import graph of triage-gateway's modules and its cycles (issue 21): a report for now; it
+# gets --enforce (fails on a cycle) once the cycles are gone.
+echo "== triage-gateway module import cycles"
+python3 scripts/module-cycles.py
 
 echo "== all-MiniLM-L6-v2 for the embedding scorer's tests"
 bash scripts/fetch-embedding-model.sh
@@ -40,7 +46,13 @@ if [ "$(uname -m)" = x86_64 ]; then
     bash scripts/check-no-amx.sh -p triage-local --tests
 fi
 
-echo "== Python SDK client tests"
+echo "== the real agent CLIs (Claude Code, Codex) from npm, pinned (tests/clients)"
+# Installed into tests/clients/node_modules only; the CLIs' tests (tests/python/test_cli_clients.py)
+# fail if they are missing. Measured 2026-12-07 on the 2-core machine: 11-37 s from the registry,
+# 833 MB on disk (the two native binaries).
+npm ci --prefix tests/clients --no-audit --no-fund --loglevel=error
+
+echo "== Python SDK and CLI client tests"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

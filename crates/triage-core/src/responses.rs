@@ -8,8 +8,14 @@
 //!   to a Chat Completions request body. `input` as a string or items (messages,
 //!   `function_call`, `function_call_output`; `reasoning` items are accepted and not sent on),
 //!   `instructions`, function tools and `tool_choice`, `text.format`, `reasoning.effort`,
-//!   `max_output_tokens`. A built-in tool (`web_search`, `file_search`, ...) or an input item of
-//!   a kind no provider behind Triage can take is an error naming it.
+//!   `max_output_tokens`. `namespace` tools (a named group of function tools, as Codex sends
+//!   them) become function tools named `<namespace>__<name>`, and calls of them go back to the
+//!   client as `function_call` items with `namespace` and the tool's own name. A built-in tool
+//!   (`web_search`, `file_search`, ...) offered beside function tools, and not forced by
+//!   `tool_choice`, is left out (named in [`Translated::dropped_tools`]): agent harnesses offer
+//!   them with every request, and the model simply cannot call them here. A built-in tool asked
+//!   for on its own, or forced, or an input item of a kind no provider behind Triage can take,
+//!   is an error naming it.
 //! - [`from_chat`]: a whole Chat Completion to a Response object.
 //! - [`StreamConverter`]: Chat Completion chunks to the Responses event sequence
 //!   (`response.created`, `response.in_progress`, `response.output_item.added`,
@@ -51,6 +57,33 @@ pub struct Translated {
     pub stream: bool,
     /// `store` was not `false`: the answer may be kept for `previous_response_id`.
     pub store: bool,
+    /// Function tools of `namespace` tools: the Chat Completions name (`<namespace>__<name>`)
+    /// to the namespace and the tool's own name, to restore in the answer's calls.
+    pub namespaced: Namespaced,
+    /// The types of the built-in tools left out (offered beside function tools, not forced).
+    pub dropped_tools: Vec<String>,
+}
+
+/// Chat Completions tool names made from `namespace` tools, to (namespace, tool name).
+pub type Namespaced = std::collections::HashMap<String, (String, String)>;
+
+/// The Chat Completions name of function `name` in namespace `ns`.
+fn flat_name(ns: &str, name: &str) -> String {
+    format!("{ns}__{name}")
+}
+
+/// Gives a `function_call` item whose name was made from a namespace tool its `namespace` and
+/// the tool's own name back (other items are left as they are).
+pub fn restore_namespace(item: &mut Value, namespaced: &Namespaced) {
+    if item.get("type").and_then(Value::as_str) != Some("function_call") {
+        return;
+    }
+    let Some((ns, name)) = item.get("name").and_then(Value::as_str).and_then(|n| namespaced.get(n)) else {
+        return;
+    };
+    let (ns, name) = (ns.clone(), name.clone());
+    item["name"] = Value::String(name);
+    item["namespace"] = Value::String(ns);
 }
 
 /// Built-in tool types of the Responses API that only OpenAI itself runs.
@@ -125,12 +158,23 @@ pub fn to_chat(req: &Value, history: Option<&[Value]>) -> Result<Translated, Req
         chat.insert("stream".into(), Value::Bool(true));
         chat.insert("stream_options".into(), json!({"include_usage": true}));
     }
+    let mut namespaced = Namespaced::new();
+    let mut dropped_tools = Vec::new();
     if let Some(Value::Array(tools)) = obj.get("tools") {
-        if !tools.is_empty() {
-            let mut out = Vec::with_capacity(tools.len());
-            for (i, t) in tools.iter().enumerate() {
-                out.push(tool_to_chat(t, i)?);
+        let kind = |t: &Value| t.get("type").and_then(Value::as_str).map(str::to_owned);
+        let has_functions = tools.iter().any(|t| matches!(kind(t).as_deref(), Some("function" | "namespace")));
+        let forced = obj.get("tool_choice").and_then(|c| c.get("type")).and_then(Value::as_str);
+        let mut out = Vec::with_capacity(tools.len());
+        for (i, t) in tools.iter().enumerate() {
+            match kind(t).as_deref() {
+                Some("namespace") => out.extend(namespace_to_chat(t, i, &mut namespaced)?),
+                Some(k) if has_functions && forced != Some(k) && BUILT_IN_TOOLS.contains(&k) && k != "custom" => {
+                    dropped_tools.push(k.to_owned());
+                }
+                _ => out.push(tool_to_chat(t, i)?),
             }
+        }
+        if !out.is_empty() {
             chat.insert("tools".into(), Value::Array(out));
         }
     }
@@ -197,7 +241,7 @@ pub fn to_chat(req: &Value, history: Option<&[Value]>) -> Result<Translated, Req
     }
     let store = obj.get("store").and_then(Value::as_bool) != Some(false);
     echo.insert("store".into(), Value::Bool(store));
-    Ok(Translated { chat: Value::Object(chat), items, echo, stream, store })
+    Ok(Translated { chat: Value::Object(chat), items, echo, stream, store, namespaced, dropped_tools })
 }
 
 /// The text of a content array's text parts (`input_text`, `output_text`, `text`, `refusal`).
@@ -244,6 +288,10 @@ fn item_to_messages(item: &Value, param: &str, out: &mut Vec<Value>) -> Result<(
         (Some("function_call"), _) => {
             let call_id = str_field(item, "call_id", param)?;
             let name = str_field(item, "name", param)?;
+            let name = match item.get("namespace").and_then(Value::as_str) {
+                Some(ns) if !ns.is_empty() => flat_name(ns, &name),
+                _ => name,
+            };
             let arguments = item.get("arguments").and_then(Value::as_str).unwrap_or("{}");
             let call = json!({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}});
             // Parallel calls join the assistant message before them (one turn, several calls).
@@ -358,6 +406,30 @@ fn tool_to_chat(t: &Value, i: usize) -> Result<Value, RequestError> {
         }
         None => Err(err(format!("tools[{i}].type"), "a tool needs a `type`")),
     }
+}
+
+/// The function tools of a `namespace` tool (`{"type": "namespace", "name", "description",
+/// "tools": [function tools]}`), named `<namespace>__<name>`; `namespaced` learns the names.
+fn namespace_to_chat(t: &Value, i: usize, namespaced: &mut Namespaced) -> Result<Vec<Value>, RequestError> {
+    let ns = t
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| err(format!("tools[{i}].name"), "a namespace tool needs a name"))?;
+    let inner = t
+        .get("tools")
+        .and_then(Value::as_array)
+        .ok_or_else(|| err(format!("tools[{i}].tools"), "a namespace tool needs its tools (an array)"))?;
+    let mut out = Vec::with_capacity(inner.len());
+    for (j, f) in inner.iter().enumerate() {
+        let mut tool = tool_to_chat(f, i).map_err(|e| err(format!("tools[{i}].tools[{j}]"), e.message))?;
+        let Some(name) = tool["function"]["name"].as_str().map(str::to_owned) else { continue };
+        let flat = flat_name(ns, &name);
+        tool["function"]["name"] = Value::String(flat.clone());
+        namespaced.insert(flat, (ns.to_owned(), name));
+        out.push(tool);
+    }
+    Ok(out)
 }
 
 fn tool_choice_to_chat(tc: &Value) -> Result<Value, RequestError> {
@@ -535,6 +607,7 @@ pub struct StreamConverter {
     usage: Option<Usage>,
     finish: Option<String>,
     ended: bool,
+    namespaced: Namespaced,
 }
 
 impl StreamConverter {
@@ -556,7 +629,15 @@ impl StreamConverter {
             usage: None,
             finish: None,
             ended: false,
+            namespaced: Namespaced::new(),
         }
+    }
+
+    /// Calls of these Chat Completions names go out with their namespace
+    /// ([`Translated::namespaced`]).
+    pub fn with_namespaces(mut self, namespaced: Namespaced) -> StreamConverter {
+        self.namespaced = namespaced;
+        self
     }
 
     fn event(&mut self, kind: &str, mut data: Value) -> StreamEvent {
@@ -622,7 +703,8 @@ impl StreamConverter {
                 "response.function_call_arguments.done",
                 json!({"item_id": c.id, "output_index": c.output_index, "arguments": c.arguments}),
             ));
-            let item = call_item(&c.id, &c.call_id, &c.name, &c.arguments, "completed");
+            let mut item = call_item(&c.id, &c.call_id, &c.name, &c.arguments, "completed");
+            restore_namespace(&mut item, &self.namespaced);
             self.output[c.output_index] = Some(item.clone());
             out.push(self.event("response.output_item.done", json!({"output_index": c.output_index, "item": item})));
         }
@@ -695,7 +777,8 @@ impl StreamConverter {
                     let call_id = tc.id.clone().unwrap_or_else(|| format!("call_{}_{n}", self.base));
                     let name = tc.function.as_ref().and_then(|f| f.name.clone()).unwrap_or_default();
                     self.output.push(None);
-                    let item = call_item(&id, &call_id, &name, "", "in_progress");
+                    let mut item = call_item(&id, &call_id, &name, "", "in_progress");
+                    restore_namespace(&mut item, &self.namespaced);
                     out.push(self.event("response.output_item.added", json!({"output_index": idx, "item": item})));
                     self.calls
                         .push((tc.index, OpenCall { output_index: idx, id, call_id, name, arguments: String::new() }));
@@ -835,8 +918,9 @@ mod tests {
 
     #[test]
     fn unsupported_things_are_named() {
-        let e = to_chat(&json!({"model": "m", "input": "x", "tools": [{"type": "function", "name": "f"}, {"type": "web_search_preview"}]}), None).unwrap_err();
-        assert_eq!(e.param, "tools[1].type");
+        let e =
+            to_chat(&json!({"model": "m", "input": "x", "tools": [{"type": "web_search_preview"}]}), None).unwrap_err();
+        assert_eq!(e.param, "tools[0].type");
         assert!(e.message.contains("built-in tool \"web_search_preview\""), "{}", e.message);
         let e = to_chat(&json!({"model": "m", "input": [{"type": "item_reference", "id": "x"}]}), None).unwrap_err();
         assert_eq!(e.param, "input[0].type");
@@ -846,6 +930,79 @@ mod tests {
             to_chat(&json!({"model": "m", "input": "x", "max_output_tokens": 0}), None).unwrap_err().param,
             "max_output_tokens"
         );
+    }
+
+    #[test]
+    fn built_in_tools_offered_beside_function_tools_are_left_out_unless_forced() {
+        // Codex offers `web_search` with every request, beside its function tools.
+        let tools = json!([{"type": "function", "name": "f"}, {"type": "web_search", "external_web_access": false}]);
+        let r = to_chat(&json!({"model": "m", "input": "x", "tools": tools}), None).unwrap();
+        assert_eq!(r.chat["tools"].as_array().unwrap().len(), 1);
+        assert_eq!(r.chat["tools"][0]["function"]["name"], "f");
+        assert_eq!(r.dropped_tools, vec!["web_search".to_owned()]);
+        // Forced by tool_choice: the client wants it to run, which no provider here can do.
+        let e =
+            to_chat(&json!({"model": "m", "input": "x", "tools": tools, "tool_choice": {"type": "web_search"}}), None)
+                .unwrap_err();
+        assert_eq!(e.param, "tools[1].type");
+        // A freeform `custom` tool is never dropped silently.
+        let custom = json!([{"type": "function", "name": "f"}, {"type": "custom", "name": "apply_patch"}]);
+        assert_eq!(
+            to_chat(&json!({"model": "m", "input": "x", "tools": custom}), None).unwrap_err().param,
+            "tools[1].type"
+        );
+    }
+
+    #[test]
+    fn namespace_tools_become_function_tools_and_calls_get_their_namespace_back() {
+        let ns = json!({"type": "namespace", "name": "multi_agent_v1", "description": "agents",
+            "tools": [{"type": "function", "name": "close_agent", "description": "Close", "parameters": {"type": "object"}, "strict": false}]});
+        let req = json!({"model": "m", "input": [
+            {"type": "message", "role": "user", "content": "x"},
+            {"type": "function_call", "call_id": "c0", "name": "close_agent", "namespace": "multi_agent_v1", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c0", "output": "closed"}
+        ], "tools": [{"type": "function", "name": "exec_command"}, ns]});
+        let r = to_chat(&req, None).unwrap();
+        let names: Vec<&str> =
+            r.chat["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["exec_command", "multi_agent_v1__close_agent"]);
+        assert_eq!(r.chat["tools"][1]["function"]["description"], "Close");
+        // A call passed back with its namespace goes upstream under the flat name.
+        assert_eq!(r.chat["messages"][1]["tool_calls"][0]["function"]["name"], "multi_agent_v1__close_agent");
+        assert_eq!(
+            r.namespaced["multi_agent_v1__close_agent"],
+            ("multi_agent_v1".to_owned(), "close_agent".to_owned())
+        );
+        // A call of the flat name goes to the client with its namespace (whole and streamed).
+        let c: ChatCompletion = serde_json::from_value(json!({"id": "x", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "multi_agent_v1__close_agent", "arguments": "{}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "exec_command", "arguments": "{}"}}]}, "finish_reason": "tool_calls"}]})).unwrap();
+        let mut resp = from_chat(&c, "resp_a", 1, &Map::new());
+        for item in resp["output"].as_array_mut().unwrap() {
+            restore_namespace(item, &r.namespaced);
+        }
+        assert_eq!(resp["output"][0]["name"], "close_agent");
+        assert_eq!(resp["output"][0]["namespace"], "multi_agent_v1");
+        assert_eq!(resp["output"][1]["name"], "exec_command");
+        assert!(resp["output"][1].get("namespace").is_none());
+        let mut conv = StreamConverter::new("resp_b", 1, "m", Map::new()).with_namespaces(r.namespaced.clone());
+        let mut events = conv.start();
+        let chunk: ChatChunk =
+            serde_json::from_value(json!({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                "function": {"name": "multi_agent_v1__close_agent", "arguments": "{}"}}]}}]}))
+            .unwrap();
+        events.extend(conv.chunk(&chunk));
+        events.extend(conv.finish());
+        let added = events.iter().find(|(n, _)| n == "response.output_item.added").unwrap();
+        assert_eq!(
+            (added.1["item"]["name"].as_str(), added.1["item"]["namespace"].as_str()),
+            (Some("close_agent"), Some("multi_agent_v1"))
+        );
+        let done = events.iter().find(|(n, _)| n == "response.completed").unwrap();
+        assert_eq!(done.1["response"]["output"][0]["namespace"], "multi_agent_v1");
+        assert_eq!(conv.output()[0]["name"], "close_agent");
     }
 
     #[test]

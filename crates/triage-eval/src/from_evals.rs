@@ -572,11 +572,11 @@ pub fn calibrate(
         missed,
     };
     th[at] = t;
-    for j in 0..th.len() {
+    for (j, x) in th.iter_mut().enumerate() {
         if j < at {
-            th[j] = th[j].min(t);
+            *x = x.min(t);
         } else if j > at {
-            th[j] = th[j].max(t);
+            *x = x.max(t);
         }
     }
     let mut all_th = model.file().thresholds.clone();

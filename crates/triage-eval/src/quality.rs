@@ -17,8 +17,12 @@
 //!
 //! A dataset whose quality is relative to a reference model (AlpacaEval: every answer judged
 //! against gpt4_1106_preview, whose own cells are a constant 0.5) is detected by that constant
-//! column: its cells are modelled as `c[d, m] + (u_m − u_ref) · z(p)` and the constant column is
-//! not a training target.
+//! column: its cells are modelled as `c[d, m] + (u_m − u_ref) · z(p)`. The reference's own
+//! cells stay targets (modelled by `c[d, ref]` alone): they place the reference's level on the
+//! dataset's scale (in AlpacaEval 2, above every model that loses to it on average). Leaving them
+//! out left `c[d, ref]` untrained at 0, which pulled the reference's overall level toward the
+//! middle and made a model that is always best look average (found by the hand-made test
+//! `the_trained_predictor_picks_the_always_best_model_when_it_is_cheapest`).
 //!
 //! Model names are matched across datasets by [`canonical`] (`mistralai/Mixtral-8x7B-Instruct-v0.1`
 //! and `Mixtral-8x7B-Instruct-v0.1` are one model; `gpt4_1106_preview` and `gpt-4-1106-preview`
@@ -167,12 +171,7 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
             .items
             .iter()
             .flat_map(|&i| {
-                d.items[i]
-                    .quality
-                    .iter()
-                    .enumerate()
-                    .filter(|(m, q)| Some(*m) != reference && keep[*m] && q.is_finite())
-                    .map(|x| *x.1)
+                d.items[i].quality.iter().enumerate().filter(|(m, q)| keep[*m] && q.is_finite()).map(|x| *x.1)
             })
             .collect();
         if vals.is_empty() {
@@ -188,7 +187,7 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
                 .quality
                 .iter()
                 .enumerate()
-                .filter(|(m, q)| Some(*m) != reference && keep[*m] && q.is_finite())
+                .filter(|(m, q)| keep[*m] && q.is_finite())
                 .map(|(m, q)| Cell { model: cols[m], y: ((q - mean) / sd) as f32 })
                 .collect();
             if cells.is_empty() {
@@ -302,13 +301,16 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
                 let err = d * e.w;
                 loss += f64::from(d * d * e.w);
                 lw += f64::from(e.w);
-                for j in 0..k {
-                    gz[j] += err * ueff[j];
-                    let g = err * z[j] + cfg.l2 * u[cell.model * k + j];
-                    adagrad(&mut u[cell.model * k + j], &mut gu[cell.model * k + j], g, cfg.lr);
-                    if let Some(r) = e.reference {
-                        let g = -err * z[j] + cfg.l2 * u[r * k + j];
-                        adagrad(&mut u[r * k + j], &mut gu[r * k + j], g, cfg.lr);
+                // The reference's own cell is c[d, ref] alone (u_ref − u_ref = 0): no vector moves.
+                if e.reference != Some(cell.model) {
+                    for j in 0..k {
+                        gz[j] += err * ueff[j];
+                        let g = err * z[j] + cfg.l2 * u[cell.model * k + j];
+                        adagrad(&mut u[cell.model * k + j], &mut gu[cell.model * k + j], g, cfg.lr);
+                        if let Some(r) = e.reference {
+                            let g = -err * z[j] + cfg.l2 * u[r * k + j];
+                            adagrad(&mut u[r * k + j], &mut gu[r * k + j], g, cfg.lr);
+                        }
                     }
                 }
                 adagrad(&mut c[ci], &mut gc[ci], err, cfg.lr);
@@ -887,6 +889,112 @@ mod tests {
         let hard = RequestText::of(&user_request("write a proof of lemma 999"));
         let easy = RequestText::of(&user_request("say hello to friend 999"));
         assert!(m.pair_score(&hard, "small", "big", None) > m.pair_score(&easy, "small", "big", None) + 0.5);
+    }
+
+    /// Three models on every prompt: `ace` always scores 1, `mid` 0.5 (0 on "proof" prompts),
+    /// `low` 0 — so `ace` is the best model everywhere.
+    fn always_best(n: usize) -> Dataset {
+        let items = (0..n)
+            .map(|i| {
+                let hard = i % 2 == 0;
+                let prompt =
+                    if hard { format!("write a proof of lemma {i}") } else { format!("say hello to friend {i}") };
+                Item {
+                    id: i.to_string(),
+                    request: user_request(&prompt),
+                    group: i.to_string(),
+                    quality: vec![1.0, 0.0, if hard { 0.0 } else { 0.5 }],
+                    answer_chars: vec![],
+                }
+            })
+            .collect();
+        Dataset {
+            name: "always".into(),
+            models: vec!["ace".into(), "low".into(), "mid".into()],
+            items,
+            dropped_contaminated: 0,
+            scale: 1.0,
+        }
+    }
+
+    /// The trained predictor behind the gateway's scorer, on hand-made cases: the model that is
+    /// always best is picked for every request like the training prompts (on text unlike any
+    /// training prompt the projection extrapolates and nothing is promised) whenever it is also
+    /// the cheapest tier, whatever
+    /// the margin or λ; when it is the dearest, margin 0 (or λ 0) still picks it and a margin
+    /// wider than every predicted gap (or a large λ) picks the cheapest tier.
+    #[test]
+    fn the_trained_predictor_picks_the_always_best_model_when_it_is_cheapest() {
+        use triage_core::router::quality::QualityScorer;
+        let d = always_best(200);
+        let sets = [QualitySet { data: &d, items: (0..200).collect() }];
+        // 200 prompts are few for 6 epochs at the default rate: train to convergence.
+        let cfg = QualityConfig { buckets: 1 << 10, epochs: 40, ..Default::default() };
+        let (model, _) = train(&sets, &cfg).unwrap();
+        let requests: Vec<_> = [
+            "write a proof of lemma 7",
+            "say hello to friend 7",
+            "write a proof of lemma 12",
+            "say hello to friend 12",
+        ]
+        .iter()
+        .map(|p| user_request(p))
+        .collect();
+        let scorer = |profiles: [&str; 3], costs: [f64; 3], rule: RuleSpec| {
+            let file = QualityFile {
+                kind: "quality".into(),
+                model: model.clone(),
+                static_embed: None,
+                profiles: BTreeMap::from([("3".into(), profiles.iter().map(|p| p.to_string()).collect())]),
+                tier_costs: BTreeMap::from([("3".into(), costs.to_vec())]),
+                rule,
+                meta: serde_json::Value::Null,
+            };
+            QualityScorer::new(file, None).unwrap()
+        };
+        // `ace` is the cheapest tier: picked for every request under every rule.
+        for rule in [
+            RuleSpec::Margin(0.0),
+            RuleSpec::Margin(0.5),
+            RuleSpec::Margin(100.0),
+            RuleSpec::Lambda(0.0),
+            RuleSpec::Lambda(10.0),
+        ] {
+            let s = scorer(["ace", "low", "mid"], [1.0, 2.0, 3.0], rule);
+            for r in &requests {
+                let t = s.tiers(r, 3);
+                assert_eq!(t.tier, 0, "{rule:?}: {t:?}");
+                assert!(t.quality[0] > t.quality[1] && t.quality[0] > t.quality[2], "{t:?}");
+            }
+        }
+        // `ace` is the dearest tier: margin 0 and λ 0 still pick it, everywhere.
+        for rule in [RuleSpec::Margin(0.0), RuleSpec::Lambda(0.0)] {
+            let s = scorer(["low", "mid", "ace"], [0.0, 1.0, 20.0], rule);
+            for r in &requests {
+                assert_eq!(s.tiers(r, 3).tier, 2, "{rule:?}");
+            }
+        }
+        // A margin wider than any predicted gap, or a λ that prices 20 cost units above any
+        // gap, picks the cheapest tier everywhere.
+        for rule in [RuleSpec::Margin(100.0), RuleSpec::Lambda(10.0)] {
+            let s = scorer(["low", "mid", "ace"], [0.0, 1.0, 20.0], rule);
+            for r in &requests {
+                assert_eq!(s.tiers(r, 3).tier, 0, "{rule:?}");
+            }
+        }
+        // In between, a margin just wider than mid's gap to ace on easy prompts (but not on
+        // proofs) keeps easy prompts on mid and sends proofs to ace.
+        let easy = RequestText::of(&requests[1]);
+        let hard = RequestText::of(&requests[0]);
+        let gap = |rt: &RequestText| {
+            let q = model.predict(rt, &["mid", "ace"], None);
+            q[1] - q[0]
+        };
+        let (ge, gh) = (gap(&easy), gap(&hard));
+        assert!(gh > ge + 0.2, "proofs: mid further behind ({gh} vs {ge})");
+        let s = scorer(["low", "mid", "ace"], [0.0, 1.0, 20.0], RuleSpec::Margin((ge + gh) / 2.0));
+        assert_eq!(s.tiers(&requests[1], 3).tier, 1);
+        assert_eq!(s.tiers(&requests[0], 3).tier, 2);
     }
 
     /// Two tiers; on prompts 0..4 the cheap model is predicted close (gap 0.1, 0.2, 0.3, 0.4);

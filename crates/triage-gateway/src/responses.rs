@@ -32,6 +32,10 @@ use crate::inbound::{parse_json, Format};
 use crate::pipeline;
 use crate::state::SharedState;
 
+/// The response header naming the built-in tools left out of a request (offered beside
+/// function tools, so the model could not call them), comma-separated.
+pub const DROPPED_TOOLS_HEADER: &str = "x-triage-dropped-tools";
+
 /// The most responses kept for `previous_response_id`.
 pub const MAX_STORED: usize = 1024;
 /// The most bytes of stored items (serialized JSON) kept for `previous_response_id`.
@@ -157,6 +161,10 @@ async fn create_inner(
     };
     let t = wire::to_chat(&req, history.as_deref().map(Vec::as_slice))
         .map_err(|e| GatewayError::invalid(e.to_string(), Some(e.param)))?;
+    if !t.dropped_tools.is_empty() {
+        tracing::debug!(tools = %t.dropped_tools.join(","), "built-in tools left out (offered beside function tools)");
+    }
+    let dropped = HeaderValue::from_str(&t.dropped_tools.join(",")).ok().filter(|_| !t.dropped_tools.is_empty());
     let chat = serde_json::to_vec(&t.chat)
         .map_err(|e| GatewayError::invalid(format!("the request cannot be serialized: {e}"), None))?;
     headers.remove(header::CONTENT_LENGTH);
@@ -171,13 +179,19 @@ async fn create_inner(
     let requested = req.get("model").and_then(Value::as_str).unwrap_or_default().to_owned();
     let (mut parts, body) = resp.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
+    if let Some(d) = dropped {
+        parts.headers.insert(DROPPED_TOOLS_HEADER, d);
+    }
     if !t.stream {
         let bytes = axum::body::to_bytes(body, usize::MAX)
             .await
             .map_err(|e| GatewayError::invalid(format!("the answer could not be read: {e}"), None))?;
         let c: ChatCompletion = serde_json::from_slice(&bytes)
             .map_err(|e| GatewayError::invalid(format!("the answer is not a chat completion: {e}"), None))?;
-        let r = wire::from_chat(&c, &id, created, &t.echo);
+        let mut r = wire::from_chat(&c, &id, created, &t.echo);
+        if let Some(output) = r["output"].as_array_mut() {
+            output.iter_mut().for_each(|item| wire::restore_namespace(item, &t.namespaced));
+        }
         if t.store {
             let mut items = t.items;
             items.extend(r["output"].as_array().cloned().unwrap_or_default());
@@ -188,7 +202,7 @@ async fn create_inner(
         out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         return Ok(out);
     }
-    let conv = StreamConverter::new(&id, created, &requested, t.echo.clone());
+    let conv = StreamConverter::new(&id, created, &requested, t.echo.clone()).with_namespaces(t.namespaced);
     let keep = t.store.then(|| (store, id, t.items));
     let events = ResponsesStream { conv, buf: Vec::new(), started: false, done: false, keep };
     let inner = body.into_data_stream();

@@ -158,3 +158,58 @@ async fn responses_refuses_websockets_and_built_in_tools_at_once() {
     assert!(v["error"]["message"].as_str().unwrap().contains("\"file_search\""));
     assert_eq!(up.calls(), 0);
 }
+
+/// Codex CLI 0.171's request shape (seen against `triage serve`): function tools, a `namespace`
+/// tool (a group of function tools), and the built-in `web_search` offered with every request.
+/// Class: tools a harness offers that only OpenAI defines. The namespace's tools go upstream as
+/// function tools `<namespace>__<name>` and a call of one comes back with its `namespace`; the
+/// built-in tool offered beside function tools is left out (named in `x-triage-dropped-tools`).
+#[tokio::test]
+async fn harness_tool_kinds_namespace_and_offered_built_ins_are_translated() {
+    let call = r#"{"id":"chatcmpl-2","object":"chat.completion","created":1700000000,"model":"gpt-test-upstream","choices":[{"index":0,"message":{"role":"assistant","content":null,"tool_calls":[{"id":"call_a","type":"function","function":{"name":"multi_agent_v1__close_agent","arguments":"{\"id\":\"x\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}"#;
+    let up = FakeUpstream::replay(Reply::json(200, call)).await;
+    let gw = start(&one_model(&up.url(), "")).await;
+    let tools = json!([
+        {"type": "function", "name": "exec_command", "strict": false, "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+        {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+         "tools": [{"type": "function", "name": "close_agent", "description": "Close an agent.", "strict": false, "parameters": {"type": "object"}}]},
+        {"type": "web_search", "external_web_access": false}
+    ]);
+    let body = json!({"model": "openai-model", "input": [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Close it"}]},
+        {"type": "function_call", "call_id": "call_0", "name": "close_agent", "namespace": "multi_agent_v1", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_0", "output": "not found"}
+    ], "tools": tools, "tool_choice": "auto", "store": false});
+    let resp = responses(&gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-triage-dropped-tools"], "web_search");
+    let v = json_body(resp).await;
+    assert_eq!(v["output"][0]["type"], "function_call");
+    assert_eq!(v["output"][0]["name"], "close_agent");
+    assert_eq!(v["output"][0]["namespace"], "multi_agent_v1");
+    assert_eq!(v["output"][0]["arguments"], "{\"id\":\"x\"}");
+    let sent = up.requests()[0].json();
+    let names: Vec<&str> =
+        sent["tools"].as_array().unwrap().iter().map(|t| t["function"]["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["exec_command", "multi_agent_v1__close_agent"]);
+    assert_eq!(sent["messages"][1]["tool_calls"][0]["function"]["name"], "multi_agent_v1__close_agent");
+
+    // Streamed: the call's events carry the namespace too.
+    let up = FakeUpstream::replay(Reply::sse(&format!(
+        "{}{}data: [DONE]\n\n",
+        chunk_line("c", r#"{"role":"assistant","tool_calls":[{"index":0,"id":"call_b","type":"function","function":{"name":"multi_agent_v1__close_agent","arguments":"{}"}}]}"#, None),
+        chunk_line("c", "{}", Some("tool_calls"))
+    )))
+    .await;
+    let gw = start(&one_model(&up.url(), "")).await;
+    let mut body = body;
+    body["stream"] = json!(true);
+    let resp = responses(&gw, &body).await;
+    assert_eq!(resp.status(), 200);
+    let ev = events(&resp.text().await.unwrap());
+    let added = ev.iter().find(|(n, _)| n == "response.output_item.added").unwrap();
+    assert_eq!(added.1["item"]["namespace"], "multi_agent_v1");
+    assert_eq!(added.1["item"]["name"], "close_agent");
+    let done = ev.iter().find(|(n, _)| n == "response.completed").unwrap();
+    assert_eq!(done.1["response"]["output"][0]["namespace"], "multi_agent_v1");
+}

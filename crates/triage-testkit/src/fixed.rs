@@ -3,7 +3,11 @@
 //! `POST /v1/chat/completions` answers in the real wire format:
 //! - a request whose last message is a `tool` result gets `The tool said: <result>`;
 //! - a request with `tools` (and no tool result yet) gets a call of its first tool with `{}`
-//!   arguments (`finish_reason: "tool_calls"`);
+//!   arguments (`finish_reason: "tool_calls"`), unless a user message has a line
+//!   `fake-call <tool name> <JSON arguments>` naming one of the tools: then that tool is called
+//!   with those arguments (so that real agent CLIs, whose first tool is not the one a test
+//!   wants, run a chosen tool: `fake-call Read {"file_path": "/tmp/x/note.txt"}`), or a line
+//!   `fake-text`: then the answer is the fixed text although tools are offered;
 //! - anything else gets a fixed text, split into `chunks` pieces when streamed, with
 //!   `chunk_delay` between them; usage comes in a final `choices: []` chunk when
 //!   `stream_options.include_usage` is set.
@@ -50,6 +54,42 @@ pub fn app(cfg: Fixed) -> Router {
 
 const TEXT: &str = "Hello from the fake upstream.";
 
+/// The texts of a message's content: a string, or the `text` of its parts (both formats).
+fn texts(content: &Value) -> Vec<&str> {
+    match content {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A user message has a line `fake-text`: answer with text although tools are offered.
+fn text_asked(messages: &[Value]) -> bool {
+    messages
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .any(|m| texts(&m["content"]).iter().any(|t| t.lines().any(|l| l.trim() == "fake-text")))
+}
+
+/// The last `fake-call <name> <JSON arguments>` line of the user messages whose name is one of
+/// `tool_names`: the tool's name and its arguments (a JSON text).
+fn scripted_call(messages: &[Value], tool_names: &[&str]) -> Option<(String, String)> {
+    let mut found = None;
+    for m in messages.iter().filter(|m| m["role"] == "user") {
+        for text in texts(&m["content"]) {
+            for line in text.lines() {
+                let Some(rest) = line.trim().strip_prefix("fake-call ") else { continue };
+                let (name, args) = rest.trim().split_once(' ').unwrap_or((rest.trim(), "{}"));
+                let args = args.trim();
+                if tool_names.contains(&name) && serde_json::from_str::<Value>(args).is_ok_and(|v| v.is_object()) {
+                    found = Some((name.to_owned(), args.to_owned()));
+                }
+            }
+        }
+    }
+    found
+}
+
 fn answer(req: &Value) -> (Option<String>, Option<Value>) {
     let messages = req["messages"].as_array().cloned().unwrap_or_default();
     let last = messages.last().cloned().unwrap_or(Value::Null);
@@ -60,7 +100,13 @@ fn answer(req: &Value) -> (Option<String>, Option<Value>) {
         };
         return (Some(format!("The tool said: {content}")), None);
     }
-    if let Some(tool) = req["tools"].as_array().and_then(|t| t.first()) {
+    let tools = req["tools"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["function"]["name"].as_str()).collect();
+    if let Some((name, arguments)) = scripted_call(&messages, &names) {
+        let call = json!({"id": "call_fake_1", "type": "function", "function": {"name": name, "arguments": arguments}});
+        return (None, Some(call));
+    }
+    if let Some(tool) = tools.first().filter(|_| !text_asked(&messages)) {
         let name = tool["function"]["name"].as_str().unwrap_or("tool");
         let call = json!({"id": "call_fake_1", "type": "function", "function": {"name": name, "arguments": "{}"}});
         return (None, Some(call));
@@ -117,7 +163,15 @@ async fn chat(State(cfg): State<Fixed>, Json(req): Json<Value>) -> Response {
     if let Some(c) = &call {
         let name = c["function"]["name"].clone();
         events.push(chunk(json!({"tool_calls": [{"index": 0, "id": c["id"], "type": "function", "function": {"name": name, "arguments": ""}}]}), None));
-        events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}), None));
+        // The arguments in two pieces, as real upstreams stream them.
+        let args = c["function"]["arguments"].as_str().unwrap_or("{}");
+        let mut cut = args.len() / 2;
+        while !args.is_char_boundary(cut) {
+            cut += 1;
+        }
+        for piece in [&args[..cut], &args[cut..]].into_iter().filter(|p| !p.is_empty()) {
+            events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}), None));
+        }
     }
     events.push(chunk(json!({}), Some(finish)));
     if include_usage {
@@ -148,7 +202,14 @@ fn anthropic_answer(req: &Value) -> (Option<String>, Option<Value>) {
         };
         return (Some(format!("The tool said: {content}")), None);
     }
-    if let Some(tool) = req["tools"].as_array().and_then(|t| t.first()) {
+    let tools = req["tools"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    let messages = req["messages"].as_array().cloned().unwrap_or_default();
+    if let Some((name, arguments)) = scripted_call(&messages, &names) {
+        let input: Value = serde_json::from_str(&arguments).unwrap_or_else(|_| json!({}));
+        return (None, Some(json!({"type": "tool_use", "id": "toolu_fake_1", "name": name, "input": input})));
+    }
+    if let Some(tool) = tools.first().filter(|_| !text_asked(&messages)) {
         let name = tool["name"].as_str().unwrap_or("tool");
         return (None, Some(json!({"type": "tool_use", "id": "toolu_fake_1", "name": name, "input": {}})));
     }
@@ -207,7 +268,8 @@ async fn messages(State(cfg): State<Fixed>, Json(req): Json<Value>) -> Response 
             "content_block_start",
             json!({"type": "content_block_start", "index": 0, "content_block": start}),
         ));
-        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": "{}"}})));
+        let partial = c["input"].to_string();
+        events.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": partial}})));
         events.push(ev("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
     }
     events.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": output}})));
@@ -221,4 +283,27 @@ async fn messages(State(cfg): State<Fixed>, Json(req): Json<Value>) -> Response 
         Some((Ok::<_, Infallible>(next), (it, false)))
     });
     ([(CONTENT_TYPE, "text/event-stream")], Body::from_stream(stream)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fake_call_line_picks_the_named_tool_and_its_arguments() {
+        let messages = vec![
+            json!({"role": "system", "content": "fake-call Bash {\"command\": \"no\"}"}),
+            json!({"role": "user", "content": [{"type": "text", "text": "<reminder/>"}, {"type": "text", "text": "Read it.\nfake-call Read {\"file_path\": \"/tmp/n.txt\"}"}]}),
+        ];
+        assert_eq!(
+            scripted_call(&messages, &["Bash", "Read"]),
+            Some(("Read".to_owned(), "{\"file_path\": \"/tmp/n.txt\"}".to_owned()))
+        );
+        // A tool the request does not offer, or arguments that are not a JSON object: no call.
+        assert_eq!(scripted_call(&messages, &["Bash"]), None);
+        let bad = vec![json!({"role": "user", "content": "fake-call Read [1]"})];
+        assert_eq!(scripted_call(&bad, &["Read"]), None);
+        assert!(!text_asked(&messages));
+        assert!(text_asked(&[json!({"role": "user", "content": "Say hello\nfake-text"})]));
+    }
 }
