@@ -37,11 +37,39 @@ pub(super) fn token_random(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     Some((h.value.clone(), 0.85))
 }
 
+/// Telegram bot token: bot id, `:`, then exactly 35 characters (`A` + 34) and nothing more of
+/// the token alphabet after them (Telegram Bot API, "Authorizing your bot").
+pub(super) fn telegram(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    let (_, secret) = v.split_once(':')?;
+    let next = h.text.as_bytes().get(h.value.end).copied();
+    if secret.len() != 35 || next.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
+        return None;
+    }
+    token_random(h)
+}
+
+/// Bedrock short-lived API key: `bedrock-api-key-` and base64 of a presigned URL on
+/// `bedrock.amazonaws.com`; long-term keys start `ABSK` + base64 of `BedrockAPIKey-`.
+pub(super) fn bedrock(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
+    let v = h.value_str();
+    if let Some(b64) = v.strip_prefix("bedrock-api-key-") {
+        let head: String = b64.chars().take(28).collect();
+        let decoded = validate::base64url_decode(&head.replace('+', "-").replace('/', "_"))?;
+        if !decoded.starts_with(b"bedrock.amazonaws.com") {
+            return None;
+        }
+    }
+    token(h)
+}
+
 pub(super) fn aws_key_id(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     let v = h.value_str();
     let body = v.get(4..).unwrap_or("");
+    // AWS's documented example ids (`AKIAIOSFODNN7EXAMPLE`) are samples, like every other
+    // `EXAMPLE` value.
     if body.contains("EXAMPLE") {
-        return Some((h.value.clone(), 0.5));
+        return None;
     }
     Some((h.value.clone(), 0.95))
 }
@@ -598,6 +626,7 @@ pub(super) fn password(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     if !quoted && unquoted_code_expression(h.text, &h.value) {
         return None;
     }
+
     // Punctuation only (`,.:-¨@*¿?!`): a constant list of symbols, not a credential.
     if !v.chars().any(char::is_alphanumeric) {
         return None;
@@ -692,6 +721,15 @@ pub(super) fn keyed_secret(h: &Hit<'_>) -> Option<(Range<usize>, f32)> {
     if !key_may_hold_secret(h, v_trim) || (validate::is_wordy(v_trim) && !v_trim.bytes().any(|b| b.is_ascii_digit())) {
         return None;
     }
+    // A time-based (version 1) UUID is made of a clock and a node id: predictable, an
+    // identifier (`_authToken=743b294a-cd03-11ec-...`), never a secret.
+    if is_uuid(v_trim) && v_trim.as_bytes().get(14) == Some(&b'1') {
+        return None;
+    }
+    // The value is itself a name of a key (`chain_Anvil2_Key`, `apiToken`): an identifier.
+    if names_a_key(v_trim) {
+        return None;
+    }
     // A value cut short for display (`ops_eyJ...`, `abc..[Redacted]`) is not the secret.
     if h.text.get(value.end..).is_some_and(|rest| rest.starts_with("..")) {
         return None;
@@ -773,6 +811,10 @@ pub(super) fn key_name(h: &Hit<'_>) -> String {
         .to_ascii_lowercase()
 }
 
+/// Key-name prefixes of test doubles.
+const TEST_DOUBLE: &[&str] =
+    &["nonmatching", "non_matching", "fake", "dummy", "mock", "invalid", "notreal", "not_real", "bogus", "sample"];
+
 /// False for key names that hold public or structural values (`public_key`, `primaryKey`,
 /// `key_name`, `kms_key_id` with a UUID).
 pub(super) fn key_may_hold_secret(h: &Hit<'_>, value: &str) -> bool {
@@ -837,7 +879,27 @@ pub(super) fn key_may_hold_secret(h: &Hit<'_>, value: &str) -> bool {
     if ENDS.iter().any(|w| key.ends_with(w)) || CONTAINS.iter().any(|w| key.contains(w)) {
         return false;
     }
+    // A name that says the value is a test double (`nonMatchingToken`, `fake_api_key`,
+    // `dummySecret`, `invalid_token`, `mock_key`): a fixture, not a credential.
+    if TEST_DOUBLE.iter().any(|w| key.starts_with(w)) {
+        return false;
+    }
     !((key.ends_with("id") || key.ends_with("ids")) && is_uuid(value))
+}
+
+/// True when `v` is an identifier that names a key (`chain_Anvil2_Key`, `DB_PASSWORD`,
+/// `apiToken`): letters, digits and `_`, ending in a key word after `_` or a capital.
+pub(super) fn names_a_key(v: &str) -> bool {
+    if !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return false;
+    }
+    let b = v.as_bytes();
+    ["key", "token", "secret", "password", "passwd"].iter().any(|w| {
+        let at = v.len().saturating_sub(w.len());
+        let after_underscore = at > 0 && b[at - 1] == b'_';
+        let camel_hump = at > 0 && b[at].is_ascii_uppercase() && b[at + 1].is_ascii_lowercase();
+        v.len() > w.len() && v.to_ascii_lowercase().ends_with(w) && (after_underscore || camel_hump)
+    })
 }
 
 /// `1.2.3`-style version numbers inside a value.

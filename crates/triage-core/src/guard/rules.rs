@@ -393,7 +393,7 @@ pub(crate) fn specs() -> Vec<Spec> {
             pattern: r"\b(ABSKQmVkcm9ja0FQSUtleS[A-Za-z0-9+/=]{20,}|bedrock-api-key-[A-Za-z0-9+/=]{20,})".into(),
             group: 1,
             gate: Gate::Always,
-            check: token,
+            check: bedrock,
             priority: 9,
         },
         Spec {
@@ -408,7 +408,8 @@ pub(crate) fn specs() -> Vec<Spec> {
         Spec {
             name: "gcp_api_key",
             kind: Kind::GcpApiKey,
-            pattern: r"\b(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)".into(),
+            // Google API keys are `AIzaSy` + 33 (Google Cloud, "API keys" format).
+            pattern: r"\b(AIzaS[yY][0-9A-Za-z_\-]{33})(?:[^0-9A-Za-z_\-]|$)".into(),
             group: 1,
             gate: Gate::Always,
             check: token,
@@ -585,7 +586,7 @@ pub(crate) fn specs() -> Vec<Spec> {
             pattern: r"\b(\d{5,16}:A[A-Za-z0-9_\-]{32,40})\b".into(),
             group: 1,
             gate: Gate::Keywords(&[":a"], 20, 60),
-            check: token_random,
+            check: telegram,
             priority: 7,
         },
         Spec {

@@ -374,7 +374,11 @@ fn alphabet_runs_in_sample_values_are_not_secrets() {
         assert!(kinds(code).is_empty(), "{code}");
     }
     assert!(validate::has_sample_run("abcdefghijkl"));
-    assert!(!validate::has_sample_run("abcdefghijk"));
+    // Eleven in a row inside a longer random value is not enough; a value that is mostly one
+    // run is a sample (`xoxp-1234567890`).
+    assert!(!validate::has_sample_run("abcdefghijk9Zq2LmV9xT4pR7w"));
+    assert!(validate::has_sample_run("abcdefghijk"));
+    assert!(validate::has_sample_run("xoxp-1234567890"));
     // Random values keep being found.
     assert!(!validate::has_sample_run("wJalrXUtnFEMI/K7MDENG/bPxRfiCYzz9a8b7c6d"));
     assert_eq!(kinds(r#"api_secret = "q8Zt3LmX0vR7pK2wN5yB""#), vec![Kind::Password]);
@@ -638,4 +642,58 @@ fn addresses_split_into_parts_are_judged_as_a_block() {
     ] {
         assert!(finds(&g, text, part, Kind::Address), "{text}: {:?}", personal_kinds(&g, text));
     }
+}
+
+/// Secret kinds the guard reports in `text`.
+fn secret_kinds(g: &Guard, text: &str) -> Vec<Kind> {
+    g.scan(text).into_iter().filter(|f| f.kind.is_secret()).map(|f| f.kind).collect()
+}
+
+#[test]
+fn telegram_tokens_of_the_wrong_length_are_not_tokens() {
+    let g = Guard::rules_only();
+    let ok = format!("bot: 56466333:A{}", "0oy6_5b7ms-54xdlrt7cpo94tlp33qzrr_");
+    assert_eq!(secret_kinds(&g, &ok), vec![Kind::ApiToken]);
+    let long = format!("bot: 41519489:A{}", "q79f6ytxnkp9gy15lm_3q_n2mj_3389xrrz");
+    assert_eq!(secret_kinds(&g, &long), vec![]);
+}
+
+#[test]
+fn bedrock_keys_must_decode_to_the_bedrock_host() {
+    let g = Guard::rules_only();
+    assert_eq!(
+        secret_kinds(&g, &format!("k = bedrock-api-key-{}", "YmVkcm9jay5hbWF6b25hd3MuY29t")),
+        vec![Kind::AwsSecretKey]
+    );
+    assert_eq!(secret_kinds(&g, &format!("k = bedrock-api-key-{}", "YmVkcm9jay5hbWF6b25hd3MuY29x")), vec![]);
+}
+
+#[test]
+fn documented_sample_values_are_not_secrets() {
+    let g = Guard::rules_only();
+    for text in [
+        "aws_access_key: AKIAIOSFODNN7EXAMPLE",
+        "\"token1\": \"xoxp-1234567890\"",
+        "sk-ant-api03-abc123xyz-456de-klMnopqrstuvwx-3456yza789bcde-1234fghijklmnopAA",
+        "xoxe.xoxp-1-SlackAppConfigurationAccessTokenHere",
+        "glimt-my-tokens_are-correctAB38_280",
+    ] {
+        assert_eq!(secret_kinds(&g, text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn time_based_uuids_and_key_names_are_not_secrets() {
+    let g = Guard::rules_only();
+    for text in [
+        "_authToken=743b294a-cd03-11ec-9d64-0242ac120002",
+        "import { chain_Anvil1_Key, chain_Anvil2_Key } from '../consts';",
+        "nonMatchingToken := \"jql3caz2w1ja8tfr\"",
+        "fake_api_key = \"k8Zq2LmV9xT4pR7wB1nY\"",
+    ] {
+        assert_eq!(secret_kinds(&g, text), vec![], "{text}");
+    }
+    // A random (version 4) UUID under a token name stays a secret, and so does a real value.
+    assert_eq!(secret_kinds(&g, "_authToken=9b2c4f6e-8a1d-4c3b-9e7f-2a5d8c1b6e4f"), vec![Kind::GenericSecret]);
+    assert_eq!(secret_kinds(&g, "api_token = \"k8Zq2LmV9xT4pR7wB1nY\""), vec![Kind::GenericSecret]);
 }

@@ -246,15 +246,26 @@ pub fn is_placeholder(s: &str) -> bool {
 /// (`abcdefghijklmnopqrstuvwxyz`, `klmnopqrstuvwx`), which a random value practically never
 /// has (about one chance in 62^11 per position): documentation samples are written this way.
 /// Shorter runs (`12345678-ABCD-...`) are not enough: labelled secret examples use them.
+///
+/// Counting ignores case (`klMnopqrstuvwx`) and goes on from `9` to `0` or `a`
+/// (`1234567890abcdef`, `123456789012345678`). A value that is mostly one such run
+/// (`xoxp-1234567890`: a run of 8 or more covering half its letters and digits) is a sample too.
 pub fn has_sample_run(s: &str) -> bool {
+    let follows = |a: u8, b: u8| {
+        let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+        a.is_ascii_alphanumeric() && (b == a + 1 && a != b'9' && a != b'z' || a == b'9' && (b == b'0' || b == b'a'))
+    };
     let mut run = 1;
+    let mut longest = 1;
     for w in s.as_bytes().windows(2) {
-        run = if w[0].is_ascii_alphanumeric() && w[1] == w[0].wrapping_add(1) { run + 1 } else { 1 };
+        run = if follows(w[0], w[1]) { run + 1 } else { 1 };
+        longest = longest.max(run);
         if run >= 12 {
             return true;
         }
     }
-    false
+    let alnum = s.bytes().filter(u8::is_ascii_alphanumeric).count();
+    longest >= 8 && longest * 2 >= alnum
 }
 
 /// True when `s` is a constant alphabet rather than a random value: no character twice, and
@@ -327,9 +338,52 @@ pub fn is_wordy(s: &str) -> bool {
     if parts.len() >= 3 && wordlike * 2 > parts.len() {
         return true;
     }
+    // Several parts that are words by their case and letters (`Need5_T00-be-exactly-40-chars`,
+    // `checking_Length-Is-checking_Length-Is`): lower case, or a capital then lower case, with a
+    // vowel and no run of five consonants. Random tokens split at `-`/`_` give such parts rarely.
+    let all: Vec<&str> = s.split(['_', '-', '.', '/', ':']).filter(|p| !p.is_empty()).collect();
+    let words = all.iter().filter(|p| word_shaped(p)).count();
+    if words >= 4 || words >= 3 && words * 2 > all.len() {
+        return true;
+    }
+    // A camel-case run of words (`SlackAppConfigurationAccessTokenHere`): four or more word-shaped
+    // humps of three or more letters covering most of a part.
+    for p in &all {
+        let mut humps: Vec<&str> = Vec::new();
+        let mut start = 0;
+        for (i, c) in p.char_indices().skip(1) {
+            if c.is_ascii_uppercase() {
+                humps.push(&p[start..i]);
+                start = i;
+            }
+        }
+        humps.push(&p[start..]);
+        let covered: usize = humps.iter().filter(|h| h.len() >= 3 && word_shaped(h)).map(|h| h.len()).sum();
+        if humps.iter().filter(|h| h.len() >= 3 && word_shaped(h)).count() >= 4 && covered * 10 >= p.len() * 8 {
+            return true;
+        }
+    }
     // CamelCase run of words with no digits.
     let humps = s.bytes().filter(u8::is_ascii_uppercase).count();
     s.len() >= 20 && s.bytes().all(|b| b.is_ascii_alphabetic()) && humps >= 4 && vowel_ratio(s) >= 0.3
+}
+
+/// True when `p` reads as a word by its shape: 2+ letters, all lower case or a capital then
+/// lower case (`be`, `Length`, `ELse` not), a vowel, no run of five consonants.
+fn word_shaped(p: &str) -> bool {
+    let b = p.as_bytes();
+    if b.len() < 2 || !b.iter().all(u8::is_ascii_alphabetic) || !b[1..].iter().all(u8::is_ascii_lowercase) {
+        return false;
+    }
+    let vowel = |c: u8| b"aeiouy".contains(&c.to_ascii_lowercase());
+    let mut run = 0;
+    for &c in b {
+        run = if vowel(c) { 0 } else { run + 1 };
+        if run >= 5 {
+            return false;
+        }
+    }
+    b.iter().any(|&c| vowel(c))
 }
 
 /// Counts of character classes in `s`: (lower, upper, digit, other).
