@@ -51,7 +51,9 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/evals", get(crate::evals::http::report))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(axum::Extension(std::sync::Arc::new(crate::responses::ResponseStore::new())))
+        .layer(axum::Extension(std::sync::Arc::new(crate::responses::ResponseStore::with_database(
+            state.store.clone(),
+        ))))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)
 }
