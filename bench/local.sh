@@ -171,8 +171,9 @@ for line in sys.stdin:
 bench_engine() { # throughput binary, label, extra arguments
   local exe=$1 label=$2; shift 2
   "$exe" run --model "$model" --threads "$THREADS" --pp "$PP" --tg "$TG" --reps "$REPS" --json "$@" 2>>"$CACHE/engine.log" |
-    grep '^{' | python3 -c 'import json, sys
+    grep -E '^(\{|#worker_cpu_s )' | python3 -c 'import json, sys
 for l in sys.stdin:
+    if l.startswith("#"): print(l, end=""); continue
     d = json.loads(l); d["engine"] = sys.argv[1]; print(json.dumps(d))' "$label"
 }
 bench_also() { # label=path
@@ -221,6 +222,9 @@ out = p.stdout.read()
 _, status, ru = os.wait4(p.pid, 0)
 b1, w1 = stat(), time.monotonic()
 ours = ru.ru_utime + ru.ru_stime
+# The engine's worker process (throughput run --isolated) is not a waited-for child: the example
+# prints its CPU time, which is the measurement's own.
+ours += sum(float(l.split()[1]) for l in out.splitlines() if l.startswith("#worker_cpu_s "))
 others = max(0.0, (b1 - b0) / hz - ours) / ((w1 - w0) * ncpu) * 100
 for line in out.splitlines():
     if line.startswith("{"):

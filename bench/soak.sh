@@ -22,6 +22,8 @@ CONNECTIONS=${CONNECTIONS:-16}
 UP_PORT=${UP_PORT:-19911}
 GW_PORT=${GW_PORT:-19912}
 OUT=${OUT:-bench/results/soak-$(date -u +%Y%m%dT%H%M%SZ)}
+# The gateway binary to soak (e.g. a copy built from another commit, to compare).
+TRIAGE_BIN=${TRIAGE_BIN:-./target/release/triage}
 
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --locked -p triage -p triage-testkit >&2
 
@@ -31,7 +33,7 @@ mkdir -p "$(dirname "$OUT")"
 
 fake_catalog "$UP_PORT" "sqlite://$work/triage.db" > "$work/triage.toml"
 ./target/release/triage-fake-upstream --listen "127.0.0.1:$UP_PORT" 2>/dev/null & pids+=($!)
-./target/release/triage serve --config "$work/triage.toml" --listen "127.0.0.1:$GW_PORT" 2> "$work/gateway.log" & gw_pid=$!; pids+=($gw_pid)
+"$TRIAGE_BIN" serve --config "$work/triage.toml" --listen "127.0.0.1:$GW_PORT" 2> "$work/gateway.log" & gw_pid=$!; pids+=($gw_pid)
 for url in "http://127.0.0.1:$UP_PORT/v1/models" "http://127.0.0.1:$GW_PORT/healthz"; do
   for _ in $(seq 100); do curl -fsS "$url" >/dev/null 2>&1 && break; sleep 0.1; done
 done
@@ -54,6 +56,10 @@ def sample(t0, sent, failed):
     return {
         "t_s": round(time.time() - t0, 1),
         "rss_mib": round(status_kb("VmRSS") / 1024, 2),
+        # RSS split: anonymous memory (heap, stacks: what the allocator and caches hold) and
+        # file-backed pages (the binary's code and data touched so far: not a leak).
+        "anon_mib": round(status_kb("RssAnon") / 1024, 2),
+        "file_mib": round(status_kb("RssFile") / 1024, 2),
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
         "threads": status_kb("Threads"),
         "log_bytes": os.path.getsize(log),
@@ -132,9 +138,9 @@ peak = max(s["rss_mib"] for s in samples)
 with open(out + ".md", "w") as f:
     f.write(f"Soak: {rate:.0f} req/s for {duration:.0f} s (then {idle:.0f} s idle), {conns} keep-alive connections, "
             f"default log level; sampled every {interval:.0f} s ({out}.csv).\n\n")
-    f.write("| | t (s) | RSS (MiB) | fds | threads | log (bytes) | requests | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+    f.write("| | t (s) | RSS (MiB) | anonymous (MiB) | file-backed (MiB) | fds | threads | log (bytes) | requests | errors |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     for name, s in [("start", samples[0]), ("after warm-up (1 request of each kind)", warm), ("after 1 min", first_min), ("end of load", last_loaded), ("after idle", last)]:
-        f.write(f"| {name} | {s['t_s']} | {s['rss_mib']} | {s['fds']} | {s['threads']} | {s['log_bytes']} | {s['requests']} | {s['errors']} |\n")
+        f.write(f"| {name} | {s['t_s']} | {s['rss_mib']} | {s['anon_mib']} | {s['file_mib']} | {s['fds']} | {s['threads']} | {s['log_bytes']} | {s['requests']} | {s['errors']} |\n")
     f.write(f"\nPeak RSS {peak} MiB; achieved {last['requests'] / max(duration, 1):.0f} req/s.\n")
 print(open(out + ".md").read())
 PY

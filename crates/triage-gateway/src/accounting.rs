@@ -21,11 +21,11 @@ use triage_core::cost::{NanoUsd, TokenUsage};
 use triage_core::route::{self, Requirements, RouteDecision, Target};
 use triage_store::{AttemptRecord, BudgetLine, Holder, KeyRecord, Period, RequestRecord, Reservation};
 
-use crate::dispatch::Attempt;
 use crate::error::GatewayError;
 use crate::inbound::Format;
-use crate::pipeline::{record_request, record_usage, RouteInfo};
+use crate::request::{Attempt, RouteInfo};
 use crate::state::{AppState, SharedState};
+use crate::telemetry::{record_request, record_usage};
 
 const KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 const KEY_CACHE_CAPACITY: u64 = 10_000;
@@ -239,7 +239,7 @@ pub async fn admit(
             return Ok((decision, Reservation::none(), stepped));
         }
         // The reservation uses the exact prompt count.
-        crate::pipeline::count_prompt(state, &req.prompt).await;
+        crate::tokens::count_prompt(&state.count_slots, &req.prompt).await;
         let amount = estimate(state, decision.model, req);
         let now = triage_store::now_ms();
         let db = |e: triage_store::StoreError| {
@@ -419,9 +419,26 @@ impl Accounting {
             }
             _ => (NanoUsd(0), NanoUsd(0)),
         };
-        record_request(st, self.format, route.map(|r| (r.model, r.tier)), status, self.started);
+        record_request(
+            c,
+            &st.instruments,
+            &st.summary,
+            self.format,
+            route.map(|r| (r.model, r.tier)),
+            status,
+            self.started,
+        );
         if route.is_some() && answered {
-            record_usage(st, route.map(|r| r.model), usage, estimated, cost, &self.request_id);
+            record_usage(
+                c,
+                &st.instruments,
+                &st.summary,
+                route.map(|r| r.model),
+                usage,
+                estimated,
+                cost,
+                &self.request_id,
+            );
         }
         // On a spawned task: a request dropped right after this still settles.
         std::mem::replace(&mut self.reservation, Reservation::none()).settle_in_background(cost);

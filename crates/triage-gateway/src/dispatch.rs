@@ -7,7 +7,7 @@
 //! - fall back without retrying: 401, 402, 403, and quota or credit exhaustion;
 //! - neither (they would fail everywhere): other 4xx caused by the request itself;
 //! - typed: a context-length error goes to `context_window_fallback` (a 4xx or 500 in any
-//!   dialect's wording, see [`is_context_window_error`], or an error event inside a 200 stream;
+//!   dialect's wording, see [`crate::error::is_context_window_error`], or an error event inside a 200 stream;
 //!   it never counts against the circuit breaker), a content-policy 4xx or a
 //!   `finish_reason: "content_filter"` answer with no content goes to `content_policy_fallback`.
 //!   Content-policy refusals do not use the generic `fallback` list (routing around a safety
@@ -30,22 +30,11 @@ use triage_core::catalog::{DeploymentId, ProviderKind};
 use triage_core::retry;
 use triage_core::route::{Candidate, TypedFallback};
 
-use crate::error::GatewayError;
+use crate::error::{is_context_window_error, GatewayError, CONTEXT_WINDOW_WORDINGS};
 use crate::inbound::Inbound;
 use crate::providers::{Batch, CallError, ChunkStream, Completion, Reply, StreamItem, UpstreamError};
+use crate::request::Attempt;
 use crate::state::{AppState, Unavailable};
-
-/// One call (or skip) of a deployment.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    /// The deployment.
-    pub deployment: DeploymentId,
-    /// `200`, an upstream status, or a failure / skip name (`timeout`, `connect`, `reset`,
-    /// `in_band_error`, `truncated`, `busy`, `breaker_open`, `cooling_down`, `no_api_key`, ...).
-    pub outcome: String,
-    /// Time to the response headers (zero for a skip).
-    pub latency: Duration,
-}
 
 /// A stream whose opening events were held back until its first content token.
 pub struct PrimedStream {
@@ -115,39 +104,6 @@ fn retry_after_of(headers_value: Option<&http::HeaderValue>, ms_value: Option<&h
 
 fn contains_any(text: &str, needles: &[&str]) -> bool {
     needles.iter().any(|n| text.contains(n))
-}
-
-/// How each server says "the prompt does not fit the context window", lowercased. Sources: the
-/// servers' own error strings (OpenAI and Azure `context_length_exceeded`, Anthropic "prompt is
-/// too long" / "exceed context limit", vLLM "maximum model length", SGLang "longer than the
-/// model's context length", llama.cpp server `exceed_context_size_error`, Ollama, TGI's
-/// `max_new_tokens must be <=`, Mistral, Bedrock "input is too long", Vertex/Gemini "input
-/// token count ... exceeds the maximum number of tokens").
-const CONTEXT_WINDOW_WORDINGS: &[&str] = &[
-    "context_length_exceeded",
-    "maximum context length",
-    "context window",
-    "prompt is too long",
-    "too many tokens",
-    "too many input tokens",
-    "reduce the length",
-    "exceed context limit",
-    "maximum model length",
-    "than the model's context length",
-    "exceeds the context length",
-    "exceed_context_size_error",
-    "exceeds the available context size",
-    "input is too large to process",
-    "`max_new_tokens` must be <=",
-    "tokens + `max_new_tokens`",
-    "input is too long",
-    "exceeds the maximum number of tokens",
-];
-
-/// True when an upstream error text (a body or an in-band message) says the prompt is longer
-/// than the model's context window, in any dialect Triage knows ([`CONTEXT_WINDOW_WORDINGS`]).
-pub(crate) fn is_context_window_error(text: &str) -> bool {
-    contains_any(&text.to_lowercase(), CONTEXT_WINDOW_WORDINGS)
 }
 
 /// Classifies an upstream status and body.
@@ -566,26 +522,6 @@ pub async fn dispatch(
         }
     };
     Err(Failed { error, attempts })
-}
-
-/// The `x-triage-attempts` header value: `model@provider:outcome` per attempt, comma-separated.
-pub fn attempts_header(state: &AppState, attempts: &[Attempt]) -> String {
-    let c = &state.catalog;
-    let mut out = String::new();
-    for (i, a) in attempts.iter().enumerate() {
-        let dep = &c.deployments()[a.deployment];
-        let (model, provider) = (&c.models()[dep.model].id, &c.providers()[dep.provider].name);
-        if i > 0 {
-            out.push_str(", ");
-        }
-        out.reserve(model.len() + provider.len() + a.outcome.len() + 2);
-        out.push_str(model);
-        out.push('@');
-        out.push_str(provider);
-        out.push(':');
-        out.push_str(&a.outcome);
-    }
-    out
 }
 
 #[cfg(test)]

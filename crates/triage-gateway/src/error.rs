@@ -9,8 +9,41 @@ use bytes::Bytes;
 use triage_core::openai::{ErrorBody, ErrorEnvelope};
 use triage_core::route::RouteError;
 
-use crate::dispatch::is_context_window_error;
 use crate::providers::{InBandError, UpstreamError};
+
+/// How each server says "the prompt does not fit the context window", lowercased. Sources: the
+/// servers' own error strings (OpenAI and Azure `context_length_exceeded`, Anthropic "prompt is
+/// too long" / "exceed context limit", vLLM "maximum model length", SGLang "longer than the
+/// model's context length", llama.cpp server `exceed_context_size_error`, Ollama, TGI's
+/// `max_new_tokens must be <=`, Mistral, Bedrock "input is too long", Vertex/Gemini "input
+/// token count ... exceeds the maximum number of tokens").
+pub(crate) const CONTEXT_WINDOW_WORDINGS: &[&str] = &[
+    "context_length_exceeded",
+    "maximum context length",
+    "context window",
+    "prompt is too long",
+    "too many tokens",
+    "too many input tokens",
+    "reduce the length",
+    "exceed context limit",
+    "maximum model length",
+    "than the model's context length",
+    "exceeds the context length",
+    "exceed_context_size_error",
+    "exceeds the available context size",
+    "input is too large to process",
+    "`max_new_tokens` must be <=",
+    "tokens + `max_new_tokens`",
+    "input is too long",
+    "exceeds the maximum number of tokens",
+];
+
+/// True when an upstream error text (a body or an in-band message) says the prompt is longer
+/// than the model's context window, in any dialect Triage knows ([`CONTEXT_WINDOW_WORDINGS`]).
+pub(crate) fn is_context_window_error(text: &str) -> bool {
+    let text = text.to_lowercase();
+    CONTEXT_WINDOW_WORDINGS.iter().any(|w| text.contains(w))
+}
 
 /// Everything that can end a request with an error.
 #[derive(Debug, thiserror::Error)]
@@ -249,10 +282,10 @@ impl GatewayError {
     /// The error as an HTTP response in the client's format: OpenAI's envelope, or Anthropic's
     /// `{"type": "error", "error": {"type", "message"}}` with Anthropic's error types. An upstream
     /// 4xx body already in the client's format is passed through as it came.
-    pub fn into_response_for(self, format: crate::inbound::Format) -> Response {
+    pub fn into_response_for(self, format: crate::providers::WireFormat) -> Response {
         match format {
-            crate::inbound::Format::OpenAi => self.into_response(),
-            crate::inbound::Format::Anthropic => self.into_anthropic_response(),
+            crate::providers::WireFormat::OpenAi => self.into_response(),
+            crate::providers::WireFormat::Anthropic => self.into_anthropic_response(),
         }
     }
 

@@ -15,10 +15,12 @@ pub mod inbound;
 pub mod pipeline;
 pub mod providers;
 pub mod relay;
+pub mod request;
 pub mod responses;
 pub mod scoring;
 pub mod state;
 pub mod telemetry;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,7 +43,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     telemetry::handle();
     // The o200k tokenizer is not loaded here: its tables (about 30 MiB) are built the first time
-    // a request needs an exact count (`pipeline::load_tokenizer`), which most never do.
+    // a request needs an exact count (`tokens::load_tokenizer`), which most never do.
     let grace = catalog.server().shutdown_grace;
     let store = match &catalog.spend().database {
         Some(url) => Some(

@@ -12,20 +12,22 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use triage_core::catalog::{DeploymentId, ModelId, TierId};
-use triage_core::cost::{NanoUsd, TokenUsage};
+use triage_core::catalog::{DeploymentId, ModelId};
+use triage_core::cost::TokenUsage;
 use triage_core::route::{self, Requirements, RouteDecision, RouteError, Target};
 use triage_core::tokens::PromptSize;
 use triage_core::translate;
 
 use crate::accounting::{self, Accounting};
-use crate::dispatch::{attempts_header, dispatch, Answer, Attempt, Failed, PrimedStream};
+use crate::dispatch::{dispatch, Answer, Failed, PrimedStream};
 use crate::error::GatewayError;
 use crate::guarding;
 use crate::inbound::{Format, Inbound};
 use crate::providers::Completion;
 use crate::relay::{AnthropicEncoder, Finisher, OpenAiEncoder, Relay};
+use crate::request::{attempts_header, RouteInfo};
 use crate::state::{AppState, InFlight, SharedState};
+use crate::tokens::count_prompt;
 
 /// Response header: the catalog model that served the request.
 pub const HEADER_MODEL: &str = "x-triage-model";
@@ -39,25 +41,6 @@ pub const HEADER_REQUEST_ID: &str = "x-request-id";
 pub const HEADER_SENSITIVITY: &str = "x-triage-sensitivity";
 /// Response header: every upstream attempt, `model@provider:outcome`, comma-separated.
 pub const HEADER_ATTEMPTS: &str = "x-triage-attempts";
-
-/// What the response headers report: the model that answered (or was routed to, on failure).
-#[derive(Debug, Clone)]
-pub struct RouteInfo {
-    /// The model.
-    pub model: ModelId,
-    /// Its tier.
-    pub tier: TierId,
-    /// Why.
-    pub reason: String,
-    /// Every upstream attempt, once dispatch ran.
-    pub attempts: Vec<Attempt>,
-}
-
-impl RouteInfo {
-    fn routed(d: &RouteDecision) -> Self {
-        RouteInfo { model: d.model, tier: d.tier, reason: d.reason.clone(), attempts: Vec::new() }
-    }
-}
 
 /// Axum handler for `POST /v1/chat/completions`.
 pub async fn chat_completions(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
@@ -92,32 +75,12 @@ pub async fn count_tokens(State(state): State<SharedState>, headers: HeaderMap, 
         let openai = translate::anthropic_to_openai(&native);
         drop(native);
         let size = PromptSize::new(&openai);
-        count_prompt(&state, &size).await;
+        count_prompt(&state.count_slots, &size).await;
         let tokens = size.estimate();
         Ok::<_, GatewayError>(axum::Json(serde_json::json!({"input_tokens": tokens})).into_response())
     }
     .await;
     result.unwrap_or_else(|e| e.into_response_for(Format::Anthropic))
-}
-
-/// Counts `size`'s prompt exactly (the first `server.max_tokenize_bytes` of it), once, without
-/// stalling the async workers: the tokenizer's tables load on a blocking thread, at most one
-/// count per core runs at a time (`AppState::count_slots`), and the count itself runs in
-/// `block_in_place` (inline on a current-thread runtime, where there is no other worker to
-/// starve). Returns at once when the prompt is already counted.
-pub async fn count_prompt(state: &AppState, size: &PromptSize<'_>) {
-    if size.is_counted() {
-        return;
-    }
-    load_tokenizer().await;
-    let _permit = state.count_slots.acquire().await;
-    if tokio::runtime::Handle::current().runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-        tokio::task::block_in_place(|| {
-            size.estimate();
-        });
-    } else {
-        size.estimate();
-    }
 }
 
 pub(crate) async fn handle(state: SharedState, headers: HeaderMap, body: Body, format: Format) -> Response {
@@ -189,7 +152,7 @@ fn set_route_headers(h: &mut HeaderMap, state: &SharedState, request_id: &str, d
             (NAME_MODEL, c.models()[d.model].id.as_str()),
             (NAME_TIER, c.tiers()[d.tier].as_str()),
             (NAME_REASON, d.reason.as_str()),
-            (NAME_ATTEMPTS, attempts_header(state, &d.attempts).as_str()),
+            (NAME_ATTEMPTS, attempts_header(&state.catalog, &d.attempts).as_str()),
         ] {
             if value.is_empty() {
                 continue;
@@ -246,7 +209,7 @@ async fn serve(
         if (acct.format == Format::Anthropic && inbound.stream)
             || requirements.prompt.fit_needs_count(requirements.output_tokens, smallest_window)
         {
-            count_prompt(state, &requirements.prompt).await;
+            count_prompt(&state.count_slots, &requirements.prompt).await;
         }
         if let Target::Model { model, .. } = &target {
             if !allowed(*model) {
@@ -423,19 +386,6 @@ async fn serve(
     }
 }
 
-/// Makes sure the o200k tokenizer is loaded before a request counts tokens exactly, building its
-/// tables (about 100 ms, once per process) on a blocking thread rather than on an async worker.
-/// Returns at once when they are already loaded. If the blocking task fails, the count loads
-/// them itself later, on the caller's thread.
-pub async fn load_tokenizer() {
-    if triage_core::tokens::is_loaded() {
-        return;
-    }
-    if let Err(e) = tokio::task::spawn_blocking(triage_core::tokens::warm_up).await {
-        tracing::warn!(error = %e, "loading the tokenizer on a blocking thread failed");
-    }
-}
-
 /// `model: "auto"`: the difficulty router's tier (`scored`, from [`crate::scoring::decide`]), or
 /// the next dearer one when nothing in it can serve the request; without a decision (or when no
 /// tier from the router's up can serve), the cheapest capable tier. Returns the decision and the
@@ -536,66 +486,4 @@ fn complete_response(completion: Completion, info: &RouteInfo, acct: Accounting)
             GatewayError::invalid(format!("the answer cannot be serialized: {e}"), None).into_response_for(format)
         }
     }
-}
-
-/// Records one answered request in the metrics and the log.
-pub fn record_request(
-    state: &SharedState,
-    format: Format,
-    d: Option<(ModelId, TierId)>,
-    status: &str,
-    started: Instant,
-) {
-    let c = &state.catalog;
-    let (model, tier) = match d {
-        Some((m, t)) => (c.models()[m].id.as_str(), c.tiers()[t].as_str()),
-        None => ("none", "none"),
-    };
-    let secs = started.elapsed().as_secs_f64();
-    // The kept handles are labelled with the model's own tier; any other pair takes the macros.
-    let kept = d.filter(|&(m, t)| c.models()[m].tier == t).map(|(m, _)| m);
-    match kept.and_then(|m| state.instruments.duration(c, m)) {
-        Some(h) => h.record(secs),
-        None => metrics::histogram!("triage_request_duration_seconds", "model" => model.to_owned(), "tier" => tier.to_owned())
-            .record(secs),
-    }
-    match kept.filter(|_| status == "200").and_then(|m| state.instruments.answered(c, m, format)) {
-        Some(k) => k.increment(1),
-        None => metrics::counter!("triage_requests_total", "endpoint" => crate::telemetry::endpoint_label(format), "model" => model.to_owned(), "tier" => tier.to_owned(), "status" => status.to_owned()).increment(1),
-    }
-    state.summary.request(status, started.elapsed());
-    // One line per request at DEBUG; INFO has the periodic summary (`telemetry::Summary`).
-    tracing::debug!(model = %model, tier = %tier, status, latency_ms = secs * 1000.0, "request");
-}
-
-/// Records the usage and cost of an answer in the metrics and the log.
-pub fn record_usage(
-    state: &SharedState,
-    model: Option<ModelId>,
-    tokens: TokenUsage,
-    estimated: bool,
-    cost: NanoUsd,
-    request_id: &str,
-) {
-    let Some(model) = model else { return };
-    let m = &state.catalog.models()[model];
-    match state.instruments.usage(&state.catalog, model) {
-        Some((input, output, spend)) => {
-            input.increment(tokens.input);
-            output.increment(tokens.output);
-            spend.increment(cost.0);
-        }
-        None => {
-            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "input")
-                .increment(tokens.input);
-            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "output")
-                .increment(tokens.output);
-            metrics::counter!("triage_spend_nanodollars_total", "model" => m.id.clone()).increment(cost.0);
-        }
-    }
-    if estimated {
-        tracing::warn!(request_id, model = %m.id, "the upstream reported no usage; tokens estimated");
-    }
-    state.summary.usage(tokens.input, tokens.output, cost.0);
-    tracing::debug!(request_id, model = %m.id, input = tokens.input, cached = tokens.cached_input, output = tokens.output, reasoning = tokens.reasoning, estimated, cost_usd = %cost, "usage");
 }

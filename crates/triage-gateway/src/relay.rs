@@ -22,8 +22,8 @@ use triage_core::translate::{AnthropicToOpenAi, OpenAiToAnthropic};
 use crate::accounting::Accounting;
 use crate::error::GatewayError;
 use crate::guarding::StreamRestore;
-use crate::pipeline::RouteInfo;
 use crate::providers::{Batch, ChunkStream, StreamItem, UpstreamError};
+use crate::request::RouteInfo;
 use crate::state::{InFlight, SharedState};
 
 /// Turns upstream items into the client's SSE bytes.
@@ -447,7 +447,7 @@ impl<E: Encoder> Relay<E> {
                 // A stream that breaks after its first token is the deployment's failure (unless it
                 // says the prompt was too long: the request's fault, never the breaker's).
                 let too_long =
-                    matches!(&source, UpstreamError::InBand(e) if crate::dispatch::is_context_window_error(&e.message));
+                    matches!(&source, UpstreamError::InBand(e) if crate::error::is_context_window_error(&e.message));
                 if !too_long {
                     state.record_failure(self.ctx.deployment);
                 }

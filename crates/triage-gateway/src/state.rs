@@ -148,7 +148,7 @@ pub struct AppState {
     pub scoring_slots: Arc<tokio::sync::Semaphore>,
     /// Per-conversation memory of the highest `auto` tier (`[router] sticky_secs`; `None` = off).
     pub sticky: Option<Arc<triage_core::router::choice::StickyRoutes>>,
-    /// Permits for concurrent exact token counts ([`crate::pipeline::count_prompt`]): one per core.
+    /// Permits for concurrent exact token counts ([`crate::tokens::count_prompt`]): one per core.
     pub count_slots: Arc<tokio::sync::Semaphore>,
     /// Counts for the periodic INFO summary line.
     pub summary: crate::telemetry::Summary,

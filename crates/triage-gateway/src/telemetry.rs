@@ -30,10 +30,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Instant;
 
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use triage_core::catalog::{Catalog, DeploymentId, ModelId};
+use triage_core::catalog::{Catalog, DeploymentId, ModelId, TierId};
+use triage_core::cost::{NanoUsd, TokenUsage};
 
 use crate::providers::WireFormat;
 
@@ -224,6 +226,71 @@ pub fn spawn_summary(state: crate::state::SharedState) -> tokio::task::JoinHandl
             state.summary.flush(period);
         }
     })
+}
+
+/// Records one answered request in the metrics and the log.
+pub fn record_request(
+    c: &Catalog,
+    instruments: &Instruments,
+    summary: &Summary,
+    format: WireFormat,
+    d: Option<(ModelId, TierId)>,
+    status: &str,
+    started: Instant,
+) {
+    let (model, tier) = match d {
+        Some((m, t)) => (c.models()[m].id.as_str(), c.tiers()[t].as_str()),
+        None => ("none", "none"),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    // The kept handles are labelled with the model's own tier; any other pair takes the macros.
+    let kept = d.filter(|&(m, t)| c.models()[m].tier == t).map(|(m, _)| m);
+    match kept.and_then(|m| instruments.duration(c, m)) {
+        Some(h) => h.record(secs),
+        None => metrics::histogram!("triage_request_duration_seconds", "model" => model.to_owned(), "tier" => tier.to_owned())
+            .record(secs),
+    }
+    match kept.filter(|_| status == "200").and_then(|m| instruments.answered(c, m, format)) {
+        Some(k) => k.increment(1),
+        None => metrics::counter!("triage_requests_total", "endpoint" => endpoint_label(format), "model" => model.to_owned(), "tier" => tier.to_owned(), "status" => status.to_owned()).increment(1),
+    }
+    summary.request(status, started.elapsed());
+    // One line per request at DEBUG; INFO has the periodic summary (`telemetry::Summary`).
+    tracing::debug!(model = %model, tier = %tier, status, latency_ms = secs * 1000.0, "request");
+}
+
+/// Records the usage and cost of an answer in the metrics and the log.
+pub fn record_usage(
+    catalog: &Catalog,
+    instruments: &Instruments,
+    summary: &Summary,
+    model: Option<ModelId>,
+    tokens: TokenUsage,
+    estimated: bool,
+    cost: NanoUsd,
+    request_id: &str,
+) {
+    let Some(model) = model else { return };
+    let m = &catalog.models()[model];
+    match instruments.usage(catalog, model) {
+        Some((input, output, spend)) => {
+            input.increment(tokens.input);
+            output.increment(tokens.output);
+            spend.increment(cost.0);
+        }
+        None => {
+            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "input")
+                .increment(tokens.input);
+            metrics::counter!("triage_tokens_total", "model" => m.id.clone(), "kind" => "output")
+                .increment(tokens.output);
+            metrics::counter!("triage_spend_nanodollars_total", "model" => m.id.clone()).increment(cost.0);
+        }
+    }
+    if estimated {
+        tracing::warn!(request_id, model = %m.id, "the upstream reported no usage; tokens estimated");
+    }
+    summary.usage(tokens.input, tokens.output, cost.0);
+    tracing::debug!(request_id, model = %m.id, input = tokens.input, cached = tokens.cached_input, output = tokens.output, reasoning = tokens.reasoning, estimated, cost_usd = %cost, "usage");
 }
 
 /// The `endpoint` label of a client format.

@@ -54,7 +54,7 @@ pub async fn run(state: &SharedState, job: Job) {
     else {
         return;
     };
-    crate::pipeline::load_tokenizer().await;
+    crate::tokens::load_tokenizer().await;
     let reference_req = rules::reference_request(&job.request, &c.models()[reference].id);
     let conversation = rules::conversation_text(&job.request);
 
@@ -255,7 +255,7 @@ async fn call(state: &SharedState, model: ModelId, req: ChatRequest, ledger_id: 
             Err(Failed { attempts, .. }) => (None, TokenUsage::default(), false, "error", attempts, None),
         };
     let cost = c.models()[model].price.cost(&usage);
-    let attempts_text = crate::dispatch::attempts_header(state, &attempts);
+    let attempts_text = crate::request::attempts_header(&state.catalog, &attempts);
     if let Some(ledger) = &state.ledger {
         let m = &c.models()[model];
         ledger.record(RequestRecord {
