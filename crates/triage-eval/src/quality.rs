@@ -171,12 +171,7 @@ pub fn train(sets: &[QualitySet<'_>], cfg: &QualityConfig) -> Result<(QualityMod
             .items
             .iter()
             .flat_map(|&i| {
-                d.items[i]
-                    .quality
-                    .iter()
-                    .enumerate()
-                    .filter(|(m, q)| keep[*m] && q.is_finite())
-                    .map(|x| *x.1)
+                d.items[i].quality.iter().enumerate().filter(|(m, q)| keep[*m] && q.is_finite()).map(|x| *x.1)
             })
             .collect();
         if vals.is_empty() {
@@ -936,10 +931,15 @@ mod tests {
         // 200 prompts are few for 6 epochs at the default rate: train to convergence.
         let cfg = QualityConfig { buckets: 1 << 10, epochs: 40, ..Default::default() };
         let (model, _) = train(&sets, &cfg).unwrap();
-        let requests: Vec<_> = ["write a proof of lemma 7", "say hello to friend 7", "write a proof of lemma 12", "say hello to friend 12"]
-            .iter()
-            .map(|p| user_request(p))
-            .collect();
+        let requests: Vec<_> = [
+            "write a proof of lemma 7",
+            "say hello to friend 7",
+            "write a proof of lemma 12",
+            "say hello to friend 12",
+        ]
+        .iter()
+        .map(|p| user_request(p))
+        .collect();
         let scorer = |profiles: [&str; 3], costs: [f64; 3], rule: RuleSpec| {
             let file = QualityFile {
                 kind: "quality".into(),
