@@ -20,7 +20,7 @@ use triage_core::router::{Decision, RandomScorer, Router, ScorerKind, Thresholds
 /// Errors: a model file that cannot be read or parsed, or (embedding) an encoder directory
 /// without the encoder's files; the message names the file and how to fetch the encoder.
 pub fn build_router(auto: &AutoRouting) -> Result<Option<Arc<Router>>, String> {
-    let AutoRouting::Scorer { kind, model_file, encoder_dir } = auto else {
+    let AutoRouting::Scorer { kind, model_file, encoder_dir, tier_profiles } = auto else {
         return Ok(None);
     };
     let file = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("router model {path}: {e}"));
@@ -46,7 +46,9 @@ pub fn build_router(auto: &AutoRouting) -> Result<Option<Arc<Router>>, String> {
                 "[router] scorer = \"quality\" needs [router] model_file (a quality model: `triage train --scorer quality`)"
                     .to_owned()
             })?;
-            Router::new(Box::new(quality_scorer(p, &file(p)?, encoder_dir.as_deref())?), Thresholds::default())
+            let scorer =
+                quality_scorer(p, &file(p)?, encoder_dir.as_deref())?.with_tier_profiles(tier_profiles.clone());
+            Router::new(Box::new(scorer), Thresholds::default())
         }
     };
     Ok(Some(Arc::new(router)))

@@ -105,6 +105,28 @@ enum Cmd {
         #[arg(long)]
         isolated: bool,
     },
+    /// The worker process's cost, paired: the in-process engine and a worker process loaded
+    /// side by side, the same request sent to each in turn (ABBA order, so a drift in the
+    /// machine's speed cancels), the ratio worker / in-process taken per pair; prints the
+    /// geometric mean ratio of pp and tg tokens/s with a 95 % interval (on the log scale, mean ±
+    /// 1.96 standard errors).
+    Paired {
+        /// GGUF file to load.
+        #[arg(long)]
+        model: PathBuf,
+        /// Decode threads of each engine.
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        /// Prompt tokens of the pp test.
+        #[arg(long, default_value_t = 512)]
+        pp: u32,
+        /// Generated tokens of the tg test.
+        #[arg(long, default_value_t = 128)]
+        tg: u32,
+        /// Pairs per test (each pair: one request to each engine).
+        #[arg(long, default_value_t = 40)]
+        pairs: u32,
+    },
     /// The engine worker process of `run --isolated` (started by it, not by hand).
     #[command(hide = true)]
     Worker,
@@ -143,6 +165,10 @@ fn main() -> Result<(), Error> {
             }
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(run(model, threads, pp, tg, reps, json, quiet_reader, isolated))
+        }
+        Cmd::Paired { model, threads, pp, tg, pairs } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(paired(model, threads, pp, tg, pairs))
         }
         Cmd::Worker => {
             let code = triage_local::worker_main(WorkerOptions::default());
@@ -374,6 +400,90 @@ async fn run(
         if let Some(seconds) = e.health().pid.and_then(process_cpu_seconds) {
             println!("#worker_cpu_s {seconds:.3}");
         }
+    }
+    Ok(())
+}
+
+/// `Cmd::Paired`: see there.
+async fn paired(model: PathBuf, threads: u32, pp: u32, tg: u32, pairs: u32) -> Result<(), Error> {
+    let config = |context| EngineConfig {
+        model_path: model.clone(),
+        parallel: 1,
+        queue: 0,
+        context,
+        threads,
+        chat_template: None,
+    };
+    let context = pp.max(tg + 64) + 16;
+    let local = Engine::load(config(context))?;
+    let pp_content = prompt_of(&local, pp)?;
+    let worker = EngineProcess::start(config(context), WorkerCommand::current_exe(&["worker"])?, "throughput");
+    worker.ready().await?;
+    let engines = [Bench::InProcess(local), Bench::Isolated(worker)];
+    // A short prompt the model answers at full length (greedy: every time), as in `run`.
+    let mut tg_content = None;
+    for i in 0..20 {
+        let c = format!("Hello {i}");
+        let r = once(&engines[0], request(&c, tg + 1)).await?;
+        if r.finish == FinishReason::Length && r.completion_tokens == tg + 1 {
+            tg_content = Some(c);
+            break;
+        }
+    }
+    let tg_content = tg_content.ok_or("the model ends every answer before tg tokens")?;
+    // Warm-up: one request of each kind to each engine.
+    for e in &engines {
+        once(e, request(&pp_content, 1)).await?;
+        once(e, request(&tg_content, tg + 1)).await?;
+    }
+    let (mut pp_ratios, mut tg_ratios) = (Vec::new(), Vec::new());
+    for i in 0..pairs.max(2) {
+        // ABBA: in-process first on even pairs, the worker first on odd ones.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut pp_ts = [0.0; 2];
+        let mut tg_ts = [0.0; 2];
+        for &k in &order {
+            let r = once(&engines[k], request(&pp_content, 1)).await?;
+            if r.prompt_tokens != pp || r.cached_tokens != 0 {
+                return Err(format!(
+                    "the prompt was {} tokens ({} cached), not {pp}",
+                    r.prompt_tokens, r.cached_tokens
+                )
+                .into());
+            }
+            pp_ts[k] = f64::from(pp) / r.to_started.as_secs_f64();
+            let r = once(&engines[k], request(&tg_content, tg + 1)).await?;
+            if r.completion_tokens != tg + 1 {
+                return Err(format!("generated {} tokens, not {}", r.completion_tokens, tg + 1).into());
+            }
+            tg_ts[k] = f64::from(tg) / r.started_to_finished.as_secs_f64();
+        }
+        pp_ratios.push(pp_ts[1] / pp_ts[0]);
+        tg_ratios.push(tg_ts[1] / tg_ts[0]);
+    }
+    if let Bench::Isolated(e) = &engines[1] {
+        if let Some(seconds) = e.health().pid.and_then(process_cpu_seconds) {
+            println!("#worker_cpu_s {seconds:.3}");
+        }
+    }
+    for (test, ratios) in [(format!("pp{pp}"), &pp_ratios), (format!("tg{tg}"), &tg_ratios)] {
+        // On the log scale (a ratio and its inverse weigh the same): the geometric mean and its
+        // interval, exp(mean ± 1.96 standard errors of the log ratios).
+        let logs: Vec<f64> = ratios.iter().map(|r| r.ln()).collect();
+        let n = logs.len() as f64;
+        let mean_log = logs.iter().sum::<f64>() / n;
+        let sd = (logs.iter().map(|x| (x - mean_log).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let half = 1.96 * sd / n.sqrt();
+        let (mean, low, high) = (mean_log.exp(), (mean_log - half).exp(), (mean_log + half).exp());
+        println!(
+            "worker process / in-process  {test:>6}  threads {threads}  {mean:.4}  95 % interval [{low:.4}, {high:.4}]  ({} pairs, sd of log ratios {sd:.4})",
+            ratios.len()
+        );
+        let list = ratios.iter().map(|x| format!("{x:.4}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "{{\"test\": \"{test}\", \"n_threads\": {threads}, \"ratio_geomean\": {mean:.4}, \"log_ratio_sd\": {sd:.4}, \
+             \"ci95\": [{low:.4}, {high:.4}], \"ratios\": [{list}]}}"
+        );
     }
     Ok(())
 }
