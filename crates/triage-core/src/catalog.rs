@@ -166,6 +166,10 @@ pub struct Model {
     pub max_output_tokens: Option<u64>,
     /// Capabilities.
     pub capabilities: Capabilities,
+    /// The learned model profile the quality scorer predicts this model's quality with (a model
+    /// name of the quality model file, e.g. `gpt-4-1106-preview`; `[[models]] profile`). `None`:
+    /// the model's tier takes the model file's default profile for that tier.
+    pub profile: Option<String>,
 }
 
 /// HTTP server settings.
@@ -465,6 +469,12 @@ pub enum AutoRouting {
         /// The `embedding` scorer's encoder directory; `None` for the default
         /// (`$TRIAGE_EMBEDDING_DIR`, else `~/.cache/triage/all-MiniLM-L6-v2`).
         encoder_dir: Option<String>,
+        /// The `quality` scorer's profile of each tier, cheapest tier first (one entry per
+        /// tier): the `profile` of the model the tier picks when no requirement rules a model
+        /// out (its cheapest model by blended price, the first listed on a tie), `None` when
+        /// that model has no `profile` (the model file's default profile for the tier is used).
+        /// Empty when built by hand: every tier takes the file's profiles.
+        tier_profiles: Vec<Option<String>>,
     },
     /// The cheapest tier with a capable, available model (no scorer).
     Cheapest,

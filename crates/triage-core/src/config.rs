@@ -349,6 +349,7 @@ struct RawModel {
     context_window_fallback: Vec<Spanned<String>>,
     #[serde(default)]
     content_policy_fallback: Vec<Spanned<String>>,
+    profile: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +416,22 @@ impl Ctx<'_> {
             (_, None) => table,
         }
     }
+}
+
+/// The quality scorer's profile of each tier (see [`AutoRouting::Scorer`]'s `tier_profiles`):
+/// the `profile` of the tier's cheapest model (blended price; the first listed on a tie).
+fn tier_profiles(tiers: &[String], models: &[Model]) -> Vec<Option<String>> {
+    (0..tiers.len())
+        .map(|t| {
+            let mut best: Option<&Model> = None;
+            for m in models.iter().filter(|m| m.tier == t) {
+                if best.is_none_or(|b| m.price.blended() < b.price.blended()) {
+                    best = Some(m);
+                }
+            }
+            best.and_then(|m| m.profile.clone())
+        })
+        .collect()
 }
 
 fn ms(v: Option<u64>, default: Duration) -> Duration {
@@ -621,6 +638,12 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
                 }
             }
         }
+        let profile = match m.profile {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                return Err(ctx.err(&p.span(), f("profile"), "must name a model of the quality model file"))
+            }
+            p => p.map(|p| p.into_inner().trim().to_owned()),
+        };
         fallback_refs.push([m.fallback, m.context_window_fallback, m.content_policy_fallback]);
         models.push(Model {
             upstream_model,
@@ -635,6 +658,7 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
             context_window: m.context_window.into_inner(),
             max_output_tokens: m.max_output_tokens,
             capabilities,
+            profile,
         });
     }
     for (i, lists) in fallback_refs.into_iter().enumerate() {
@@ -777,9 +801,12 @@ pub fn parse(text: &str, file: &str) -> Result<Catalog, ConfigError> {
             },
         };
         match kind {
-            Some(kind) => {
-                AutoRouting::Scorer { kind, model_file: raw.router.model_file, encoder_dir: raw.router.encoder_dir }
-            }
+            Some(kind) => AutoRouting::Scorer {
+                kind,
+                model_file: raw.router.model_file,
+                encoder_dir: raw.router.encoder_dir,
+                tier_profiles: tier_profiles(&tiers, &models),
+            },
             None => AutoRouting::Cheapest,
         }
     };
@@ -1298,11 +1325,32 @@ context_window = 1000
     }
 
     #[test]
+    fn a_models_profile_maps_its_tier_for_the_quality_scorer() {
+        use crate::catalog::AutoRouting;
+        // Two frontier models: the cheaper one decides the tier's profile; local has none.
+        let cfg = format!(
+            "{BASE}\n[[models]]\nid = \"big\"\nprovider = \"up\"\ntier = \"frontier\"\nprice = {{ input = 10, output = 30 }}\ncontext_window = 1000\nprofile = \"gpt-4-0314\"\n\n[[models]]\nid = \"big2\"\nprovider = \"up\"\ntier = \"frontier\"\nprice = {{ input = 5, output = 15 }}\ncontext_window = 1000\nprofile = \" gpt-4-1106-preview \"\n\n[router]\nscorer = \"quality\"\nmodel_file = \"q.json\"\n"
+        );
+        let c = parse(&cfg, "t.toml").unwrap();
+        assert_eq!(c.models()[1].profile.as_deref(), Some("gpt-4-0314"));
+        assert_eq!(c.models()[0].profile, None);
+        let AutoRouting::Scorer { tier_profiles, .. } = c.auto_routing() else { panic!("{:?}", c.auto_routing()) };
+        assert_eq!(*tier_profiles, vec![None, Some("gpt-4-1106-preview".to_owned())]);
+        let e = err_of(&format!("{BASE}profile = \"  \"\n"));
+        assert!(e.contains("models[0].profile") && e.contains("must name a model"), "{e}");
+    }
+
+    #[test]
     fn router_scorers_parse_and_an_unknown_one_is_named() {
         use crate::catalog::AutoRouting;
         assert_eq!(
             *parse(BASE, "t.toml").unwrap().auto_routing(),
-            AutoRouting::Scorer { kind: ScorerKind::Lexical, model_file: None, encoder_dir: None }
+            AutoRouting::Scorer {
+                kind: ScorerKind::Lexical,
+                model_file: None,
+                encoder_dir: None,
+                tier_profiles: vec![None, None]
+            }
         );
         let emb = format!("{BASE}\n[router]\nscorer = \"embedding\"\nencoder_dir = \"/opt/minilm\"\n");
         assert_eq!(
@@ -1310,7 +1358,8 @@ context_window = 1000
             AutoRouting::Scorer {
                 kind: ScorerKind::Embedding,
                 model_file: None,
-                encoder_dir: Some("/opt/minilm".into())
+                encoder_dir: Some("/opt/minilm".into()),
+                tier_profiles: vec![None, None]
             }
         );
         let cheap = format!("{BASE}\n[router]\nscorer = \"cheapest\"\n");

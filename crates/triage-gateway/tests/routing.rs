@@ -430,6 +430,60 @@ async fn auto_uses_the_quality_scorer() {
     assert!(!reason.contains("sticky"), "{reason}");
 }
 
+/// The shipped quality model (`models/quality-v1.json`: 19 dense features + the static
+/// embedding `models/static-minilm-64.bin`, whose tokenizer is the encoder directory's
+/// `tokenizer.json`, fetched by scripts/fetch-embedding-model.sh as scripts/test.sh does) through
+/// the gateway: every decision is the library's decision on the same request (the tier its
+/// predicted qualities and calibrated margin choose, the model the catalog picks there); the
+/// reason names the file's tier profiles. Then a catalog whose frontier model maps to the
+/// cheapest tier's profile (`[[models]] profile`): the frontier tier is predicted exactly as
+/// the local one, so the margin rule never pays for it.
+#[tokio::test]
+async fn the_shipped_quality_model_routes_and_catalog_profiles_map_tiers() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../../models/quality-v1.json");
+    let json = std::fs::read_to_string(shipped).unwrap();
+    let lib = triage_gateway::scoring::quality_scorer(shipped, &json, None)
+        .unwrap_or_else(|e| panic!("{e}\n(run scripts/fetch-embedding-model.sh, as scripts/test.sh does)"));
+    let profiles = lib.file().profiles_for(3);
+    assert_eq!(
+        profiles,
+        ["mistralai/Mistral-7B-Instruct-v0.1", "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"]
+    );
+    let prompts = [
+        "hi there",
+        "Translate 'good morning' into French.",
+        "Prove that there are infinitely many primes p such that p + 2 is also prime, or explain precisely why this is open and what the best known bounds on prime gaps are.",
+        "Write a Rust function that reverses the order of the words in a sentence, with unit tests for empty input.",
+    ];
+    let up = FakeUpstream::replay(Reply::json(200, COMPLETION)).await;
+    let gw = start(&quality_tiers(&up, shipped, 0)).await;
+    let ids = ["tiny", "middle", "big"];
+    let mut tiers_seen = std::collections::BTreeSet::new();
+    for p in prompts {
+        let want = lib.tiers(&serde_json::from_value(json!({"model": "auto", "messages": msgs(p)})).unwrap(), 3);
+        let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs(p)})).await;
+        assert_eq!(s, 200, "{p}: {model} {reason}");
+        assert_eq!(model, ids[want.tier], "{p}: {reason}");
+        for (name, q) in want.profiles.iter().zip(&want.quality) {
+            assert!(reason.contains(&format!("q:{name} {q:+.2}")), "{p}: {reason}");
+        }
+        tiers_seen.insert(want.tier);
+    }
+    assert!(tiers_seen.len() >= 2, "the shipped model sends these prompts to one tier only: {tiers_seen:?}");
+    // The frontier model mapped to the local tier's profile: never worth its price.
+    let mapped = quality_tiers(&up, shipped, 0)
+        .replace("id = \"big\"\n", "id = \"big\"\nprofile = \"mistralai/Mistral-7B-Instruct-v0.1\"\n");
+    let gw = start(&mapped).await;
+    for p in prompts {
+        let (s, model, reason) = route_of(&gw, json!({"model": "auto", "messages": msgs(p)})).await;
+        assert_eq!(s, 200, "{p}: {model} {reason}");
+        assert_ne!(model, "big", "{p}: {reason}");
+        let qs: Vec<&str> = reason.split("q:").skip(1).take(3).collect();
+        assert!(qs[0].starts_with("mistralai/Mistral-7B") && qs[2].starts_with("mistralai/Mistral-7B"), "{reason}");
+        assert_eq!(qs[0].split(',').next(), qs[2].split(',').next(), "{reason}");
+    }
+}
+
 /// Sticky routing end to end at the gateway: after a first turn routed to the frontier, the
 /// short follow-up of the same conversation (which alone scores mid) stays on the frontier and
 /// the reason says so; the same follow-up text in another conversation goes where it scores.
@@ -468,9 +522,19 @@ fn a_broken_quality_model_file_is_refused_with_its_name() {
     let path = std::env::temp_dir().join(format!("quality-bad-{}.json", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, r#"{"kind": "quality", "model": {"rank": 0}}"#).unwrap();
     let p = path.display().to_string();
-    let auto = AutoRouting::Scorer { kind: ScorerKind::Quality, model_file: Some(p.clone()), encoder_dir: None };
+    let auto = AutoRouting::Scorer {
+        kind: ScorerKind::Quality,
+        model_file: Some(p.clone()),
+        encoder_dir: None,
+        tier_profiles: Vec::new(),
+    };
     let e = triage_gateway::scoring::build_router(&auto).unwrap_err();
     assert!(e.starts_with(&format!("router model {p}: ")), "{e}");
-    let none = AutoRouting::Scorer { kind: ScorerKind::Quality, model_file: None, encoder_dir: None };
+    let none = AutoRouting::Scorer {
+        kind: ScorerKind::Quality,
+        model_file: None,
+        encoder_dir: None,
+        tier_profiles: Vec::new(),
+    };
     assert!(triage_gateway::scoring::build_router(&none).unwrap_err().contains("needs [router] model_file"));
 }

@@ -859,9 +859,11 @@ fn route_cmd(
             serde_json::from_str(&s).map_err(|e| format!("stdin is not a JSON chat request: {e}"))?
         }
     };
-    let (mut kind, mut model_file, encoder_dir) = match catalog.auto_routing() {
-        AutoRouting::Scorer { kind, model_file, encoder_dir } => (*kind, model_file.clone(), encoder_dir.clone()),
-        AutoRouting::Cheapest => (ScorerKind::Lexical, None, None),
+    let (mut kind, mut model_file, encoder_dir, tier_profiles) = match catalog.auto_routing() {
+        AutoRouting::Scorer { kind, model_file, encoder_dir, tier_profiles } => {
+            (*kind, model_file.clone(), encoder_dir.clone(), tier_profiles.clone())
+        }
+        AutoRouting::Cheapest => (ScorerKind::Lexical, None, None, Vec::new()),
     };
     if let Some(s) = scorer {
         let k: ScorerKind = s.parse().map_err(|e| format!("{e}"))?;
@@ -873,8 +875,9 @@ fn route_cmd(
     if let Some(m) = model {
         model_file = Some(m.display().to_string());
     }
-    let router = triage_gateway::scoring::build_router(&AutoRouting::Scorer { kind, model_file, encoder_dir })?
-        .ok_or("no router")?;
+    let router =
+        triage_gateway::scoring::build_router(&AutoRouting::Scorer { kind, model_file, encoder_dir, tier_profiles })?
+            .ok_or("no router")?;
     let tiers = catalog.tiers().len();
     let d = router.decide(&req, tiers);
     // The scored tier, or the next stronger one whose models meet the hard requirements.

@@ -368,6 +368,9 @@ impl QualityFile {
 pub struct QualityScorer {
     file: QualityFile,
     extra: Option<ExtraFeatures>,
+    /// Per-tier profile overrides from the catalog (`[[models]] profile`), cheapest first;
+    /// used when their length is the tier count asked for.
+    tier_profiles: Vec<Option<String>>,
 }
 
 impl std::fmt::Debug for QualityScorer {
@@ -400,7 +403,29 @@ impl QualityScorer {
                 file.static_embed.as_deref().unwrap_or("?")
             )));
         }
-        Ok(QualityScorer { file, extra })
+        Ok(QualityScorer { file, extra, tier_profiles: Vec::new() })
+    }
+
+    /// The same scorer with the catalog's profile of each tier (cheapest first; `None` keeps
+    /// the file's default profile for that tier). Applies to decisions over exactly that many
+    /// tiers; other tier counts use the file's profiles.
+    pub fn with_tier_profiles(mut self, tier_profiles: Vec<Option<String>>) -> Self {
+        self.tier_profiles = tier_profiles;
+        self
+    }
+
+    /// The profile of each of `tiers` tiers, cheapest first: the catalog's where it maps the
+    /// tier, else the model file's ([`QualityFile::profiles_for`]).
+    pub fn profiles_for(&self, tiers: usize) -> Vec<String> {
+        let mut p = self.file.profiles_for(tiers);
+        if self.tier_profiles.len() == tiers {
+            for (slot, o) in p.iter_mut().zip(&self.tier_profiles) {
+                if let Some(o) = o {
+                    slot.clone_from(o);
+                }
+            }
+        }
+        p
     }
 
     /// The model file.
@@ -416,7 +441,7 @@ impl QualityScorer {
 
     fn tiers_with(&self, rt: &RequestText, raw: &[f32], num_tiers: usize) -> TierQualities {
         let n = num_tiers.max(1);
-        let profiles = self.file.profiles_for(n);
+        let profiles = self.profiles_for(n);
         let names: Vec<&str> = profiles.iter().map(String::as_str).collect();
         let quality = self.file.model.predict_z(&self.file.model.project_with(rt, raw), &names);
         let costs = self.file.costs_for(n);
@@ -549,6 +574,38 @@ mod tests {
         // By level: small 0.0 < mid 0.1 < big 0.2.
         assert_eq!(g.profiles_for(2), ["small", "big"]);
         assert_eq!(g.profiles_for(3), ["small", "mid", "big"]);
+    }
+
+    #[test]
+    fn the_catalogs_profiles_override_the_files_per_tier() {
+        let hard = req(&"Prove the lemma, then derive the bound and check it for every case. ".repeat(40));
+        let file = QualityScorer::new(toy_file(RuleSpec::Margin(0.0)), None).unwrap();
+        // The frontier tier's cheapest model maps to the "small" profile; the others keep the file's.
+        let mapped = QualityScorer::new(toy_file(RuleSpec::Margin(0.0)), None).unwrap().with_tier_profiles(vec![
+            None,
+            None,
+            Some("small".into()),
+        ]);
+        assert_eq!(mapped.profiles_for(3), ["small", "mid", "small"]);
+        let (a, b) = (file.tiers(&hard, 3), mapped.tiers(&hard, 3));
+        assert_eq!(b.profiles, ["small", "mid", "small"]);
+        assert_eq!(b.quality[2], a.quality[0], "the top tier is now predicted as small");
+        assert_eq!(b.quality[1], a.quality[1]);
+        // With margin 0 the file sends the hard request to big (tier 2); mapped to small, the top
+        // tier is no better than the local one, so the cheaper tier with the best quality wins.
+        assert_eq!(a.tier, 2);
+        assert_ne!(b.tier, 2);
+        // Other tier counts keep the file's profiles; a model never trained on gets the default.
+        assert_eq!(mapped.profiles_for(2), ["small", "big"]);
+        let unknown = QualityScorer::new(toy_file(RuleSpec::Margin(0.0)), None).unwrap().with_tier_profiles(vec![
+            None,
+            Some("never-seen".into()),
+            None,
+        ]);
+        let (v, level) = unknown.file().model.vector("never-seen");
+        let z = unknown.file().model.project(&RequestText::of(&hard), None);
+        let q = level + v.iter().zip(&z).map(|(x, y)| x * y).sum::<f32>();
+        assert!((unknown.tiers(&hard, 3).quality[1] - q).abs() < 1e-6);
     }
 
     #[test]
