@@ -24,14 +24,6 @@ search = "local"
 "claude-*" = "frontier"
 [retry]
 num_retries = 0
-# The entity recognizer's kinds are allowed here: these tests are about the rule-based kinds
-# (e-mail, IP) of a harness's boilerplate; the recognizer's false alarms on Claude Code's prompt
-# ("Claude", "Anthropic") are the guard's to fix.
-[guard.kinds]
-person = "allow"
-organization = "allow"
-date = "allow"
-address = "allow"
 [providers.oa]
 kind = "openai"
 base_url = "{oa}"
@@ -204,16 +196,16 @@ async fn claude_code_model_names_route_by_alias_and_pattern() {
 }
 
 /// The default guard (`local_only`, no local model here) blocked Claude Code's own system prompt
-/// for its `noreply@` co-author line; a real-looking address is still caught.
+/// for its `noreply@` co-author line, then the entity recogniser took `Servers` after it for an
+/// address; a real-looking address is still caught.
 #[tokio::test]
 async fn harness_boilerplate_is_not_personal_data() {
     let (_o, a, gw) = setup().await;
     let resp = messages(&gw, &claude_code_request("anthropic-model"), None).await;
     assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
-    // The boilerplate's address and IP are no finding; the entity recogniser the gateway now
-    // runs may still report names in the prompt (its false alarms are the guard's to measure).
-    let kinds = resp.headers().get("x-triage-sensitivity").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-    assert!(!kinds.contains("email") && !kinds.contains("ip_address"), "{kinds}");
+    // No finding at all: not the boilerplate's addresses and IPs, and not the entity
+    // recogniser's `Servers` (a capitalised word after the e-mail line, once an address).
+    assert!(resp.headers().get("x-triage-sensitivity").is_none(), "{:?}", resp.headers().get("x-triage-sensitivity"));
     let mut req = claude_code_request("anthropic-model");
     req["messages"][0]["content"][0]["text"] = json!("Mail dana.quill@corp-mail.net the list.");
     let resp = messages(&gw, &req, None).await;

@@ -576,3 +576,66 @@ fn place_names_are_not_people_or_organizations() {
     }
     assert!(super::ner::places_sorted());
 }
+
+/// Personal-data findings (any kind, rules included) the guard reports in `text`.
+fn personal_kinds(g: &Guard, text: &str) -> Vec<(Kind, String)> {
+    g.scan(text).into_iter().filter(|f| !f.kind.is_secret()).map(|f| (f.kind, text[f.span].to_owned())).collect()
+}
+
+#[test]
+fn one_capitalised_word_after_a_personal_data_line_is_not_an_address() {
+    let g = Guard::new();
+    let text = "Co-Authored-By: Claude <noreply@anthropic.com>\nServers in examples use 203.0.113.5 and 198.51.100.7; mail goes to you@example.com.";
+    assert_eq!(personal_kinds(&g, text), vec![]);
+}
+
+#[test]
+fn headings_and_list_items_are_not_addresses() {
+    let g = Guard::new();
+    for text in [
+        "# Usage\nRun the tests.\nBuild Steps\n- Install deps",
+        "1. Run a git status command.\n2. Analyze all staged changes and draft a commit message.\n3. End the message with a trailer.",
+        "Summary\n- Fixed the parser in src/lib.rs\n- Added Unit Tests\n\nNext Steps\n- Run the Integration Tests",
+    ] {
+        assert_eq!(personal_kinds(&g, text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn versions_commit_ids_and_environment_lines_are_not_addresses_or_dates() {
+    let g = Guard::new();
+    for text in [
+        "<env>\nWorking directory: /home/user/proj\nIs directory a git repo: Yes\nPlatform: linux\nOS Version: Linux 6.8.0-45-generic\nToday's date: 2026-12-07\n</env>",
+        "Recent commits:\n7cf520a Remove dead code\nd444936 Merge pull request #412 from feature/cache\n5795046 Update CHANGELOG for 2.3.0",
+        "Today's date is Monday, December 7, 2026. Assistant knowledge cutoff is January 2025.",
+        "## [2.3.0] - 2026-01-14\n### Fixed\n- Crash on empty config files",
+        "total 48\ndrwxr-xr-x  8 root root 4096 Dec  7 09:12 .\n-rw-r--r--  1 root root 1067 Dec  7 09:12 Cargo.toml",
+    ] {
+        assert_eq!(personal_kinds(&g, text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn identifiers_and_technical_values_are_not_names() {
+    let g = Guard::new();
+    for text in [
+        "use std::collections::HashMap;\nlet m: HashMap<String, u32> = HashMap::new();",
+        "fn handle_request(req: Request) -> Response {\n    todo()\n}",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: search-api",
+        "You can specify an optional timeout in milliseconds (up to 600000ms / 10 minutes).",
+    ] {
+        assert_eq!(personal_kinds(&g, text), vec![], "{text}");
+    }
+}
+
+#[test]
+fn addresses_split_into_parts_are_judged_as_a_block() {
+    let g = Guard::new();
+    for (text, part) in [
+        ("The bus drops you off at 07576 Magasinsgatan 7 St.", "Magasinsgatan"),
+        ("Rebecca Hides\n\n07960 Aqqusinersuaq 111\n Suite 201\n Sisimiut\n Greenland 26364", "Aqqusinersuaq"),
+        ("meet me at 2407 tawastintie 6, sé, portugal", "tawastintie"),
+    ] {
+        assert!(finds(&g, text, part, Kind::Address), "{text}: {:?}", personal_kinds(&g, text));
+    }
+}

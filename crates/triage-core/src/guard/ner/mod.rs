@@ -21,6 +21,8 @@ use std::sync::OnceLock;
 
 use super::Kind;
 
+mod filters;
+
 /// Number of tags: O, then B/I for PER, ADDR, DATE, ORG.
 pub const TAGS: usize = 9;
 /// log2 of the number of feature buckets.
@@ -516,7 +518,8 @@ fn plausible(kind: Kind, s: &str, toks: &[Token]) -> bool {
 }
 
 /// True when a span sits where code has names: a key before `=` or `(`, part of a dotted,
-/// snake-case or path identifier (`config.Name`, `user_Name`, `/Users/Name`, `@Name`).
+/// snake-case or path identifier (`config.Name`, `user_Name`, `/Users/Name`, `@Name`), a type
+/// (`-> Response {`).
 fn code_position(text: &str, span: &Range<usize>) -> bool {
     let before = text[..span.start].chars().next_back();
     let rest = &text[span.end..];
@@ -525,12 +528,14 @@ fn code_position(text: &str, span: &Range<usize>) -> bool {
     matches!(before, Some('.' | '_' | '/' | '@' | '#' | '$' | '-' | '\\'))
         || matches!(after, Some('_' | '/' | '('))
         || (after == Some('.') && rest[1..].chars().next().is_some_and(char::is_alphanumeric))
-        || matches!(next_sign, Some('=' | '('))
+        || matches!(next_sign, Some('=' | '(' | '{'))
+        || text[..span.start].trim_end().ends_with("->")
 }
 
 /// Product and vendor names that agent harnesses and their users write in every prompt
-/// (`You are Claude Code, Anthropic's official CLI for Claude`): the assistant's and its
-/// maker's names are not anyone's personal data. Lower case.
+/// (`You are Claude Code, Anthropic's official CLI for Claude`, `Build Steps for Windows`):
+/// the assistant's, its maker's and the platforms' names are not anyone's personal data.
+/// Lower case.
 const PRODUCT_NAMES: &[&str] = &[
     "claude",
     "anthropic",
@@ -554,6 +559,41 @@ const PRODUCT_NAMES: &[&str] = &[
     "sdk",
     "api",
     "ai",
+    "windows",
+    "linux",
+    "macos",
+    "ubuntu",
+    "debian",
+    "docker",
+    "kubernetes",
+    "postgres",
+    "postgresql",
+    "mysql",
+    "redis",
+    "python",
+    "rust",
+    "node",
+    "npm",
+    "git",
+    "aws",
+    "azure",
+    "gcp",
+    "slack",
+    "jira",
+    "chrome",
+    "firefox",
+    "safari",
+    "android",
+    "ios",
+    "xcode",
+    "vscode",
+    "terraform",
+    "nginx",
+    "react",
+    "markdown",
+    "commonmark",
+    "json",
+    "yaml",
 ];
 
 /// Well-known cities (capitals and large cities, and the words of their names), lower case:
@@ -834,6 +874,9 @@ fn name_like(text: &str, toks: &[Token]) -> bool {
 /// Joins BIO tags into spans; trailing punctuation and newlines are not part of an entity.
 fn spans_of(text: &str, toks: &[Token], tags: &[usize], probs: &[f32]) -> Vec<(Kind, Range<usize>, f32)> {
     let mut out = Vec::new();
+    // Address spans (first and last token, confidence): the tagger often splits an address into
+    // parts (`2060`, `Avenida Otoniel Dutra 1277`, `Suite 829`, `Salvador`, `Brazil 10988`).
+    let mut addresses: Vec<(usize, usize, f32)> = Vec::new();
     let mut i = 0;
     while i < toks.len() {
         let t = tags[i];
@@ -853,15 +896,49 @@ fn spans_of(text: &str, toks: &[Token], tags: &[usize], probs: &[f32]) -> Vec<(K
         }
         let conf = probs[i..=last].iter().sum::<f32>() / (last - i + 1) as f32;
         let span = toks[i].span.start..toks[last].span.end;
+        let span_toks = &toks[i..=last];
         if let Some(k) = kind_of(e).filter(|k| {
-            plausible(*k, &text[span.clone()], &toks[i..=last])
-                && !(matches!(k, Kind::Person | Kind::Organization)
-                    && (code_position(text, &span) || !name_like(text, &toks[i..=last])))
+            plausible(*k, &text[span.clone()], span_toks)
+                && match k {
+                    Kind::Person | Kind::Organization => {
+                        !code_position(text, &span)
+                            && name_like(text, span_toks)
+                            && filters::name_shaped(text, &span, span_toks, *k == Kind::Person)
+                    }
+                    // Judged below, as a block with the address parts around it.
+                    Kind::Address => {
+                        addresses.push((i, last, conf));
+                        false
+                    }
+                    Kind::Date => filters::date_like(text, span_toks) && !filters::session_date(text, &span),
+                    _ => true,
+                }
         }) {
             out.push((k, span, conf));
         }
         i = j;
     }
+    // Parts separated only by spaces, punctuation and line breaks form one block; a block is
+    // reported when, as a whole, it has the shape of an address.
+    let mut k = 0;
+    while k < addresses.len() {
+        let mut m = k;
+        while m + 1 < addresses.len() {
+            let gap = &text[toks[addresses[m].1].span.end..toks[addresses[m + 1].0].span.start];
+            if gap.len() <= 12 && !gap.chars().any(char::is_alphanumeric) {
+                m += 1;
+            } else {
+                break;
+            }
+        }
+        if filters::address_like(text, toks, addresses[k].0, addresses[m].1) {
+            for &(a, b, conf) in &addresses[k..=m] {
+                out.push((Kind::Address, toks[a].span.start..toks[b].span.end, conf));
+            }
+        }
+        k = m + 1;
+    }
+    out.sort_by_key(|f| f.1.start);
     out
 }
 
