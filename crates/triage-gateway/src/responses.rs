@@ -270,7 +270,7 @@ async fn create_inner(
     let stores = req.get("store").and_then(Value::as_bool) != Some(false);
     // The key owns what it stores and may continue only its own conversations.
     let key_id = if previous_id.is_some() || stores {
-        crate::accounting::authenticate(&state, &headers).await?.map(|k| k.id)
+        state.authenticate(&headers).await?.map(|k| k.id)
     } else {
         None
     };
