@@ -8,8 +8,9 @@ files (src/evals/*.rs) counted as their top-level module and names that lib.rs r
 
     python3 scripts/module-cycles.py            # the report; exits 0
     python3 scripts/module-cycles.py --enforce  # exits 1 if any cycle is left
+    python3 scripts/module-cycles.py --self-test  # the parser on a made-up crate
 
-scripts/test.sh runs the report; it becomes --enforce once the cycles are gone.
+scripts/test.sh runs it with --enforce.
 """
 
 import os
@@ -66,8 +67,8 @@ def strip_comments_and_strings(text):
     return "".join(out)
 
 
-def top_module(path):
-    rel = os.path.relpath(path, SRC)
+def top_module(path, src_dir):
+    rel = os.path.relpath(path, src_dir)
     first = rel.split(os.sep)[0]
     return first[:-3] if first.endswith(".rs") else first
 
@@ -109,12 +110,12 @@ def crate_heads(code):
                 yield ident.group(0)
 
 
-def main():
-    enforce = "--enforce" in sys.argv[1:]
+def graph_of(src_dir):
+    """{module: set of modules it imports} for the crate whose sources are in `src_dir`."""
     files = []
-    for dirpath, _, names in os.walk(SRC):
+    for dirpath, _, names in os.walk(src_dir):
         files += [os.path.join(dirpath, f) for f in names if f.endswith(".rs")]
-    lib = os.path.join(SRC, "lib.rs")
+    lib = os.path.join(src_dir, "lib.rs")
     lib_code = strip_comments_and_strings(open(lib).read())
     modules = set(re.findall(r"\bmod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;", lib_code))
     # Names lib.rs re-exports: `pub use state::{AppState, SharedState};`
@@ -127,7 +128,7 @@ def main():
     for path in sorted(files):
         if path == lib:
             continue
-        src = top_module(path)
+        src = top_module(path, src_dir)
         if src not in graph:
             continue
         code = strip_comments_and_strings(open(path).read())
@@ -135,7 +136,11 @@ def main():
             dst = head if head in modules else reexports.get(head)
             if dst and dst != src:
                 graph[src].add(dst)
+    return graph
 
+
+def cycles_of(graph):
+    """The strongly connected components of more than one module, each sorted."""
     # Tarjan's strongly connected components.
     index, low, on, stack, sccs, counter = {}, {}, set(), [], [], [0]
 
@@ -165,7 +170,44 @@ def main():
     for v in sorted(graph):
         if v not in index:
             visit(v)
+    return sccs
 
+
+def self_test():
+    """The parser on a made-up crate: comments, strings and doc links are no imports; grouped
+    imports, re-exported names and submodule files are."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        os.mkdir(os.path.join(d, "c"))
+        files = {
+            "lib.rs": "pub mod a;\npub mod b;\npub mod c;\npub mod d;\npub use d::{Thing, Other as O};\n",
+            "a.rs": "use crate::{b::X, c};\n// crate::d\nconst S: &str = \"crate::d\";\n/// [`crate::d`]\nfn f<'a>(x: &'a str) -> char { '\"' }\n",
+            "b.rs": "fn g() { crate::c::inner::h(); }\n",
+            "c/mod.rs": "pub mod inner;\n",
+            "c/inner.rs": "use super::*;\npub fn h() -> crate::Thing { todo!() }\n",
+            "d.rs": "/* crate::a */ pub struct Thing; pub struct Other; fn k() { let _ = r#\"crate::a\"#; }\n",
+        }
+        for name, text in files.items():
+            with open(os.path.join(d, name), "w") as f:
+                f.write(text)
+        g = graph_of(d)
+        want = {"a": {"b", "c"}, "b": {"c"}, "c": {"d"}, "d": set()}
+        assert g == want, g
+        assert cycles_of(g) == [], cycles_of(g)
+        with open(os.path.join(d, "d.rs"), "a") as f:
+            f.write("use crate::a;\n")
+        assert cycles_of(graph_of(d)) == [["a", "b", "c", "d"]], cycles_of(graph_of(d))
+    print("self-test passed")
+    return 0
+
+
+def main():
+    if "--self-test" in sys.argv[1:]:
+        return self_test()
+    enforce = "--enforce" in sys.argv[1:]
+    graph = graph_of(SRC)
+    sccs = cycles_of(graph)
     in_cycle = {m for c in sccs for m in c}
     print("triage-gateway module imports (crate:: paths), * = in a cycle:")
     for m in sorted(graph):

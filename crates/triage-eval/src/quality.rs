@@ -997,9 +997,12 @@ mod tests {
         assert_eq!(s.tiers(&requests[0], 3).tier, 2);
     }
 
+    /// Predictions, realised qualities, USD per request and prices per tier.
+    type Sample = (Vec<Vec<f32>>, Vec<Vec<f64>>, Vec<f64>, Vec<f64>);
+
     /// Two tiers; on prompts 0..4 the cheap model is predicted close (gap 0.1, 0.2, 0.3, 0.4);
     /// cheap costs $0.001 a request, strong $0.02.
-    fn sample() -> (Vec<Vec<f32>>, Vec<Vec<f64>>, Vec<f64>, Vec<f64>) {
+    fn sample() -> Sample {
         let pred = (1..=4).map(|i| vec![0.0, 0.1 * i as f32]).collect();
         // Realised: the cheap model is as good on the two smallest gaps, worse on the others.
         let real = vec![vec![1.0, 1.0], vec![1.0, 1.0], vec![0.0, 1.0], vec![0.0, 1.0]];

@@ -51,7 +51,9 @@ pub fn app(state: SharedState) -> Router {
         .route("/v1/evals", get(crate::evals::http::report))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(axum::Extension(std::sync::Arc::new(crate::responses::ResponseStore::new())))
+        .layer(axum::Extension(std::sync::Arc::new(crate::responses::ResponseStore::with_database(
+            state.store.clone(),
+        ))))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access))
         .with_state(state)
 }
@@ -69,7 +71,7 @@ pub async fn access(State(state): State<SharedState>, req: Request, next: Next) 
                 crate::inbound::Format::OpenAi
             };
             if level != Access::Public {
-                match crate::accounting::authenticate(&state, req.headers()).await {
+                match state.authenticate(req.headers()).await {
                     Err(e) => return e.into_response_for(format),
                     Ok(k) if level == Access::Admin && !k.as_ref().is_some_and(|k| k.admin) => {
                         return GatewayError::Forbidden(format!("{} needs an admin key", req.uri().path()))
@@ -98,7 +100,7 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 async fn metrics(State(state): State<SharedState>) -> Response {
     // The recorder first: series recorded before it is installed would be lost.
     let handle = telemetry::handle();
-    telemetry::record_local_engines(&state);
+    telemetry::record_local_engines(&state.catalog, &state.providers);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], handle.render()).into_response()
 }
 
@@ -132,7 +134,7 @@ struct SpendQuery {
 async fn spend(State(state): State<SharedState>, headers: HeaderMap, Query(q): Query<SpendQuery>) -> Response {
     let result = async {
         if state.catalog.auth() == triage_core::catalog::AuthMode::Keys {
-            let key = crate::accounting::authenticate(&state, &headers).await?;
+            let key = state.authenticate(&headers).await?;
             if !key.is_some_and(|k| k.admin) {
                 return Err(GatewayError::Forbidden("the spend report needs an admin key".into()));
             }

@@ -4,6 +4,8 @@
 #![deny(missing_docs)]
 
 pub mod accounting;
+pub mod auth;
+pub mod budget;
 pub mod conn;
 pub mod dispatch;
 pub mod error;
@@ -18,6 +20,7 @@ pub mod relay;
 pub mod request;
 pub mod responses;
 pub mod scoring;
+pub mod shadow;
 pub mod state;
 pub mod telemetry;
 pub mod tokens;
@@ -67,9 +70,14 @@ pub async fn serve(
         probes.push(store.spawn_lease_keeper(state.catalog.spend().reservation_lease));
     }
     probes.extend(evals::spawn(&state));
-    probes.push(scoring::spawn_reloader(state.clone()));
-    probes.extend(accounting::spawn_revocation_watch(state.clone()));
-    probes.push(telemetry::spawn_summary(state.clone()));
+    probes.push(scoring::spawn_reloader(state.router.clone(), state.catalog.auto_routing().clone()));
+    probes.extend(auth::spawn_revocation_watch(
+        state.catalog.auth(),
+        state.catalog.server().key_recheck,
+        state.store.clone(),
+        state.keys.clone(),
+    ));
+    probes.push(telemetry::spawn_summary(state.summary.clone(), state.catalog.server().log_summary));
     probes.push(telemetry::spawn_metrics_upkeep());
     let stopping = Arc::new(tokio::sync::Notify::new());
     let notify = stopping.clone();

@@ -18,7 +18,7 @@ use triage_core::route::{self, Requirements, RouteDecision, RouteError, Target};
 use triage_core::tokens::PromptSize;
 use triage_core::translate;
 
-use crate::accounting::{self, Accounting};
+use crate::accounting::Accounting;
 use crate::dispatch::{dispatch, Answer, Failed, PrimedStream};
 use crate::error::GatewayError;
 use crate::guarding;
@@ -28,6 +28,7 @@ use crate::relay::{AnthropicEncoder, Finisher, OpenAiEncoder, Relay};
 use crate::request::{attempts_header, RouteInfo};
 use crate::state::{AppState, InFlight, SharedState};
 use crate::tokens::count_prompt;
+use crate::{auth, budget};
 
 /// Response header: the catalog model that served the request.
 pub const HEADER_MODEL: &str = "x-triage-model";
@@ -173,7 +174,7 @@ async fn serve(
     in_flight: InFlight,
     sensitivity_out: &mut Option<String>,
 ) -> Result<Response, GatewayError> {
-    let key = accounting::authenticate(state, headers).await?;
+    let key = state.authenticate(headers).await?;
     acct.key.clone_from(&key);
     let bytes = read_body(headers, body, state.catalog.server()).await?;
     let mut inbound = Inbound::parse(acct.format, &bytes)?;
@@ -192,7 +193,7 @@ async fn serve(
     let local_only = sensitivity.local_only;
     let key_ref = key.as_ref();
     let is_local = |m: ModelId| catalog.provider_of(m).local;
-    let allowed = |m: ModelId| accounting::allowed(state, key_ref, m) && (!local_only || is_local(m));
+    let allowed = |m: ModelId| auth::allowed(catalog, key_ref, m) && (!local_only || is_local(m));
     let available =
         |m: ModelId| allowed(m) && if local_only { state.model_available_or_busy(m) } else { state.model_available(m) };
     let (decision, plan, needs, prompt_estimate, reservation, score) = {
@@ -283,7 +284,7 @@ async fn serve(
         })?;
         *route_out = Some(RouteInfo::routed(&decision));
         let (decision, reservation, stepped) =
-            accounting::admit(state, &acct.request_id, key_ref, &target, decision, &requirements, &available).await?;
+            budget::admit(state, &acct.request_id, key_ref, &target, decision, &requirements, &available).await?;
         if stepped {
             *route_out = Some(RouteInfo::routed(&decision));
         }
@@ -312,7 +313,7 @@ async fn serve(
             key_ref.map(|k| k.team.as_str()),
             inbound.openai.model.strip_prefix("role:"),
         ];
-        let (ticket, release) = shadow.sample(state, &inbound.openai, !sensitivity.kinds.is_empty(), sender)?;
+        let (ticket, release) = shadow.sample(catalog, &inbound.openai, !sensitivity.kinds.is_empty(), sender)?;
         acct.shadow = Some(ticket);
         Some(release)
     });
@@ -358,7 +359,7 @@ async fn serve(
             }
             let resp = complete_response(completion, &info, acct);
             Ok(match release {
-                Some(r) => resp.map(|body| crate::evals::with_release(body, r)),
+                Some(r) => resp.map(|body| crate::shadow::with_release(body, r)),
                 None => resp,
             })
         }

@@ -255,7 +255,7 @@ pub struct Finisher {
     ttft_ms: Option<f64>,
     /// A sampled request's evaluation, queued when the stream (this) is dropped: after the
     /// client has the last byte. Declared last, so it drops after the accounting.
-    _release: Option<crate::evals::Release>,
+    _release: Option<crate::shadow::Release>,
 }
 
 impl Finisher {
@@ -265,7 +265,7 @@ impl Finisher {
     }
 
     /// Queues `release`'s evaluation job once the stream is dropped (production evaluation).
-    pub fn with_release(mut self, release: Option<crate::evals::Release>) -> Self {
+    pub fn with_release(mut self, release: Option<crate::shadow::Release>) -> Self {
         self._release = release;
         self
     }

@@ -6,14 +6,19 @@
 //! of chunks) is translated back into a Response object or the Responses event sequence. Errors
 //! before the answer starts keep OpenAI's error envelope, which the Responses API shares.
 //!
-//! Answers are kept for `previous_response_id` in a bounded in-memory store
-//! ([`ResponseStore`]: the most recent [`MAX_STORED`] responses, at most [`MAX_STORED_BYTES`] of
-//! items), unless the request says `store: false`. An unknown id is a 400 naming it.
+//! Answers are kept for `previous_response_id` ([`ResponseStore`]) unless the request says
+//! `store: false`: in the database when there is one (`[spend] database`, SQLite or PostgreSQL:
+//! each response's own items and the response it continued, [`MAX_STORED_AGE_DAYS`] days and
+//! [`MAX_STORED_ROWS`] rows at most, swept every minute), else in memory (the most recent
+//! [`MAX_STORED`] responses, at most [`MAX_STORED_BYTES`] of items). Only the virtual key that
+//! made a response may continue it. An unknown id (or another key's) is a 400 naming it; so is
+//! one whose earlier turns were swept.
 //!
 //! A WebSocket upgrade on this path is refused at once (400), so clients that try the WebSocket
 //! transport first fall back to HTTP without waiting.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -36,39 +41,142 @@ use crate::state::SharedState;
 /// function tools, so the model could not call them), comma-separated.
 pub const DROPPED_TOOLS_HEADER: &str = "x-triage-dropped-tools";
 
-/// The most responses kept for `previous_response_id`.
+/// The most responses kept in memory (without a database) for `previous_response_id`.
 pub const MAX_STORED: usize = 1024;
-/// The most bytes of stored items (serialized JSON) kept for `previous_response_id`.
+/// The most bytes of stored items (serialized JSON) kept in memory for `previous_response_id`.
 pub const MAX_STORED_BYTES: usize = 64 * 1024 * 1024;
+/// The most responses kept in the database (the oldest go first).
+pub const MAX_STORED_ROWS: u64 = 20_000;
+/// Responses older than this many days are removed from the database.
+pub const MAX_STORED_AGE_DAYS: i64 = 30;
+/// The database is swept at most this often (milliseconds), after a response is stored.
+const SWEEP_EVERY_MS: i64 = 60_000;
+/// A response adding more than this (serialized items) to its conversation is not stored.
+pub const MAX_ROW_BYTES: usize = 16 * 1024 * 1024;
 
-/// Recent responses' conversations (input items, then output items), by response id; the oldest
-/// go first when either bound is passed.
+/// What [`ResponseStore::conversation`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The conversation's items, oldest first (input items and output items of each turn).
+    Found(Vec<Value>),
+    /// No such response kept for this key.
+    Unknown,
+    /// Kept, but an earlier response of its conversation (this id) was removed.
+    Incomplete(String),
+}
+
+/// Responses kept for `previous_response_id`: in the database when the gateway has one, else
+/// in memory (recent responses' whole conversations, by id; the oldest go first when either
+/// bound is passed).
 #[derive(Debug, Default)]
 pub struct ResponseStore {
     inner: Mutex<StoreInner>,
+    db: Option<triage_store::Store>,
+    last_sweep_ms: AtomicI64,
 }
 
 #[derive(Debug, Default)]
 struct StoreInner {
-    map: HashMap<String, (Arc<Vec<Value>>, usize)>,
+    map: HashMap<String, Kept>,
     order: VecDeque<String>,
     bytes: usize,
 }
 
+#[derive(Debug)]
+struct Kept {
+    items: Arc<Vec<Value>>,
+    size: usize,
+    key_id: Option<String>,
+}
+
 impl ResponseStore {
-    /// An empty store.
+    /// An empty store in memory.
     pub fn new() -> ResponseStore {
         ResponseStore::default()
     }
 
-    /// The conversation of response `id`, if kept.
-    pub fn get(&self, id: &str) -> Option<Arc<Vec<Value>>> {
-        self.inner.lock().ok()?.map.get(id).map(|(v, _)| v.clone())
+    /// A store in `db` (`None`: in memory).
+    pub fn with_database(db: Option<triage_store::Store>) -> ResponseStore {
+        ResponseStore { db, ..ResponseStore::default() }
     }
 
-    /// Keeps `items` as the conversation of response `id`, evicting the oldest as needed. A
-    /// conversation larger than [`MAX_STORED_BYTES`] alone is not kept.
-    pub fn put(&self, id: String, items: Vec<Value>) {
+    /// True when responses are kept in the database.
+    pub fn is_persistent(&self) -> bool {
+        self.db.is_some()
+    }
+
+    /// The conversation that ends with response `id`, as the key `key_id` may see it (a
+    /// response made with another key, or without one, is [`Lookup::Unknown`]).
+    ///
+    /// Errors: the database failed (a message for the log).
+    pub async fn conversation(&self, id: &str, key_id: Option<&str>) -> Result<Lookup, String> {
+        let Some(db) = &self.db else {
+            let Ok(s) = self.inner.lock() else { return Ok(Lookup::Unknown) };
+            return Ok(match s.map.get(id) {
+                Some(k) if k.key_id.as_deref() == key_id => Lookup::Found(k.items.as_ref().clone()),
+                _ => Lookup::Unknown,
+            });
+        };
+        match db.conversation(id, key_id).await.map_err(|e| e.to_string())? {
+            triage_store::Conversation::Found(rows) => {
+                let mut items = Vec::new();
+                for row in rows {
+                    match serde_json::from_str::<Vec<Value>>(&row) {
+                        Ok(v) => items.extend(v),
+                        Err(e) => return Err(format!("a stored response is not a JSON array of items: {e}")),
+                    }
+                }
+                Ok(Lookup::Found(items))
+            }
+            triage_store::Conversation::Unknown => Ok(Lookup::Unknown),
+            triage_store::Conversation::Incomplete(missing) => Ok(Lookup::Incomplete(missing)),
+        }
+    }
+
+    /// Keeps response `id`: `new_items` are what it added to the conversation (its request's
+    /// new input items, then its output), `whole` the whole conversation (history first),
+    /// `previous_id` the response it continued, `key_id` the key that made it. In the database
+    /// only `new_items` are written (with the link to `previous_id`); in memory, `whole`.
+    /// Failures are logged, never the client's.
+    pub async fn put(
+        &self,
+        id: String,
+        previous_id: Option<String>,
+        key_id: Option<String>,
+        new_items: &[Value],
+        whole: Vec<Value>,
+    ) {
+        let Some(db) = &self.db else {
+            self.put_memory(id, key_id, whole);
+            return;
+        };
+        let items = serde_json::to_string(new_items).unwrap_or_else(|_| "[]".into());
+        if items.len() > MAX_ROW_BYTES {
+            tracing::debug!(bytes = items.len(), "response not stored: larger than MAX_ROW_BYTES");
+            return;
+        }
+        let now = i64::try_from(triage_store::now_ms()).unwrap_or(i64::MAX);
+        let row = triage_store::StoredResponse { id, previous_id, key_id, created_ms: now, items };
+        if let Err(e) = db.put_response(&row).await {
+            tracing::warn!(error = %e, "a response could not be stored for previous_response_id");
+        }
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now - last >= SWEEP_EVERY_MS
+            && self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            let db = db.clone();
+            tokio::spawn(async move {
+                let older_than = now - MAX_STORED_AGE_DAYS * 24 * 3600 * 1000;
+                match db.sweep_responses(older_than, MAX_STORED_ROWS).await {
+                    Ok(n) if n > 0 => tracing::debug!(removed = n, "stored responses swept"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "stored responses could not be swept"),
+                }
+            });
+        }
+    }
+
+    fn put_memory(&self, id: String, key_id: Option<String>, items: Vec<Value>) {
         let size: usize = items.iter().map(|v| serde_json::to_vec(v).map_or(0, |b| b.len())).sum();
         if size > MAX_STORED_BYTES {
             return;
@@ -76,21 +184,21 @@ impl ResponseStore {
         let Ok(mut s) = self.inner.lock() else { return };
         while s.order.len() >= MAX_STORED || s.bytes + size > MAX_STORED_BYTES {
             let Some(old) = s.order.pop_front() else { break };
-            if let Some((_, n)) = s.map.remove(&old) {
-                s.bytes -= n;
+            if let Some(k) = s.map.remove(&old) {
+                s.bytes -= k.size;
             }
         }
         s.bytes += size;
         s.order.push_back(id.clone());
-        s.map.insert(id, (Arc::new(items), size));
+        s.map.insert(id, Kept { items: Arc::new(items), size, key_id });
     }
 
-    /// Number of kept responses.
+    /// Number of responses kept in memory.
     pub fn len(&self) -> usize {
         self.inner.lock().map_or(0, |s| s.map.len())
     }
 
-    /// True when nothing is kept.
+    /// True when nothing is kept in memory.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -149,18 +257,29 @@ async fn create_inner(
 ) -> Result<Response, GatewayError> {
     let bytes = pipeline::read_body(&headers, body, state.catalog.server()).await?;
     let req: Value = parse_json(&bytes)?;
-    let history = match req.get("previous_response_id") {
+    let previous_id = match req.get("previous_response_id") {
         None | Some(Value::Null) => None,
-        Some(Value::String(id)) => Some(store.get(id).ok_or_else(|| {
-            GatewayError::invalid(
-                format!("previous_response_id: no response \"{id}\" is stored here (Triage keeps the last {MAX_STORED} responses in memory, never those sent with store: false, and none across restarts); send the whole conversation in input instead"),
+        Some(Value::String(id)) => Some(id.clone()),
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "previous_response_id: must be a string",
                 Some("previous_response_id".into()),
-            )
-        })?),
-        Some(_) => return Err(GatewayError::invalid("previous_response_id: must be a string", Some("previous_response_id".into()))),
+            ))
+        }
     };
-    let t = wire::to_chat(&req, history.as_deref().map(Vec::as_slice))
-        .map_err(|e| GatewayError::invalid(e.to_string(), Some(e.param)))?;
+    let stores = req.get("store").and_then(Value::as_bool) != Some(false);
+    // The key owns what it stores and may continue only its own conversations.
+    let key_id = if previous_id.is_some() || stores {
+        state.authenticate(&headers).await?.map(|k| k.id)
+    } else {
+        None
+    };
+    let history = match &previous_id {
+        None => None,
+        Some(id) => Some(lookup(&store, id, key_id.as_deref()).await?),
+    };
+    let t = wire::to_chat(&req, history.as_deref()).map_err(|e| GatewayError::invalid(e.to_string(), Some(e.param)))?;
+    let history_len = history.as_ref().map_or(0, Vec::len);
     if !t.dropped_tools.is_empty() {
         tracing::debug!(tools = %t.dropped_tools.join(","), "built-in tools left out (offered beside function tools)");
     }
@@ -195,7 +314,8 @@ async fn create_inner(
         if t.store {
             let mut items = t.items;
             items.extend(r["output"].as_array().cloned().unwrap_or_default());
-            store.put(id, items);
+            let new_items = items[history_len.min(items.len())..].to_vec();
+            store.put(id, previous_id, key_id, &new_items, items).await;
         }
         let body = serde_json::to_vec(&r).unwrap_or_default();
         let mut out = Response::from_parts(parts, Body::from(body));
@@ -203,8 +323,8 @@ async fn create_inner(
         return Ok(out);
     }
     let conv = StreamConverter::new(&id, created, &requested, t.echo.clone()).with_namespaces(t.namespaced);
-    let keep = t.store.then(|| (store, id, t.items));
-    let events = ResponsesStream { conv, buf: Vec::new(), started: false, done: false, keep };
+    let keep = t.store.then(|| Keep { store, id, previous_id, key_id, items: t.items, history_len });
+    let events = ResponsesStream { conv, buf: Vec::new(), started: false, done: false, keep, finished: false };
     let inner = body.into_data_stream();
     let stream = futures_util::stream::unfold((inner, events), |(mut inner, mut ev)| async move {
         if ev.done {
@@ -219,6 +339,11 @@ async fn create_inner(
             match inner.next().await {
                 Some(Ok(bytes)) => {
                     let out = ev.feed(&bytes);
+                    // Stored before the client sees `response.completed`, so that a request
+                    // continuing it at once finds it.
+                    if ev.finished {
+                        ev.store().await;
+                    }
                     if ev.conv.ended() {
                         ev.done = true;
                     }
@@ -254,7 +379,51 @@ struct ResponsesStream {
     started: bool,
     done: bool,
     /// Where and what to store once the answer is complete (`store` not `false`).
-    keep: Option<(Arc<ResponseStore>, String, Vec<Value>)>,
+    keep: Option<Keep>,
+    /// The answer is complete (`[DONE]` seen).
+    finished: bool,
+}
+
+/// A response to store once its stream is complete.
+struct Keep {
+    store: Arc<ResponseStore>,
+    id: String,
+    previous_id: Option<String>,
+    key_id: Option<String>,
+    /// The conversation so far (history, then this request's input).
+    items: Vec<Value>,
+    /// How many of `items` came from `previous_response_id`.
+    history_len: usize,
+}
+
+/// The stored conversation of `previous_response_id`, or the 400 that explains why not.
+async fn lookup(store: &ResponseStore, id: &str, key_id: Option<&str>) -> Result<Vec<Value>, GatewayError> {
+    let param = Some("previous_response_id".to_owned());
+    let kept = if store.is_persistent() {
+        format!("Triage keeps responses in its database for {MAX_STORED_AGE_DAYS} days, the newest {MAX_STORED_ROWS} at most")
+    } else {
+        format!(
+            "Triage keeps the last {MAX_STORED} responses in memory (no database is configured), none across restarts"
+        )
+    };
+    match store.conversation(id, key_id).await {
+        Ok(Lookup::Found(items)) => Ok(items),
+        Ok(Lookup::Unknown) => Err(GatewayError::invalid(
+            format!("previous_response_id: no response \"{id}\" is stored here for this key ({kept}, never those sent with store: false); send the whole conversation in input instead"),
+            param,
+        )),
+        Ok(Lookup::Incomplete(missing)) => Err(GatewayError::invalid(
+            format!("previous_response_id: the conversation of \"{id}\" is no longer complete (its earlier response \"{missing}\" was removed: {kept}); send the whole conversation in input instead"),
+            param,
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "stored responses could not be read");
+            Err(GatewayError::invalid(
+                format!("previous_response_id: the stored conversation of \"{id}\" could not be read; send the whole conversation in input instead"),
+                param,
+            ))
+        }
+    }
 }
 
 impl ResponsesStream {
@@ -271,7 +440,7 @@ impl ResponsesStream {
                 let data = data.trim();
                 if data == "[DONE]" {
                     out.extend(self.conv.finish());
-                    self.store();
+                    self.finished = true;
                     continue;
                 }
                 let Ok(v) = serde_json::from_str::<Value>(data) else { continue };
@@ -289,10 +458,12 @@ impl ResponsesStream {
         out
     }
 
-    fn store(&mut self) {
-        if let Some((store, id, mut items)) = self.keep.take() {
+    async fn store(&mut self) {
+        if let Some(k) = self.keep.take() {
+            let mut items = k.items;
             items.extend(self.conv.output());
-            store.put(id, items);
+            let new_items = items[k.history_len.min(items.len())..].to_vec();
+            k.store.put(k.id, k.previous_id, k.key_id, &new_items, items).await;
         }
     }
 }
@@ -318,10 +489,11 @@ mod tests {
     fn store_is_bounded_and_evicts_the_oldest() {
         let s = ResponseStore::new();
         for i in 0..(MAX_STORED + 5) {
-            s.put(format!("resp_{i}"), vec![json!({"n": i})]);
+            s.put_memory(format!("resp_{i}"), None, vec![json!({"n": i})]);
         }
         assert_eq!(s.len(), MAX_STORED);
-        assert!(s.get("resp_0").is_none() && s.get("resp_4").is_none());
-        assert_eq!(s.get(&format!("resp_{}", MAX_STORED + 4)).unwrap()[0]["n"], MAX_STORED + 4);
+        let get = |id: &str| s.inner.lock().unwrap().map.get(id).map(|k| k.items.clone());
+        assert!(get("resp_0").is_none() && get("resp_4").is_none());
+        assert_eq!(get(&format!("resp_{}", MAX_STORED + 4)).unwrap()[0]["n"], MAX_STORED + 4);
     }
 }

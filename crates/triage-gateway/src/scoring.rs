@@ -137,12 +137,12 @@ fn stamp(path: &str) -> Option<(SystemTime, u64)> {
 /// A file that does not load leaves the current router in place.
 ///
 /// Errors: the message of [`build_router`], already logged.
-pub async fn reload(state: &crate::AppState, why: &str) -> Result<(), String> {
-    let auto = state.catalog.auto_routing().clone();
+pub async fn reload(slot: &RouterSlot, auto: &AutoRouting, why: &str) -> Result<(), String> {
+    let auto = auto.clone();
     let built = tokio::task::spawn_blocking(move || build_router(&auto)).await.map_err(|e| e.to_string())?;
     match built {
         Ok(r) => {
-            state.router.set(r);
+            slot.set(r);
             metrics::counter!("triage_router_reloads_total", "outcome" => "ok").increment(1);
             tracing::info!(why, "router model reloaded");
             Ok(())
@@ -159,9 +159,9 @@ pub async fn reload(state: &crate::AppState, why: &str) -> Result<(), String> {
 /// [`RELOAD_POLL`]) and on SIGHUP. Write a new model file atomically (to a temporary file, then
 /// rename it over the old one, as `triage train` and `triage calibrate` do) so that a reload
 /// never reads half a file; one that does not parse is logged and skipped.
-pub fn spawn_reloader(state: crate::SharedState) -> tokio::task::JoinHandle<()> {
+pub fn spawn_reloader(slot: Arc<RouterSlot>, auto: AutoRouting) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let path = match state.catalog.auto_routing() {
+        let path = match &auto {
             AutoRouting::Scorer { model_file: Some(p), .. } => Some(p.clone()),
             _ => None,
         };
@@ -186,12 +186,12 @@ pub fn spawn_reloader(state: crate::SharedState) -> tokio::task::JoinHandle<()> 
                     let now = stamp(p);
                     if now.is_some() && now != last {
                         last = now;
-                        let _ = reload(&state, "the model file changed").await;
+                        let _ = reload(&slot, &auto, "the model file changed").await;
                     }
                 }
                 _ = hangup => {
                     last = path.as_deref().and_then(stamp);
-                    let _ = reload(&state, "SIGHUP").await;
+                    let _ = reload(&slot, &auto, "SIGHUP").await;
                 }
             }
         }

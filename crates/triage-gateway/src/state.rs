@@ -136,14 +136,14 @@ pub struct AppState {
     /// The background ledger writer, when a database is configured.
     pub ledger: Option<triage_store::Ledger>,
     /// Recently looked-up virtual keys.
-    pub keys: crate::accounting::KeyCache,
+    pub keys: crate::auth::KeyCache,
     /// The sensitive-content guard (`None` when the policy allows everything).
     pub guard: Option<triage_core::guard::Guard>,
     /// The difficulty router for `model: "auto"` (holding `None`: cheapest capable tier);
     /// replaced when its model file changes or on SIGHUP ([`crate::scoring::spawn_reloader`]).
-    pub router: crate::scoring::RouterSlot,
+    pub router: Arc<crate::scoring::RouterSlot>,
     /// Production evaluation (`[evals]`); `None` when off or without a database.
-    pub evals: Option<crate::evals::Shadow>,
+    pub evals: Option<crate::shadow::Shadow>,
     /// Permits for concurrent blocking scorers (the embedding encoder): one per core.
     pub scoring_slots: Arc<tokio::sync::Semaphore>,
     /// Per-conversation memory of the highest `auto` tier (`[router] sticky_secs`; `None` = off).
@@ -151,7 +151,7 @@ pub struct AppState {
     /// Permits for concurrent exact token counts ([`crate::tokens::count_prompt`]): one per core.
     pub count_slots: Arc<tokio::sync::Semaphore>,
     /// Counts for the periodic INFO summary line.
-    pub summary: crate::telemetry::Summary,
+    pub summary: Arc<crate::telemetry::Summary>,
     /// Metric handles of the series every answered request touches.
     pub instruments: crate::telemetry::Instruments,
     /// Set when the shutdown grace period is over: in-flight requests end themselves.
@@ -225,7 +225,7 @@ impl AppState {
             store: None,
             ledger: None,
             keys: Default::default(),
-            router: crate::scoring::RouterSlot::new(router),
+            router: Arc::new(crate::scoring::RouterSlot::new(router)),
             evals: None,
             scoring_slots: crate::scoring::scoring_slots(),
             sticky,
@@ -233,6 +233,17 @@ impl AppState {
             stop: tokio::sync::watch::Sender::new(false),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
         })
+    }
+
+    /// The caller's virtual key, from this gateway's key cache and store
+    /// ([`crate::auth::authenticate`]).
+    ///
+    /// Errors: [`crate::GatewayError::Unauthorized`] for a missing, unknown or revoked key.
+    pub async fn authenticate(
+        &self,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<triage_store::KeyRecord>, crate::GatewayError> {
+        crate::auth::authenticate(self.catalog.auth(), &self.keys, self.store.as_ref(), headers).await
     }
 
     /// Tells every in-flight request to end now (the shutdown grace period is over).
@@ -259,7 +270,7 @@ impl AppState {
         self.ledger = Some(triage_store::Ledger::spawn(store.clone()));
         self.store = Some(store);
         if self.catalog.evals().enabled() {
-            self.evals = Some(crate::evals::Shadow::new(self.catalog.evals()));
+            self.evals = Some(crate::shadow::Shadow::new(self.catalog.evals()));
         }
         self
     }

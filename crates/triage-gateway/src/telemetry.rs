@@ -29,7 +29,7 @@
 //!   and requests failed by a death are `triage_local_requests_total{outcome="crashed"}`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use metrics::{Counter, Histogram};
@@ -37,7 +37,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use triage_core::catalog::{Catalog, DeploymentId, ModelId, TierId};
 use triage_core::cost::{NanoUsd, TokenUsage};
 
-use crate::providers::WireFormat;
+use crate::providers::{ProviderClient, WireFormat};
 
 /// Latency buckets in seconds, from sub-millisecond gateway work to multi-minute generations.
 const BUCKETS: &[f64] =
@@ -61,8 +61,8 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// Sets the local-engine series (see the module docs) from each loaded engine's counters.
-pub fn record_local_engines(state: &crate::state::AppState) {
-    for (provider, client) in state.catalog.providers().iter().zip(&state.providers) {
+pub fn record_local_engines(catalog: &Catalog, clients: &[ProviderClient]) {
+    for (provider, client) in catalog.providers().iter().zip(clients) {
         let Some(engine) = client.local_engine() else { continue };
         let s = engine.stats();
         let name = provider.name.clone();
@@ -215,15 +215,14 @@ pub fn spawn_metrics_upkeep() -> tokio::task::JoinHandle<()> {
 }
 
 /// Writes [`Summary`]'s line every `server.log_summary_secs`.
-pub fn spawn_summary(state: crate::state::SharedState) -> tokio::task::JoinHandle<()> {
-    let period = state.catalog.server().log_summary;
+pub fn spawn_summary(summary: Arc<Summary>, period: std::time::Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            state.summary.flush(period);
+            summary.flush(period);
         }
     })
 }

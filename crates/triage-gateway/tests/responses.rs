@@ -213,3 +213,133 @@ async fn harness_tool_kinds_namespace_and_offered_built_ins_are_translated() {
     let done = ev.iter().find(|(n, _)| n == "response.completed").unwrap();
     assert_eq!(done.1["response"]["output"][0]["namespace"], "multi_agent_v1");
 }
+
+fn databases() -> Vec<String> {
+    let mut v = vec![temp_db()];
+    if let Ok(pg) = std::env::var("TRIAGE_TEST_POSTGRES_URL") {
+        v.push(pg);
+    }
+    v
+}
+
+async fn keyed_responses(gw: &Gateway, key: &str, body: &Value) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/responses"))
+        .header("content-type", "application/json")
+        .header("authorization", format!("Bearer {key}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `previous_response_id` is served from the database (SQLite, and PostgreSQL when
+/// `TRIAGE_TEST_POSTGRES_URL` is set): a conversation continues across a restart of the gateway
+/// (streamed turns included: stored before `response.completed`), only the key that made it
+/// may continue it, `store: false` is never kept, and an unknown id is a clear 400.
+#[tokio::test]
+async fn previous_response_id_is_served_from_the_database_across_restarts() {
+    for db in databases() {
+        let up = FakeUpstream::start(|req, _| {
+            let n = req.json()["messages"].as_array().map_or(0, Vec::len);
+            if req.json()["stream"] == true {
+                Reply::sse(&format!(
+                    "{}{}data: [DONE]\n\n",
+                    chunk_line("c", &format!(r#"{{"role":"assistant","content":"answer {n}"}}"#), None),
+                    chunk_line("c", "{}", Some("stop"))
+                ))
+            } else {
+                Reply::json(200, &COMPLETION.replace("\"hello\"", &format!("\"answer {n}\"")))
+            }
+        })
+        .await;
+        let store = triage_store::Store::connect(&db).await.unwrap();
+        let new_key = triage_store::NewKey { user: "u".into(), team: "t".into(), ..Default::default() };
+        let (mine_rec, mine) = store.create_key(&new_key).await.unwrap();
+        let (_, theirs) = store.create_key(&new_key).await.unwrap();
+        let config = format!("auth = \"keys\"\n{}\n[spend]\ndatabase = \"{db}\"\n", one_model(&up.url(), ""));
+
+        let gw = start(&config).await;
+        let a = keyed_responses(&gw, &mine, &json!({"model": "openai-model", "input": "First"})).await;
+        assert_eq!(a.status(), 200);
+        let a = json_body(a).await["id"].as_str().unwrap().to_owned();
+        let b = keyed_responses(
+            &gw,
+            &mine,
+            &json!({"model": "openai-model", "input": "Second", "previous_response_id": a, "stream": true}),
+        )
+        .await;
+        assert_eq!(b.status(), 200);
+        let ev = events(&b.text().await.unwrap());
+        let b = ev.last().unwrap().1["response"]["id"].as_str().unwrap().to_owned();
+        drop(gw);
+
+        // A new gateway process on the same database.
+        let gw = start(&config).await;
+        let c =
+            keyed_responses(&gw, &mine, &json!({"model": "openai-model", "input": "Third", "previous_response_id": b}))
+                .await;
+        assert_eq!(c.status(), 200, "{db}");
+        let v = json_body(c).await;
+        assert_eq!(v["output"][0]["content"][0]["text"], "answer 5");
+        let c = v["id"].as_str().unwrap().to_owned();
+        let sent = up.requests()[2].json();
+        let turns: Vec<(String, String)> = sent["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["role"].as_str().unwrap().to_owned(), m["content"].as_str().unwrap().to_owned()))
+            .collect();
+        let turn = |r: &str, c: &str| (r.to_owned(), c.to_owned());
+        assert_eq!(
+            turns,
+            [
+                turn("user", "First"),
+                turn("assistant", "answer 1"),
+                turn("user", "Second"),
+                turn("assistant", "answer 3"),
+                turn("user", "Third")
+            ]
+        );
+
+        // Another key cannot continue it; the answer is the same as for an unknown id.
+        let other =
+            keyed_responses(&gw, &theirs, &json!({"model": "openai-model", "input": "x", "previous_response_id": b}))
+                .await;
+        assert_eq!(other.status(), 400);
+        let e = json_body(other).await;
+        assert_eq!(e["error"]["param"], "previous_response_id");
+        assert!(e["error"]["message"].as_str().unwrap().contains("no response"), "{e}");
+
+        // store: false is never kept.
+        let d = keyed_responses(&gw, &mine, &json!({"model": "openai-model", "input": "x", "store": false})).await;
+        let d = json_body(d).await["id"].as_str().unwrap().to_owned();
+        let cont =
+            keyed_responses(&gw, &mine, &json!({"model": "openai-model", "input": "x", "previous_response_id": d}))
+                .await;
+        assert_eq!(cont.status(), 400);
+        let unknown = keyed_responses(
+            &gw,
+            &mine,
+            &json!({"model": "openai-model", "input": "x", "previous_response_id": "resp_nope"}),
+        )
+        .await;
+        assert_eq!(unknown.status(), 400);
+        let e = json_body(unknown).await;
+        assert!(e["error"]["message"].as_str().unwrap().contains("\"resp_nope\""), "{e}");
+        assert_eq!(up.calls(), 4, "refused requests never reach the upstream");
+        // Each response row holds only its own turn's items (its input, then its output).
+        let triage_store::Conversation::Found(rows) = store.conversation(&c, Some(&mine_rec.id)).await.unwrap() else {
+            panic!("the conversation of {c} is stored")
+        };
+        let rows: Vec<Vec<Value>> = rows.iter().map(|r| serde_json::from_str(r).unwrap()).collect();
+        assert_eq!(rows.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 2]);
+        assert_eq!(rows[1][0]["content"], "Second");
+        assert_eq!(rows[2][1]["content"][0]["text"], "answer 5");
+        assert_eq!(
+            store.conversation(&a, None).await.unwrap(),
+            triage_store::Conversation::Unknown,
+            "a key's response is not visible without the key"
+        );
+    }
+}

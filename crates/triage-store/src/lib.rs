@@ -1,5 +1,5 @@
-//! Triage's database: the spend ledger, virtual keys, budget counters, and production
-//! evaluation's results and feedback.
+//! Triage's database: the spend ledger, virtual keys, budget counters, production
+//! evaluation's results and feedback, and stored responses (`previous_response_id`).
 //!
 //! One code path for SQLite (the embedded default, a file in WAL mode) and PostgreSQL (for
 //! several gateway instances sharing budgets), through sqlx's `Any` driver. The schema lives in
@@ -20,6 +20,7 @@ mod keys;
 mod lease;
 mod ledger;
 mod report;
+mod responses;
 mod time;
 
 use std::borrow::Cow;
@@ -35,6 +36,7 @@ pub use keys::{KeyRecord, NewKey};
 pub use lease::{BudgetStatus, Released, DEFAULT_LEASE, MAX_RESERVATION_AGE};
 pub use ledger::{AttemptRecord, GroupBy, Ledger, RequestRecord, SpendRow};
 pub use report::Report;
+pub use responses::{Conversation, StoredResponse, MAX_CHAIN};
 pub use time::{iso_week, ms_of_rfc3339, now_ms, rfc3339, Utc};
 
 /// A database error.
@@ -162,5 +164,7 @@ impl Store {
 mod evals_tests;
 #[cfg(test)]
 mod lease_tests;
+#[cfg(test)]
+mod responses_tests;
 #[cfg(test)]
 mod tests;

@@ -46,7 +46,7 @@ fn store_failed(e: triage_store::StoreError) -> GatewayError {
 /// over 4 KiB); 401 without a key; 403 for another key's request; 404 for an unknown request id.
 pub async fn feedback(State(state): State<SharedState>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
-        let key = crate::accounting::authenticate(&state, &headers).await?;
+        let key = state.authenticate(&headers).await?;
         let bytes = axum::body::to_bytes(body, 64 * 1024)
             .await
             .map_err(|e| GatewayError::invalid(format!("could not read the request body: {e}"), None))?;
@@ -113,7 +113,7 @@ pub struct EvalsQuery {
 pub async fn report(State(state): State<SharedState>, headers: HeaderMap, Query(q): Query<EvalsQuery>) -> Response {
     let result = async {
         if state.catalog.auth() == AuthMode::Keys {
-            let key = crate::accounting::authenticate(&state, &headers).await?;
+            let key = state.authenticate(&headers).await?;
             if !key.is_some_and(|k| k.admin) {
                 return Err(GatewayError::Forbidden("the evaluation report needs an admin key".into()));
             }

@@ -18,10 +18,10 @@ use triage_core::openai::ChatRequest;
 use triage_core::route::{Candidate, Requirements, Via};
 use triage_store::{AttemptRecord, BudgetLine, EvalRecord, EvalTexts, Period, RequestRecord};
 
-use super::{Job, Skip};
 use crate::dispatch::{dispatch, Answer, Failed};
 use crate::inbound::{Format, Inbound};
 use crate::providers::Completion;
+use crate::shadow::{Job, Skip};
 use crate::state::SharedState;
 
 /// The outcome of one evaluation call.
@@ -59,7 +59,7 @@ pub async fn run(state: &SharedState, job: Job) {
     let conversation = rules::conversation_text(&job.request);
 
     // Reserve the estimated cost on the evaluation's own daily budget.
-    let reference_est = crate::accounting::estimate(state, reference, &Requirements::of(&reference_req));
+    let reference_est = crate::budget::estimate(state, reference, &Requirements::of(&reference_req));
     let judge_probe = rules::judge_request(&c.models()[judge].id, &conversation, &job.answer, "", s.judge_max_tokens);
     let judge_req = Requirements::of(&judge_probe);
     let judge_in = judge_req.prompt.estimate() + reference_output_limit(state, reference, &reference_req);
