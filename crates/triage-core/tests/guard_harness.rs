@@ -287,8 +287,8 @@ fn code_and_output(r: &mut Rng) -> String {
     let (iso, long) = date(r);
     let v = format!("{}.{}.{}", r.range(0, 3), r.range(0, 40), r.range(0, 20));
     let samples = [
-        format!(
-            "use std::collections::HashMap;\n\n/// Parses the header block.\npub struct Config {{\n    pub name: String,\n    pub retries: u32,\n}}\n\nimpl Config {{\n    pub fn load(path: &Path) -> Result<Config, Error> {{\n        let text = std::fs::read_to_string(path)?;\n        let Config {{ name, retries }} = toml::from_str(&text)?;\n        Ok(Config {{ name, retries }})\n    }}\n}}\n"
+        String::from(
+            "use std::collections::HashMap;\n\n/// Parses the header block.\npub struct Config {\n    pub name: String,\n    pub retries: u32,\n}\n\nimpl Config {\n    pub fn load(path: &Path) -> Result<Config, Error> {\n        let text = std::fs::read_to_string(path)?;\n        let Config { name, retries } = toml::from_str(&text)?;\n        Ok(Config { name, retries })\n    }\n}\n"
         ),
         "import logging\nfrom dataclasses import dataclass\n\nlog = logging.getLogger(__name__)\n\n@dataclass\nclass Invoice:\n    number: str\n    total_cents: int\n    customer_id: int\n\n    def render(self) -> str:\n        \"\"\"Returns the invoice as plain text.\"\"\"\n        return f\"Invoice {self.number}: {self.total_cents / 100:.2f}\"\n".to_owned(),
         "export function Header({ title, onClose }: HeaderProps) {\n  const [open, setOpen] = useState(false);\n  return (\n    <header className=\"flex items-center\">\n      <h1>{title}</h1>\n      <Button variant=\"ghost\" onClick={onClose}>Close</Button>\n    </header>\n  );\n}\n".to_owned(),
@@ -319,13 +319,16 @@ fn agent_turn(r: &mut Rng) -> String {
     let turns = [
         format!("Can you fix the failing test in {f}? It started after the last merge."),
         format!("I'll read {f} first, then run the {lang} tests to see the failure."),
-        format!("The test fails because `parse_header` returns None on empty input. I changed it to return an error and added a regression test named `empty_input_is_an_error`."),
+        String::from("The test fails because `parse_header` returns None on empty input. I changed it to return an error and added a regression test named `empty_input_is_an_error`."),
         format!("Summary\n- Fixed the parser in {f}\n- Added Unit Tests\n- Updated Docs\n\nNext Steps\n- Run the Integration Tests\n- Review the Pull Request"),
-        format!("Please refactor the Payment Service so that the Retry Policy is configurable, and update the README."),
-        format!("Deploy to Staging Environment, then ping the On-Call Team in the Release Channel."),
+        String::from("Please refactor the Payment Service so that the Retry Policy is configurable, and update the README."),
+        String::from("Deploy to Staging Environment, then ping the On-Call Team in the Release Channel."),
     ];
     turns[(r.next() % turns.len() as u64) as usize].clone()
 }
+
+/// A generator of one source of harness text.
+type Generator = fn(&mut Rng) -> String;
 
 /// Personal-data kinds (rules and recogniser).
 fn personal(k: Kind) -> bool {
@@ -336,7 +339,7 @@ fn personal(k: Kind) -> bool {
 fn harness_texts_have_no_personal_data_findings() {
     let guard = Guard::new();
     let mut r = Rng(0x5eed_1234_abcd_0001);
-    let sources: [(&str, fn(&mut Rng) -> String); 5] = [
+    let sources: [(&str, Generator); 5] = [
         ("claude_code_like", claude_code_like),
         ("codex_like", codex_like),
         ("tool_schemas", tool_schemas),
