@@ -269,11 +269,7 @@ async fn create_inner(
     };
     let stores = req.get("store").and_then(Value::as_bool) != Some(false);
     // The key owns what it stores and may continue only its own conversations.
-    let key_id = if previous_id.is_some() || stores {
-        state.authenticate(&headers).await?.map(|k| k.id)
-    } else {
-        None
-    };
+    let key_id = if previous_id.is_some() || stores { state.authenticate(&headers).await?.map(|k| k.id) } else { None };
     let history = match &previous_id {
         None => None,
         Some(id) => Some(lookup(&store, id, key_id.as_deref()).await?),

@@ -18,6 +18,12 @@ use triage_core::cost::NanoUsd;
 use crate::budget::{BudgetLine, Period, KEY_COLS};
 use crate::{Store, StoreError};
 
+/// A budget line's key: (scope, subject, tier, period, period start).
+type LineKey = (String, String, String, String, String);
+/// Reservations held on a budget line: (count, count whose gateway instance is gone or expired,
+/// oldest creation time in ms since the epoch).
+type HeldCounts = (u64, u64, Option<u64>);
+
 /// The lease of a process that has not set one: a gateway's budget comes back at most this long
 /// (plus one sweep interval, a third of it) after the process holding it died.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
@@ -409,7 +415,7 @@ impl Store {
         .bind(now_ms as i64)
         .fetch_all(&self.pool)
         .await?;
-        let mut live: BTreeMap<(String, String, String, String, String), (u64, u64, Option<u64>)> = BTreeMap::new();
+        let mut live: BTreeMap<LineKey, HeldCounts> = BTreeMap::new();
         for r in held {
             let k = (
                 r.try_get("scope")?,

@@ -133,9 +133,9 @@ async fn an_expired_lease_is_swept_by_another_instance_and_a_live_one_is_not() {
         let live = Store { leases: std::sync::Arc::new(crate::lease::Leases::new()), ..url_store };
         dead.set_lease(Duration::from_millis(800));
         let l = line("key", 10_000);
-        let a = dead.reserve(&[l.clone()], NanoUsd(4000), now_ms()).await.unwrap().unwrap();
-        let b = dead.reserve(&[l.clone()], NanoUsd(4000), now_ms()).await.unwrap().unwrap();
-        assert!(dead.reserve(&[l.clone()], NanoUsd(4000), now_ms()).await.unwrap().is_err());
+        let a = dead.reserve(std::slice::from_ref(&l), NanoUsd(4000), now_ms()).await.unwrap().unwrap();
+        let b = dead.reserve(std::slice::from_ref(&l), NanoUsd(4000), now_ms()).await.unwrap().unwrap();
+        assert!(dead.reserve(std::slice::from_ref(&l), NanoUsd(4000), now_ms()).await.unwrap().is_err());
         // While the lease holds, a neighbour's sweep leaves them alone.
         assert_eq!(live.sweep(now_ms()).await.unwrap().reservations, 0);
         assert_eq!(dead.budget_used(&l, now_ms()).await.unwrap(), (NanoUsd(0), NanoUsd(8000)));
@@ -156,7 +156,7 @@ async fn an_expired_lease_is_swept_by_another_instance_and_a_live_one_is_not() {
         dead.drain(Duration::from_secs(5)).await;
         assert_eq!(dead.budget_used(&l, now_ms()).await.unwrap(), (NanoUsd(1500), NanoUsd(0)));
         // The budget is usable again.
-        let c = live.reserve(&[l.clone()], NanoUsd(8000), now_ms()).await.unwrap().unwrap();
+        let c = live.reserve(std::slice::from_ref(&l), NanoUsd(8000), now_ms()).await.unwrap().unwrap();
         live.settle(c, NanoUsd(0)).await.unwrap();
     }
 }
@@ -183,7 +183,8 @@ async fn release_key_and_retire() {
         assert_eq!(store.budget_used(&team, now_ms()).await.unwrap(), (NanoUsd(500), NanoUsd(0)));
         // A key with only a team budget is still found by its key id.
         let holder = Holder { request_id: "req-2", key_id: Some(&key) };
-        let kept = store.reserve_for(&[team.clone()], NanoUsd(100), now_ms(), holder).await.unwrap().unwrap();
+        let kept =
+            store.reserve_for(std::slice::from_ref(&team), NanoUsd(100), now_ms(), holder).await.unwrap().unwrap();
         std::mem::forget(kept); // lost by its process: only the lease knows it
         let retired = store.retire().await.unwrap();
         assert!(retired.reservations >= 1, "{retired:?}");
