@@ -14,23 +14,8 @@ use std::collections::BTreeMap;
 
 use triage_core::guard::{Guard, Kind};
 
-/// xorshift64*: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn pick<'a>(&mut self, xs: &[&'a str]) -> &'a str {
-        xs[(self.next() % xs.len() as u64) as usize]
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
+mod support;
+use support::{Rng, MONTHS};
 
 const PROJECTS: &[&str] = &[
     "triage",
@@ -61,20 +46,6 @@ const MODELS: &[&str] = &[
     "claude-haiku-4-5-20251001",
     "gpt-5-codex",
     "gpt-4.1-mini",
-];
-const MONTHS: &[&str] = &[
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
 ];
 const BRANCHES: &[&str] = &["main", "master", "develop", "feature/retry-budget", "fix/parser-crash", "release/2.3"];
 const COMMIT_MSGS: &[&str] = &[
